@@ -1,0 +1,251 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+// cacheView is a KV cache [Capacity, KVHeads·HeadDim] in F32, BF16 or F16.
+type cacheView struct {
+	dt    dtype.DType
+	f32   []float32
+	u16   []uint16
+	width int // KVHeads·HeadDim
+	slots int
+}
+
+func (b *Backend) cache(t kernels.Tensor, what string, width int, write bool) (cacheView, error) {
+	c := cacheView{dt: t.DType, width: width}
+	if !t.DType.IsFloat() {
+		return c, fmt.Errorf("cpu: %s %s must be F32, BF16 or F16", what, t)
+	}
+	if len(t.Shape) < 2 || width == 0 || t.Numel()%width != 0 || t.Shape[0] == 0 || t.Numel()/width != t.Shape[0] {
+		return c, fmt.Errorf("cpu: %s %s should be [Capacity, %d]", what, t, width)
+	}
+	p, err := b.raw(t, what, write)
+	if err != nil {
+		return c, err
+	}
+	c.slots = t.Shape[0]
+	if t.DType == dtype.F32 {
+		c.f32 = asF32(p)
+	} else {
+		c.u16 = asU16(p)
+	}
+	return c, nil
+}
+
+// dot returns q·row(slot)[off:off+len(q)].
+func (c *cacheView) dot(slot, off int, q []float32, f16 *[1 << 16]float32) float32 {
+	i := slot*c.width + off
+	switch c.dt {
+	case dtype.F32:
+		return dotF32(c.f32[i:i+len(q)], q)
+	case dtype.BF16:
+		return dotBF16(c.u16[i:i+len(q)], q)
+	default:
+		return dotF16(c.u16[i:i+len(q)], q, f16)
+	}
+}
+
+// axpy adds a·row(slot)[off:off+len(acc)] to acc.
+func (c *cacheView) axpy(slot, off int, a float32, acc []float32, f16 *[1 << 16]float32) {
+	i := slot*c.width + off
+	switch c.dt {
+	case dtype.F32:
+		for d, v := range c.f32[i : i+len(acc)] {
+			acc[d] += a * v
+		}
+	case dtype.BF16:
+		for d, v := range c.u16[i : i+len(acc)] {
+			acc[d] += a * math.Float32frombits(uint32(v)<<16)
+		}
+	default:
+		for d, v := range c.u16[i : i+len(acc)] {
+			acc[d] += a * f16[v]
+		}
+	}
+}
+
+// StoreKV writes the rows of src [T, KVHeads·HeadDim] into the slots
+// positions[t] mod Capacity of cache [Capacity, KVHeads·HeadDim], converting
+// to the cache's dtype. Negative positions are an error.
+func (b *Backend) StoreKV(cache, src, positions kernels.Tensor) error {
+	if b.closed {
+		return errClosed
+	}
+	pos, err := b.ints(positions, "StoreKV: positions")
+	if err != nil {
+		return err
+	}
+	width := src.Cols()
+	if src.Rows() != len(pos) || len(src.Shape) == 0 {
+		return fmt.Errorf("cpu: StoreKV: src %s should have one row per position (%d)", src, len(pos))
+	}
+	c, err := b.cache(cache, "StoreKV: cache", width, true)
+	if err != nil {
+		return err
+	}
+	for t, p := range pos {
+		if p < 0 {
+			return fmt.Errorf("cpu: StoreKV: positions[%d] = %d is negative", t, p)
+		}
+	}
+	sv, err := b.in(src, "StoreKV: src", slotX)
+	if err != nil {
+		return err
+	}
+	for t, p := range pos {
+		slot := int(p) % c.slots
+		row := sv[t*width : (t+1)*width]
+		switch c.dt {
+		case dtype.F32:
+			copy(c.f32[slot*width:(slot+1)*width], row)
+		case dtype.BF16:
+			dst := c.u16[slot*width : (slot+1)*width]
+			for i, v := range row {
+				dst[i] = dtype.F32ToBF16(v)
+			}
+		default:
+			dst := c.u16[slot*width : (slot+1)*width]
+			for i, v := range row {
+				dst[i] = dtype.F32ToF16(v)
+			}
+		}
+	}
+	return nil
+}
+
+// attnJob computes attention for items (t, h) = (r / Heads, r % Heads).
+type attnJob struct {
+	b      *Backend
+	p      kernels.AttentionParams
+	q, out []float32
+	pos    []int32
+	k, v   cacheView
+	f16    *[1 << 16]float32
+}
+
+func (j *attnJob) run(w, lo, hi int) {
+	ws := &j.b.ws[w]
+	hd, heads := j.p.HeadDim, j.p.Heads
+	group := heads / j.p.KVHeads
+	for r := lo; r < hi; r++ {
+		t, h := r/heads, r%heads
+		pos := int(j.pos[t])
+		first := 0
+		if j.p.Window > 0 {
+			first = max(0, pos-j.p.Window+1)
+		}
+		span := pos - first + 1
+		q := j.q[(t*heads+h)*hd : (t*heads+h+1)*hd]
+		off := (h / group) * hd
+		scores := ws.score[:span]
+		m := float32(math.Inf(-1))
+		for i := range scores {
+			s := j.k.dot((first+i)%j.k.slots, off, q, j.f16) * j.p.Scale
+			scores[i] = s
+			m = max(m, s)
+		}
+		var sum float64
+		for i, s := range scores {
+			e := float32(math.Exp(float64(s - m)))
+			scores[i] = e
+			sum += float64(e)
+		}
+		acc := ws.acc[:hd]
+		clear(acc)
+		for i, e := range scores {
+			j.v.axpy((first+i)%j.v.slots, off, e, acc, j.f16)
+		}
+		inv := float32(1 / sum)
+		o := j.out[(t*heads+h)*hd : (t*heads+h+1)*hd]
+		for d, a := range acc {
+			o[d] = a * inv
+		}
+	}
+}
+
+// Attention computes out [T, Heads·HeadDim] from q [T, Heads·HeadDim] and the
+// caches (see kernels.AttentionParams): query t at position positions[t]
+// attends to the keys at positions max(0, pos-Window+1)..pos (Window 0: 0..pos),
+// read from slots pos mod Capacity; query head h uses KV head
+// h/(Heads/KVHeads). Scores are q·k·Scale; the softmax is in f32 with a
+// float64 sum. It is an error if a needed position cannot be in the cache
+// (more positions than Capacity).
+func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p kernels.AttentionParams) error {
+	if b.closed {
+		return errClosed
+	}
+	if p.Heads <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 || p.Heads%p.KVHeads != 0 {
+		return fmt.Errorf("cpu: Attention: %d heads, %d KV heads of dim %d (heads must be a positive multiple of KV heads)", p.Heads, p.KVHeads, p.HeadDim)
+	}
+	if p.Window < 0 {
+		return fmt.Errorf("cpu: Attention: window %d is negative", p.Window)
+	}
+	if math.IsNaN(float64(p.Scale)) || math.IsInf(float64(p.Scale), 0) {
+		return fmt.Errorf("cpu: Attention: scale %v is not finite", p.Scale)
+	}
+	pos, err := b.ints(positions, "Attention: positions")
+	if err != nil {
+		return err
+	}
+	t := len(pos)
+	qw := p.Heads * p.HeadDim
+	if q.Numel() != t*qw || q.Cols()%p.HeadDim != 0 {
+		return fmt.Errorf("cpu: Attention: q %s should be [%d, %d] (%d heads of %d)", q, t, qw, p.Heads, p.HeadDim)
+	}
+	if out.Numel() != t*qw || out.Cols()%p.HeadDim != 0 {
+		return fmt.Errorf("cpu: Attention: out %s should be [%d, %d]", out, t, qw)
+	}
+	kw := p.KVHeads * p.HeadDim
+	kc, err := b.cache(kCache, "Attention: key cache", kw, false)
+	if err != nil {
+		return err
+	}
+	vc, err := b.cache(vCache, "Attention: value cache", kw, false)
+	if err != nil {
+		return err
+	}
+	if kc.slots != vc.slots {
+		return fmt.Errorf("cpu: Attention: key cache %s and value cache %s differ in capacity", kCache, vCache)
+	}
+	for i, ps := range pos {
+		if ps < 0 {
+			return fmt.Errorf("cpu: Attention: positions[%d] = %d is negative", i, ps)
+		}
+		first := 0
+		if p.Window > 0 {
+			first = max(0, int(ps)-p.Window+1)
+		}
+		if n := int(ps) - first + 1; n > kc.slots {
+			return fmt.Errorf("cpu: Attention: query %d at position %d needs the keys of positions %d..%d (%d) but the cache holds %d",
+				i, ps, first, ps, n, kc.slots)
+		}
+	}
+	qv, err := b.in(q, "Attention: q", slotX)
+	if err != nil {
+		return err
+	}
+	ov, err := b.out(out, "Attention: out", slotY)
+	if err != nil {
+		return err
+	}
+	for i := range b.ws {
+		b.ws[i].score = grow(b.ws[i].score, max(kc.slots, len(b.ws[i].score)))
+		b.ws[i].acc = grow(b.ws[i].acc, max(p.HeadDim, len(b.ws[i].acc)))
+	}
+	j := &b.at
+	*j = attnJob{b: b, p: p, q: qv, out: ov, pos: pos, k: kc, v: vc}
+	if kc.dt == dtype.F16 || vc.dt == dtype.F16 {
+		j.f16 = f16Table()
+	}
+	total := t * p.Heads
+	b.pool.parallel(total, b.pool.chunkFor(total, 1), j)
+	*j = attnJob{}
+	b.flush(out, ov)
+	return nil
+}

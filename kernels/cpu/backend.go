@@ -1,0 +1,436 @@
+// Package cpu is the pure-Go backend of gemmoe: the default everywhere and the
+// numeric reference for the GPU backends.
+//
+// It keeps activations in float32 (ActivationDType is F32) and accumulates in
+// float32; BF16 and F16 activation tensors are accepted too and converted on
+// the way in and out. Weights may be dense (F32, F16, BF16) or MLX
+// affine-quantized (2, 3, 4, 5, 6 or 8 bits; groups of 32, 64 or 128; scales
+// and biases in BF16, F16 or F32).
+//
+// Ops run immediately on the calling goroutine and a pool of worker goroutines
+// (GOMAXPROCS of them unless WithThreads says otherwise) that lives until
+// Close. A Backend is used by one goroutine at a time, as the kernels contract
+// says. Every op validates its arguments (dtypes, shapes, tensors inside their
+// buffers, ids in range) and returns an error instead of panicking.
+//
+// The backend assumes a little-endian machine (amd64, arm64), as do the
+// safetensors files it reads.
+package cpu
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+// errClosed is returned by every method after Close.
+var errClosed = errors.New("cpu: backend is closed")
+
+// Option configures a Backend made by New.
+type Option func(*config)
+
+type config struct {
+	threads int
+}
+
+// WithThreads sets the number of goroutines that execute an op (the caller
+// included). n <= 0 means runtime.GOMAXPROCS(0), the default.
+func WithThreads(n int) Option { return func(c *config) { c.threads = n } }
+
+// Backend is the pure-Go implementation of kernels.Backend. Make one with New
+// and release it with Close.
+type Backend struct {
+	pool   *pool
+	closed bool
+
+	// scratch for dtype conversions of op arguments (slot-indexed) and for the
+	// per-call tables of the matmuls; grown on demand, reused across calls.
+	conv [numConvSlots][]float32
+	xsum []float32 // per-group sums of x for quantized M=1 products
+	mm   mmJob     // the one matmul job (no allocation per call)
+	ew   elemJob   // the one elementwise job
+	at   attnJob   // the one attention job
+	ws   []workerScratch
+	// MatMulExperts grouping by expert (M > 1).
+	expCount []int32
+	expStart []int32
+	expOrder []int32
+	expUsed  []int32
+}
+
+// workerScratch is the private scratch of one worker of the pool.
+type workerScratch struct {
+	gsum  []float32 // per-group Σq·x of one row, or its scales
+	gbias []float32 // a row's biases
+	row   []float32 // dequantized weight rows
+	score []float32 // attention scores
+	acc   []float32 // attention output accumulator
+}
+
+// New returns a CPU backend with its worker pool started.
+func New(opts ...Option) *Backend {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	if c.threads <= 0 {
+		c.threads = runtime.GOMAXPROCS(0)
+	}
+	b := &Backend{pool: newPool(c.threads)}
+	b.ws = make([]workerScratch, c.threads)
+	return b
+}
+
+// Threads returns the number of goroutines that execute an op.
+func (b *Backend) Threads() int { return b.pool.n }
+
+// Name returns "cpu".
+func (b *Backend) Name() string { return "cpu" }
+
+// ActivationDType returns F32: the CPU backend keeps activations in float32.
+func (b *Backend) ActivationDType() dtype.DType { return dtype.F32 }
+
+// buffer is the CPU backend's device memory: host bytes.
+type buffer struct {
+	data     []byte
+	backing  []uint64 // keeps Alloc'd memory (8-byte aligned) alive
+	readOnly bool     // WrapHost buffers
+	freed    bool
+}
+
+// Len is the buffer's size in bytes (0 once freed).
+func (u *buffer) Len() int64 { return int64(len(u.data)) }
+
+// Alloc returns a new zeroed tensor of the given dtype and shape. The memory is
+// 8-byte aligned.
+func (b *Backend) Alloc(dt dtype.DType, shape ...int) (kernels.Tensor, error) {
+	if b.closed {
+		return kernels.Tensor{}, errClosed
+	}
+	if dt.Size() == 0 {
+		return kernels.Tensor{}, fmt.Errorf("cpu: Alloc of invalid dtype %s", dt)
+	}
+	n, err := numel(shape)
+	if err != nil {
+		return kernels.Tensor{}, fmt.Errorf("cpu: Alloc: %w", err)
+	}
+	size := n * int64(dt.Size())
+	if size > 1<<46 {
+		return kernels.Tensor{}, fmt.Errorf("cpu: Alloc of %d bytes is too large", size)
+	}
+	words := make([]uint64, (size+7)/8)
+	var data []byte
+	if len(words) > 0 {
+		data = unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), size)
+	} else {
+		data = []byte{}
+	}
+	return kernels.Tensor{
+		Buf:   &buffer{data: data, backing: words},
+		DType: dt,
+		Shape: append([]int(nil), shape...),
+	}, nil
+}
+
+// Free releases the buffer under t if Alloc made it; every view of it becomes
+// invalid (ops on them return errors). Freeing a wrapped or foreign buffer, or
+// freeing twice, does nothing.
+func (b *Backend) Free(t kernels.Tensor) {
+	u, ok := t.Buf.(*buffer)
+	if !ok || u.readOnly {
+		return
+	}
+	u.data, u.backing, u.freed = nil, nil, true
+}
+
+// WrapHost returns a read-only buffer over data without copying it. data must
+// stay valid and unchanged until Close.
+func (b *Backend) WrapHost(data []byte) (kernels.Buffer, error) {
+	if b.closed {
+		return nil, errClosed
+	}
+	if data == nil {
+		data = []byte{}
+	}
+	return &buffer{data: data, readOnly: true}, nil
+}
+
+// Upload copies src into t.
+func (b *Backend) Upload(t kernels.Tensor, src []byte) error {
+	if b.closed {
+		return errClosed
+	}
+	dst, err := b.raw(t, "Upload: tensor", true)
+	if err != nil {
+		return err
+	}
+	if len(src) != len(dst) {
+		return fmt.Errorf("cpu: Upload of %d bytes into %s (%d bytes)", len(src), t, len(dst))
+	}
+	copy(dst, src)
+	return nil
+}
+
+// Download copies t into dst.
+func (b *Backend) Download(dst []byte, t kernels.Tensor) error {
+	if b.closed {
+		return errClosed
+	}
+	src, err := b.raw(t, "Download: tensor", false)
+	if err != nil {
+		return err
+	}
+	if len(src) != len(dst) {
+		return fmt.Errorf("cpu: Download of %s (%d bytes) into %d bytes", t, len(src), len(dst))
+	}
+	copy(dst, src)
+	return nil
+}
+
+// Sync returns at once: the CPU backend executes each op when it is called.
+func (b *Backend) Sync() error {
+	if b.closed {
+		return errClosed
+	}
+	return nil
+}
+
+// Close stops the worker pool. Later calls return errors; Close is idempotent.
+func (b *Backend) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	b.pool.close()
+	for i := range b.conv {
+		b.conv[i] = nil
+	}
+	b.ws, b.xsum = nil, nil
+	return nil
+}
+
+var _ kernels.Backend = (*Backend)(nil)
+
+// numel returns the product of shape, checking for negative dimensions and
+// overflow.
+func numel(shape []int) (int64, error) {
+	n := int64(1)
+	for _, d := range shape {
+		if d < 0 {
+			return 0, fmt.Errorf("negative dimension in shape %v", shape)
+		}
+		if d != 0 && n > (1<<53)/int64(d) {
+			return 0, fmt.Errorf("shape %v is too large", shape)
+		}
+		n *= int64(d)
+	}
+	return n, nil
+}
+
+// raw returns the bytes of t after checking that t is a live tensor of this
+// backend lying inside its buffer (and writable when write is set). what
+// names the argument in errors.
+func (b *Backend) raw(t kernels.Tensor, what string, write bool) ([]byte, error) {
+	if t.Buf == nil {
+		return nil, fmt.Errorf("cpu: %s is missing (zero tensor)", what)
+	}
+	u, ok := t.Buf.(*buffer)
+	if !ok {
+		return nil, fmt.Errorf("cpu: %s lives in a %T buffer, not a cpu one", what, t.Buf)
+	}
+	if u.freed {
+		return nil, fmt.Errorf("cpu: %s %s uses a freed buffer", what, t)
+	}
+	if write && u.readOnly {
+		return nil, fmt.Errorf("cpu: %s %s is in a read-only (WrapHost) buffer", what, t)
+	}
+	if t.DType.Size() == 0 {
+		return nil, fmt.Errorf("cpu: %s has invalid dtype %s", what, t.DType)
+	}
+	n, err := numel(t.Shape)
+	if err != nil {
+		return nil, fmt.Errorf("cpu: %s: %w", what, err)
+	}
+	size := n * int64(t.DType.Size())
+	if t.Offset < 0 || t.Offset > int64(len(u.data)) || size > int64(len(u.data))-t.Offset {
+		return nil, fmt.Errorf("cpu: %s %s at offset %d (%d bytes) lies outside its %d-byte buffer",
+			what, t, t.Offset, size, len(u.data))
+	}
+	return u.data[t.Offset : t.Offset+size : t.Offset+size], nil
+}
+
+// rawRange returns bytes [off, off+size) of t's buffer after the same checks as
+// raw (used for 3D weights, whose experts lie beyond the first one's view).
+func rawRange(t kernels.Tensor, what string, off, size int64) ([]byte, error) {
+	u, ok := t.Buf.(*buffer)
+	if !ok || u.freed {
+		return nil, fmt.Errorf("cpu: %s is not a live cpu tensor", what)
+	}
+	if off < 0 || off > int64(len(u.data)) || size < 0 || size > int64(len(u.data))-off {
+		return nil, fmt.Errorf("cpu: %s: bytes [%d, %d) lie outside its %d-byte buffer", what, off, off+size, len(u.data))
+	}
+	return u.data[off : off+size : off+size], nil
+}
+
+// Typed views over raw bytes. The CPU targets (amd64, arm64) allow unaligned
+// loads, and the element types hold no pointers, so views at any offset are
+// valid.
+
+func asF32(p []byte) []float32 {
+	if len(p) < 4 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&p[0])), len(p)/4)
+}
+
+func asU32(p []byte) []uint32 {
+	if len(p) < 4 {
+		return nil
+	}
+	return unsafe.Slice((*uint32)(unsafe.Pointer(&p[0])), len(p)/4)
+}
+
+func asI32(p []byte) []int32 {
+	if len(p) < 4 {
+		return nil
+	}
+	return unsafe.Slice((*int32)(unsafe.Pointer(&p[0])), len(p)/4)
+}
+
+func asU16(p []byte) []uint16 {
+	if len(p) < 2 {
+		return nil
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&p[0])), len(p)/2)
+}
+
+// Conversion scratch slots: an op that converts several arguments uses a
+// different slot for each.
+const (
+	slotX = iota
+	slotY
+	slotA
+	slotB
+	slotW
+	numConvSlots
+)
+
+// grow returns s resized to n elements, reallocating only when it is too small.
+func grow(s []float32, n int) []float32 {
+	if cap(s) < n {
+		return make([]float32, n, n+n/4)
+	}
+	return s[:n]
+}
+
+// in returns t's elements as float32: a view for F32, else a converted copy in
+// conversion slot. t must be a float tensor.
+func (b *Backend) in(t kernels.Tensor, what string, slot int) ([]float32, error) {
+	p, err := b.raw(t, what, false)
+	if err != nil {
+		return nil, err
+	}
+	switch t.DType {
+	case dtype.F32:
+		return asF32(p), nil
+	case dtype.BF16, dtype.F16:
+		v := asU16(p)
+		b.conv[slot] = grow(b.conv[slot], len(v))
+		dst := b.conv[slot]
+		if t.DType == dtype.BF16 {
+			bf16ToF32(dst, v)
+		} else {
+			f16ToF32(dst, v)
+		}
+		return dst, nil
+	}
+	return nil, fmt.Errorf("cpu: %s %s must be F32, BF16 or F16", what, t)
+}
+
+// out returns the float32 destination for writing t: a view for F32, else a
+// scratch slice to be converted into t by flush.
+func (b *Backend) out(t kernels.Tensor, what string, slot int) ([]float32, error) {
+	p, err := b.raw(t, what, true)
+	if err != nil {
+		return nil, err
+	}
+	switch t.DType {
+	case dtype.F32:
+		return asF32(p), nil
+	case dtype.BF16, dtype.F16:
+		b.conv[slot] = grow(b.conv[slot], len(p)/2)
+		return b.conv[slot], nil
+	}
+	return nil, fmt.Errorf("cpu: %s %s must be F32, BF16 or F16", what, t)
+}
+
+// flush converts v (from out) into t when t is not F32.
+func (b *Backend) flush(t kernels.Tensor, v []float32) {
+	if t.DType == dtype.F32 {
+		return
+	}
+	p, _ := b.raw(t, "", true) // checked by out
+	dst := asU16(p)
+	if t.DType == dtype.BF16 {
+		for i, f := range v[:len(dst)] {
+			dst[i] = dtype.F32ToBF16(f)
+		}
+	} else {
+		for i, f := range v[:len(dst)] {
+			dst[i] = dtype.F32ToF16(f)
+		}
+	}
+}
+
+// ints returns the I32 tensor t as []int32.
+func (b *Backend) ints(t kernels.Tensor, what string) ([]int32, error) {
+	if t.Buf != nil && t.DType != dtype.I32 {
+		return nil, fmt.Errorf("cpu: %s %s must be I32", what, t)
+	}
+	p, err := b.raw(t, what, false)
+	if err != nil {
+		return nil, err
+	}
+	return asI32(p), nil
+}
+
+func bf16ToF32(dst []float32, src []uint16) {
+	dst = dst[:len(src)]
+	for i, h := range src {
+		dst[i] = bf16(h)
+	}
+}
+
+func f16ToF32(dst []float32, src []uint16) {
+	tab := f16Table()
+	dst = dst[:len(src)]
+	for i, h := range src {
+		dst[i] = tab[h]
+	}
+}
+
+// bf16 widens a bfloat16 bit pattern (inlined in hot loops).
+func bf16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+var (
+	f16Once sync.Once
+	f16Tab  *[1 << 16]float32
+)
+
+// f16Table returns the float32 value of every IEEE half bit pattern.
+func f16Table() *[1 << 16]float32 {
+	f16Once.Do(func() {
+		t := new([1 << 16]float32)
+		for i := range t {
+			t[i] = dtype.F16ToF32(uint16(i))
+		}
+		f16Tab = t
+	})
+	return f16Tab
+}

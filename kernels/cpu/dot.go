@@ -1,0 +1,256 @@
+package cpu
+
+import "math"
+
+// The hot loops of the matmuls: dot products of one weight row with an f32
+// vector (dense rows in F32, BF16 or F16; quantized rows per bit width), row
+// dequantization and the per-group combination of quantized partial sums.
+// They are small, self-contained functions so that assembly versions can
+// replace them later.
+
+// dotF32 returns Σ a[i]·b[i] over len(a) elements (len(b) >= len(a)).
+func dotF32(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		aa := a[i : i+8 : i+8]
+		bb := b[i : i+8 : i+8]
+		s0 += aa[0]*bb[0] + aa[4]*bb[4]
+		s1 += aa[1]*bb[1] + aa[5]*bb[5]
+		s2 += aa[2]*bb[2] + aa[6]*bb[6]
+		s3 += aa[3]*bb[3] + aa[7]*bb[7]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// dotBF16 returns Σ w[i]·x[i] for a bfloat16 row w.
+func dotBF16(w []uint16, x []float32) float32 {
+	x = x[:len(w)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+8 <= len(w); i += 8 {
+		ww := w[i : i+8 : i+8]
+		xx := x[i : i+8 : i+8]
+		s0 += math.Float32frombits(uint32(ww[0])<<16)*xx[0] + math.Float32frombits(uint32(ww[4])<<16)*xx[4]
+		s1 += math.Float32frombits(uint32(ww[1])<<16)*xx[1] + math.Float32frombits(uint32(ww[5])<<16)*xx[5]
+		s2 += math.Float32frombits(uint32(ww[2])<<16)*xx[2] + math.Float32frombits(uint32(ww[6])<<16)*xx[6]
+		s3 += math.Float32frombits(uint32(ww[3])<<16)*xx[3] + math.Float32frombits(uint32(ww[7])<<16)*xx[7]
+	}
+	for ; i < len(w); i++ {
+		s0 += math.Float32frombits(uint32(w[i])<<16) * x[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// dotF16 returns Σ w[i]·x[i] for an IEEE half row w, tab being f16Table().
+func dotF16(w []uint16, x []float32, tab *[1 << 16]float32) float32 {
+	x = x[:len(w)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(w); i += 4 {
+		ww := w[i : i+4 : i+4]
+		xx := x[i : i+4 : i+4]
+		s0 += tab[ww[0]] * xx[0]
+		s1 += tab[ww[1]] * xx[1]
+		s2 += tab[ww[2]] * xx[2]
+		s3 += tab[ww[3]] * xx[3]
+	}
+	for ; i < len(w); i++ {
+		s0 += tab[w[i]] * x[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// qdot4 sets gsum[g] = Σ q[i]·x[i] over group g of a 4-bit row (8 values per
+// word, value j of a word in bits [4j, 4j+4)).
+func qdot4(w []uint32, x []float32, gsum []float32, group int) {
+	wpg := group / 8
+	for g := range gsum {
+		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
+		xs := x[g*group : (g+1)*group : (g+1)*group]
+		var s0, s1, s2, s3 float32
+		for j, v := range ws {
+			xx := xs[j*8 : j*8+8 : j*8+8]
+			s0 += float32(v&15)*xx[0] + float32(v>>16&15)*xx[4]
+			s1 += float32(v>>4&15)*xx[1] + float32(v>>20&15)*xx[5]
+			s2 += float32(v>>8&15)*xx[2] + float32(v>>24&15)*xx[6]
+			s3 += float32(v>>12&15)*xx[3] + float32(v>>28)*xx[7]
+		}
+		gsum[g] = (s0 + s1) + (s2 + s3)
+	}
+}
+
+// qdot8 is qdot4 for 8-bit rows (4 values per word).
+func qdot8(w []uint32, x []float32, gsum []float32, group int) {
+	wpg := group / 4
+	for g := range gsum {
+		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
+		xs := x[g*group : (g+1)*group : (g+1)*group]
+		var s0, s1, s2, s3 float32
+		for j := 0; j+2 <= len(ws); j += 2 {
+			v, u := ws[j], ws[j+1]
+			xx := xs[j*4 : j*4+8 : j*4+8]
+			s0 += float32(v&255)*xx[0] + float32(u&255)*xx[4]
+			s1 += float32(v>>8&255)*xx[1] + float32(u>>8&255)*xx[5]
+			s2 += float32(v>>16&255)*xx[2] + float32(u>>16&255)*xx[6]
+			s3 += float32(v>>24)*xx[3] + float32(u>>24)*xx[7]
+		}
+		gsum[g] = (s0 + s1) + (s2 + s3)
+	}
+}
+
+// qdot2 is qdot4 for 2-bit rows (16 values per word).
+func qdot2(w []uint32, x []float32, gsum []float32, group int) {
+	wpg := group / 16
+	for g := range gsum {
+		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
+		xs := x[g*group : (g+1)*group : (g+1)*group]
+		var s0, s1, s2, s3 float32
+		for j, v := range ws {
+			xx := xs[j*16 : j*16+16 : j*16+16]
+			s0 += float32(v&3)*xx[0] + float32(v>>8&3)*xx[4] + float32(v>>16&3)*xx[8] + float32(v>>24&3)*xx[12]
+			s1 += float32(v>>2&3)*xx[1] + float32(v>>10&3)*xx[5] + float32(v>>18&3)*xx[9] + float32(v>>26&3)*xx[13]
+			s2 += float32(v>>4&3)*xx[2] + float32(v>>12&3)*xx[6] + float32(v>>20&3)*xx[10] + float32(v>>28&3)*xx[14]
+			s3 += float32(v>>6&3)*xx[3] + float32(v>>14&3)*xx[7] + float32(v>>22&3)*xx[11] + float32(v>>30)*xx[15]
+		}
+		gsum[g] = (s0 + s1) + (s2 + s3)
+	}
+}
+
+// qdotN is qdot4 for any width (used for 3, 5 and 6 bits, whose values
+// straddle words): the row is read as a little-endian bit stream through a
+// 64-bit window. A group always ends on a word boundary (group·bits is a
+// multiple of 32).
+func qdotN(w []uint32, x []float32, gsum []float32, group, bits int) {
+	mask := uint64(1)<<bits - 1
+	nbits := uint(bits)
+	wi := 0
+	for g := range gsum {
+		xs := x[g*group : (g+1)*group : (g+1)*group]
+		var buf uint64
+		var have uint
+		var s0, s1 float32
+		for i := 0; i+2 <= len(xs); i += 2 {
+			if have < 2*nbits {
+				buf |= uint64(w[wi]) << have
+				wi++
+				have += 32
+			}
+			s0 += float32(buf&mask) * xs[i]
+			s1 += float32(buf>>nbits&mask) * xs[i+1]
+			buf >>= 2 * nbits
+			have -= 2 * nbits
+		}
+		gsum[g] = s0 + s1
+	}
+}
+
+// qdot dispatches to the kernel for bits.
+func qdot(bits int, w []uint32, x []float32, gsum []float32, group int) {
+	switch bits {
+	case 4:
+		qdot4(w, x, gsum, group)
+	case 8:
+		qdot8(w, x, gsum, group)
+	case 2:
+		qdot2(w, x, gsum, group)
+	default:
+		qdotN(w, x, gsum, group, bits)
+	}
+}
+
+// unpack writes the quantized values of a packed row as floats: q[i] for i <
+// len(q). len(q)·bits must be a multiple of 32.
+func unpack(bits int, w []uint32, q []float32) {
+	switch bits {
+	case 4:
+		for j := 0; j < len(q)/8; j++ {
+			v := w[j]
+			qq := q[j*8 : j*8+8 : j*8+8]
+			qq[0], qq[1], qq[2], qq[3] = float32(v&15), float32(v>>4&15), float32(v>>8&15), float32(v>>12&15)
+			qq[4], qq[5], qq[6], qq[7] = float32(v>>16&15), float32(v>>20&15), float32(v>>24&15), float32(v>>28)
+		}
+	case 8:
+		for j := 0; j < len(q)/4; j++ {
+			v := w[j]
+			qq := q[j*4 : j*4+4 : j*4+4]
+			qq[0], qq[1], qq[2], qq[3] = float32(v&255), float32(v>>8&255), float32(v>>16&255), float32(v>>24)
+		}
+	default:
+		mask := uint64(1)<<bits - 1
+		var buf uint64
+		var have uint
+		wi := 0
+		for i := range q {
+			if have < uint(bits) {
+				buf |= uint64(w[wi]) << have
+				wi++
+				have += 32
+			}
+			q[i] = float32(buf & mask)
+			buf >>= uint(bits)
+			have -= uint(bits)
+		}
+	}
+}
+
+// affine sets q[i] = scale[g]·q[i] + bias[g] for the groups of a row.
+func affine(q []float32, scale, bias []float32, group int) {
+	for g := range scale {
+		s, b := scale[g], bias[g]
+		qq := q[g*group : (g+1)*group : (g+1)*group]
+		for i, v := range qq {
+			qq[i] = s*v + b
+		}
+	}
+}
+
+// groupSums sets xs[g] = Σ x[i] over group g (xs has len(x)/group entries).
+func groupSums(x []float32, xs []float32, group int) {
+	for g := range xs {
+		var s0, s1, s2, s3 float32
+		xx := x[g*group : (g+1)*group : (g+1)*group]
+		for i := 0; i+4 <= len(xx); i += 4 {
+			s0 += xx[i]
+			s1 += xx[i+1]
+			s2 += xx[i+2]
+			s3 += xx[i+3]
+		}
+		xs[g] = (s0 + s1) + (s2 + s3)
+	}
+}
+
+// combineBF16 returns Σ_g scale[g]·gsum[g] + bias[g]·xsum[g] with bf16 scales
+// and biases: the quantized dot w·x = Σ_g scale·Σq·x + bias·Σx.
+func combineBF16(gsum, xsum []float32, scale, bias []uint16) float32 {
+	scale, bias, xsum = scale[:len(gsum)], bias[:len(gsum)], xsum[:len(gsum)]
+	var s float32
+	for g, q := range gsum {
+		s += math.Float32frombits(uint32(scale[g])<<16)*q + math.Float32frombits(uint32(bias[g])<<16)*xsum[g]
+	}
+	return s
+}
+
+// combineF32 is combineBF16 for f32 scales and biases.
+func combineF32(gsum, xsum []float32, scale, bias []float32) float32 {
+	scale, bias, xsum = scale[:len(gsum)], bias[:len(gsum)], xsum[:len(gsum)]
+	var s float32
+	for g, q := range gsum {
+		s += scale[g]*q + bias[g]*xsum[g]
+	}
+	return s
+}
+
+// combineF16 is combineBF16 for f16 scales and biases.
+func combineF16(gsum, xsum []float32, scale, bias []uint16, tab *[1 << 16]float32) float32 {
+	scale, bias, xsum = scale[:len(gsum)], bias[:len(gsum)], xsum[:len(gsum)]
+	var s float32
+	for g, q := range gsum {
+		s += tab[scale[g]]*q + tab[bias[g]]*xsum[g]
+	}
+	return s
+}

@@ -1,0 +1,405 @@
+package cpu
+
+import (
+	"fmt"
+
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+// mmSeg is one 2D weight matrix of a matmul call (the weight, or one expert of
+// a 3D weight) with the (x row, y row) pairs that multiply it.
+type mmSeg struct {
+	data, scales, biases []byte
+	p0, p1               int // pairs[p0:p1]
+}
+
+// mmPair names an input row and an output row of a matmul.
+type mmPair struct{ x, y int32 }
+
+// mmJob is the matmul work of one call, spread over the pool by weight rows:
+// item r is row r%N of segment r/N.
+type mmJob struct {
+	b                *Backend
+	n, k, g          int // output rows, input width, groups per row (quantized)
+	bits, group      int
+	wdt, sdt         dtype.DType // data dtype (dense) and scales/biases dtype
+	x, y, xsum       []float32
+	segs             []mmSeg
+	pairs            []mmPair
+	f16              *[1 << 16]float32
+	rowBytes, gBytes int // bytes per weight row and per row of scales
+}
+
+func (j *mmJob) run(w, lo, hi int) {
+	ws := &j.b.ws[w]
+	n, k := j.n, j.k
+	for r := lo; r < hi; {
+		s := r / n
+		seg := &j.segs[s]
+		end := min(hi, (s+1)*n)
+		for ; r < end; r++ {
+			row := r - s*n
+			wrow := seg.data[row*j.rowBytes : (row+1)*j.rowBytes]
+			pairs := j.pairs[seg.p0:seg.p1]
+			if j.bits == 0 {
+				for _, p := range pairs {
+					xr := j.x[int(p.x)*k : int(p.x)*k+k]
+					j.y[int(p.y)*n+row] = j.denseDot(wrow, xr)
+				}
+				continue
+			}
+			sc := seg.scales[row*j.gBytes : (row+1)*j.gBytes]
+			bi := seg.biases[row*j.gBytes : (row+1)*j.gBytes]
+			if len(pairs) == 1 {
+				// Fused: per-group Σq·x, then scale·Σq·x + bias·Σx.
+				p := pairs[0]
+				xr := j.x[int(p.x)*k : int(p.x)*k+k]
+				gs := ws.gsum[:j.g]
+				qdot(j.bits, asU32(wrow), xr, gs, j.group)
+				j.y[int(p.y)*n+row] = j.combine(gs, j.xsum[int(p.x)*j.g:int(p.x)*j.g+j.g], sc, bi)
+				continue
+			}
+			// Several inputs share this row: dequantize it once.
+			q := ws.row[:k]
+			unpack(j.bits, asU32(wrow), q)
+			j.affineRow(q, sc, bi, ws)
+			for _, p := range pairs {
+				xr := j.x[int(p.x)*k : int(p.x)*k+k]
+				j.y[int(p.y)*n+row] = dotF32(q, xr)
+			}
+		}
+	}
+}
+
+func (j *mmJob) denseDot(wrow []byte, x []float32) float32 {
+	switch j.wdt {
+	case dtype.BF16:
+		return dotBF16(asU16(wrow), x)
+	case dtype.F16:
+		return dotF16(asU16(wrow), x, j.f16)
+	default:
+		return dotF32(asF32(wrow), x)
+	}
+}
+
+func (j *mmJob) combine(gs, xs []float32, sc, bi []byte) float32 {
+	switch j.sdt {
+	case dtype.BF16:
+		return combineBF16(gs, xs, asU16(sc), asU16(bi))
+	case dtype.F16:
+		return combineF16(gs, xs, asU16(sc), asU16(bi), j.f16)
+	default:
+		return combineF32(gs, xs, asF32(sc), asF32(bi))
+	}
+}
+
+// affineRow applies a row's scales and biases (raw bytes of dtype j.sdt) to
+// the unpacked values q.
+func (j *mmJob) affineRow(q []float32, sc, bi []byte, ws *workerScratch) {
+	s, b := ws.gsum[:j.g], ws.gbias[:j.g]
+	groupParams(j.sdt, sc, s, j.f16)
+	groupParams(j.sdt, bi, b, j.f16)
+	affine(q, s, b, j.group)
+}
+
+// groupParams converts a row of scales or biases to f32.
+func groupParams(dt dtype.DType, raw []byte, dst []float32, tab *[1 << 16]float32) {
+	switch dt {
+	case dtype.BF16:
+		bf16ToF32(dst, asU16(raw))
+	case dtype.F16:
+		for i, h := range asU16(raw)[:len(dst)] {
+			dst[i] = tab[h]
+		}
+	default:
+		copy(dst, asF32(raw))
+	}
+}
+
+// checkWeight validates w for a matmul: its own consistency, the dtypes this
+// backend reads, and that the first matrix lies in its buffers. It returns the
+// data, scales and biases bytes of the first matrix (expert 0 for 3D).
+func (b *Backend) checkWeight(w *kernels.Weight, op string) (data, scales, biases []byte, err error) {
+	if w == nil {
+		return nil, nil, nil, fmt.Errorf("cpu: %s: nil weight", op)
+	}
+	if err := w.Validate(); err != nil {
+		return nil, nil, nil, fmt.Errorf("cpu: %s: %w", op, err)
+	}
+	if data, err = b.raw(w.Data, op+": weight data", false); err != nil {
+		return nil, nil, nil, err
+	}
+	if !w.Quantized() {
+		if w.Scales.Buf != nil || w.Biases.Buf != nil {
+			return nil, nil, nil, fmt.Errorf("cpu: %s: dense weight has scales or biases (Bits is 0)", op)
+		}
+		return data, nil, nil, nil
+	}
+	if w.Scales.DType != w.Biases.DType {
+		return nil, nil, nil, fmt.Errorf("cpu: %s: scales %s and biases %s differ in dtype", op, w.Scales, w.Biases)
+	}
+	if scales, err = b.raw(w.Scales, op+": weight scales", false); err != nil {
+		return nil, nil, nil, err
+	}
+	if biases, err = b.raw(w.Biases, op+": weight biases", false); err != nil {
+		return nil, nil, nil, err
+	}
+	return data, scales, biases, nil
+}
+
+// prepare fills the parts of b.mm common to MatMul and MatMulExperts and sizes
+// the worker scratch.
+func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
+	j := &b.mm
+	j.b = b
+	j.n, j.k = w.N, w.K
+	j.bits, j.group = w.Bits, w.Group
+	j.x, j.y = x, y
+	j.wdt = w.Data.DType
+	j.segs, j.pairs = j.segs[:0], j.pairs[:0]
+	if w.Data.DType == dtype.F16 || w.Scales.DType == dtype.F16 {
+		j.f16 = f16Table()
+	}
+	if w.Quantized() {
+		j.g = w.K / w.Group
+		j.sdt = w.Scales.DType
+		j.rowBytes = w.K * w.Bits / 8
+		j.gBytes = j.g * w.Scales.DType.Size()
+		for i := range b.ws {
+			ws := &b.ws[i]
+			ws.gsum = grow(ws.gsum, j.g)
+			ws.gbias = grow(ws.gbias, j.g)
+		}
+	} else {
+		j.g, j.sdt = 0, dtype.Invalid
+		j.rowBytes = w.K * w.Data.DType.Size()
+		j.gBytes = 0
+	}
+	return j
+}
+
+// sums computes the per-group sums of the x rows that a fused quantized row
+// product needs.
+func (b *Backend) sums(j *mmJob, rows int) {
+	if j.bits == 0 {
+		return
+	}
+	b.xsum = grow(b.xsum, rows*j.g)
+	j.xsum = b.xsum
+	for r := range rows {
+		groupSums(j.x[r*j.k:(r+1)*j.k], j.xsum[r*j.g:(r+1)*j.g], j.group)
+	}
+}
+
+// growRows makes sure each worker can dequantize one row of width k.
+func (b *Backend) growRows(k int) {
+	for i := range b.ws {
+		b.ws[i].row = grow(b.ws[i].row, max(k, len(b.ws[i].row)))
+	}
+}
+
+// dispatch runs the prepared job over all weight rows of all segments.
+func (b *Backend) dispatch(j *mmJob) {
+	total := len(j.segs) * j.n
+	// Rows are heavy (K multiply-adds): small chunks balance well.
+	b.pool.parallel(total, b.pool.chunkFor(total, 8), j)
+	j.x, j.y, j.xsum = nil, nil, nil
+	for i := range j.segs {
+		j.segs[i] = mmSeg{}
+	}
+}
+
+// MatMul computes y[M,N] = x[M,K]·Wᵀ for a 2D weight, dense or quantized, with
+// f32 accumulation. x and y may be F32, BF16 or F16.
+func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
+	if b.closed {
+		return errClosed
+	}
+	data, scales, biases, err := b.checkWeight(w, "MatMul")
+	if err != nil {
+		return err
+	}
+	if w.Experts != 0 {
+		return fmt.Errorf("cpu: MatMul: weight has %d experts (use MatMulExperts or Weight.Expert)", w.Experts)
+	}
+	m := x.Rows()
+	if x.Cols() != w.K {
+		return fmt.Errorf("cpu: MatMul: x %v has %d columns, the weight takes %d inputs", x.Shape, x.Cols(), w.K)
+	}
+	if y.Rows() != m || y.Cols() != w.N {
+		return fmt.Errorf("cpu: MatMul: y %v should be [%d, %d] for x %v and a [%d, %d] weight", y.Shape, m, w.N, x.Shape, w.N, w.K)
+	}
+	xv, err := b.in(x, "MatMul: x", slotX)
+	if err != nil {
+		return err
+	}
+	yv, err := b.out(y, "MatMul: y", slotY)
+	if err != nil {
+		return err
+	}
+	if m == 0 {
+		return nil
+	}
+	j := b.prepare(w, xv, yv)
+	j.segs = append(j.segs, mmSeg{data: data, scales: scales, biases: biases, p0: 0, p1: m})
+	for r := range m {
+		j.pairs = append(j.pairs, mmPair{int32(r), int32(r)})
+	}
+	if m == 1 {
+		b.sums(j, 1)
+	} else {
+		b.growRows(w.K)
+	}
+	b.dispatch(j)
+	b.flush(y, yv)
+	return nil
+}
+
+// MatMulExperts computes y[M,k,N] = x[m]·W[ids[m,j]]ᵀ for a 3D weight and I32
+// ids [M,k]; x is [M,K] (shared by the k slots) or [M·k,K]. Ids out of range
+// are an error. For M > 1 the (token, slot) pairs are grouped by expert, so
+// each selected expert's weights are read once per call.
+func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kernels.Tensor) error {
+	if b.closed {
+		return errClosed
+	}
+	if _, _, _, err := b.checkWeight(w, "MatMulExperts"); err != nil {
+		return err
+	}
+	if w.Experts <= 0 {
+		return fmt.Errorf("cpu: MatMulExperts: weight is 2D (Experts is %d); use MatMul", w.Experts)
+	}
+	idv, err := b.ints(ids, "MatMulExperts: ids")
+	if err != nil {
+		return err
+	}
+	if len(ids.Shape) == 0 {
+		return fmt.Errorf("cpu: MatMulExperts: ids %s must be [M, k]", ids)
+	}
+	m, k := ids.Rows(), ids.Cols()
+	if x.Cols() != w.K {
+		return fmt.Errorf("cpu: MatMulExperts: x %v has %d columns, the weight takes %d inputs", x.Shape, x.Cols(), w.K)
+	}
+	perSlot := false
+	switch x.Rows() {
+	case m:
+	case m * k:
+		perSlot = true
+	default:
+		return fmt.Errorf("cpu: MatMulExperts: x %v should have %d rows (shared) or %d (one per slot) for ids %v", x.Shape, m, m*k, ids.Shape)
+	}
+	if y.Numel() != m*k*w.N || y.Cols() != w.N {
+		return fmt.Errorf("cpu: MatMulExperts: y %v should be [%d, %d, %d] for ids %v and a weight with %d outputs", y.Shape, m, k, w.N, ids.Shape, w.N)
+	}
+	for i, e := range idv {
+		if e < 0 || int(e) >= w.Experts {
+			return fmt.Errorf("cpu: MatMulExperts: ids[%d, %d] = %d is not an expert of [0, %d)", i/max(k, 1), i%max(k, 1), e, w.Experts)
+		}
+	}
+	xv, err := b.in(x, "MatMulExperts: x", slotX)
+	if err != nil {
+		return err
+	}
+	yv, err := b.out(y, "MatMulExperts: y", slotY)
+	if err != nil {
+		return err
+	}
+	if m*k == 0 {
+		return nil
+	}
+	j := b.prepare(w, xv, yv)
+	xrow := func(i int) int32 { // the x row of slot i = (token, slot)
+		if perSlot {
+			return int32(i)
+		}
+		return int32(i / k)
+	}
+	if m == 1 {
+		// Decode: one segment per slot, each with its one row.
+		for i, e := range idv {
+			seg, err := b.expertSeg(w, int(e))
+			if err != nil {
+				return err
+			}
+			seg.p0, seg.p1 = i, i+1
+			j.segs = append(j.segs, seg)
+			j.pairs = append(j.pairs, mmPair{xrow(i), int32(i)})
+		}
+	} else {
+		// Prefill: counting sort of the slots by expert.
+		b.expCount = growInt32(b.expCount, w.Experts)
+		clear(b.expCount)
+		for _, e := range idv {
+			b.expCount[e]++
+		}
+		b.expStart = growInt32(b.expStart, w.Experts+1)
+		b.expUsed = b.expUsed[:0]
+		start := int32(0)
+		for e, c := range b.expCount {
+			b.expStart[e] = start
+			start += c
+			if c > 0 {
+				b.expUsed = append(b.expUsed, int32(e))
+			}
+		}
+		b.expOrder = growInt32(b.expOrder, len(idv))
+		for i, e := range idv {
+			b.expOrder[b.expStart[e]] = int32(i)
+			b.expStart[e]++
+		}
+		p := 0
+		for _, e := range b.expUsed {
+			seg, err := b.expertSeg(w, int(e))
+			if err != nil {
+				return err
+			}
+			seg.p0 = p
+			for _, i := range b.expOrder[p : p+int(b.expCount[e])] {
+				j.pairs = append(j.pairs, mmPair{xrow(int(i)), i})
+			}
+			p += int(b.expCount[e])
+			seg.p1 = p
+			j.segs = append(j.segs, seg)
+		}
+		b.growRows(w.K)
+	}
+	if j.bits != 0 {
+		if perSlot {
+			b.sums(j, m*k)
+		} else {
+			b.sums(j, m)
+		}
+	}
+	b.dispatch(j)
+	b.flush(y, yv)
+	return nil
+}
+
+// expertSeg returns the bytes of expert e of a 3D weight, checked to lie
+// inside the buffers.
+func (b *Backend) expertSeg(w *kernels.Weight, e int) (mmSeg, error) {
+	var s mmSeg
+	var err error
+	if s.data, err = rawRange(w.Data, "MatMulExperts: weight data", w.Data.Offset+int64(e)*w.DataStride, w.Data.Bytes()); err != nil {
+		return s, fmt.Errorf("%w (expert %d, DataStride %d)", err, e, w.DataStride)
+	}
+	if !w.Quantized() {
+		return s, nil
+	}
+	off := int64(e) * w.GroupStride
+	if s.scales, err = rawRange(w.Scales, "MatMulExperts: weight scales", w.Scales.Offset+off, w.Scales.Bytes()); err != nil {
+		return s, fmt.Errorf("%w (expert %d, GroupStride %d)", err, e, w.GroupStride)
+	}
+	if s.biases, err = rawRange(w.Biases, "MatMulExperts: weight biases", w.Biases.Offset+off, w.Biases.Bytes()); err != nil {
+		return s, fmt.Errorf("%w (expert %d, GroupStride %d)", err, e, w.GroupStride)
+	}
+	return s, nil
+}
+
+func growInt32(s []int32, n int) []int32 {
+	if cap(s) < n {
+		return make([]int32, n)
+	}
+	return s[:n]
+}
