@@ -1,0 +1,505 @@
+package model
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/gemmoe/gemmoe/attention"
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+	"github.com/gemmoe/gemmoe/loader"
+	"github.com/gemmoe/gemmoe/moe"
+)
+
+// Session is one sequence's state: its KV caches, its position and the
+// activations of a step. A session is used by one goroutine at a time; a
+// model serves any number of sessions.
+type Session struct {
+	m      *Model
+	caches []*attention.Cache // per layer; shared layers point at their donor's
+	own    []*attention.Cache
+	attn   *attention.Scratch
+	moe    *moe.Scratch
+	tokens []int32 // what the caches hold, position by position
+
+	h, x, a, g, u, d, e kernels.Tensor // [Chunk, ...] activations
+	ple, pleTok, pleG   kernels.Tensor // per-layer inputs (PLE models)
+	final, logits       kernels.Tensor // [1, hidden], [1, vocab]
+	ids, pos            kernels.Tensor // I32 [Chunk]
+	host                []byte         // reused host staging
+}
+
+// NewSession makes an empty session with its caches and scratch.
+func (m *Model) NewSession() (*Session, error) {
+	s := &Session{m: m}
+	if err := s.alloc(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Session) alloc() error {
+	m, b, cfg := s.m, s.m.Backend, s.m.Config
+	C, H := m.opts.Chunk, cfg.HiddenSize
+	s.caches = make([]*attention.Cache, len(m.layers))
+	specs := make([]attention.Spec, len(m.layers))
+	for i, l := range m.layers {
+		specs[i] = l.spec
+		if l.cfg.KVSharedOf >= 0 {
+			s.caches[i] = s.caches[l.cfg.KVSharedOf]
+			continue
+		}
+		width := l.cfg.KVHeads * l.cfg.HeadDim
+		var c *attention.Cache
+		var err error
+		if l.cfg.Type == loader.Sliding {
+			c, err = attention.NewSlidingCache(b, l.cfg.Window, C, width)
+		} else {
+			c, err = attention.NewFullCache(b, m.opts.ContextLength, m.opts.CacheGrow, width)
+		}
+		if err != nil {
+			return err
+		}
+		s.caches[i], s.own = c, append(s.own, c)
+	}
+	var err error
+	if s.attn, err = attention.NewScratch(b, C, specs); err != nil {
+		return err
+	}
+	if cfg.EnableMoE {
+		if s.moe, err = moe.NewScratch(b, C, m.moeSpec); err != nil {
+			return err
+		}
+	}
+	width := 0
+	for _, l := range m.layers {
+		width = max(width, l.cfg.MLPWidth)
+	}
+	dt := b.ActivationDType()
+	allocs := []struct {
+		dst   *kernels.Tensor
+		dt    dtype.DType
+		shape []int
+	}{
+		{&s.h, dt, []int{C, H}}, {&s.x, dt, []int{C, H}}, {&s.a, dt, []int{C, H}},
+		{&s.g, dt, []int{C, width}}, {&s.u, dt, []int{C, width}}, {&s.d, dt, []int{C, H}}, {&s.e, dt, []int{C, H}},
+		{&s.final, dt, []int{1, H}}, {&s.logits, dt, []int{1, cfg.VocabSize}},
+		{&s.ids, dtype.I32, []int{C}}, {&s.pos, dtype.I32, []int{C}},
+	}
+	if P := cfg.PLEDim; P > 0 {
+		L := cfg.NumLayers
+		allocs = append(allocs, struct {
+			dst   *kernels.Tensor
+			dt    dtype.DType
+			shape []int
+		}{&s.ple, dt, []int{L, P}}, struct {
+			dst   *kernels.Tensor
+			dt    dtype.DType
+			shape []int
+		}{&s.pleTok, dt, []int{L, P}}, struct {
+			dst   *kernels.Tensor
+			dt    dtype.DType
+			shape []int
+		}{&s.pleG, dt, []int{1, P}})
+	}
+	for _, a := range allocs {
+		if *a.dst, err = b.Alloc(a.dt, a.shape...); err != nil {
+			return fmt.Errorf("session: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close releases the session's caches and scratch.
+func (s *Session) Close() {
+	b := s.m.Backend
+	for _, c := range s.own {
+		c.Free(b)
+	}
+	s.own, s.caches = nil, nil
+	if s.attn != nil {
+		s.attn.Free(b)
+		s.attn = nil
+	}
+	if s.moe != nil {
+		s.moe.Free(b)
+		s.moe = nil
+	}
+	for _, t := range []*kernels.Tensor{&s.h, &s.x, &s.a, &s.g, &s.u, &s.d, &s.e, &s.ple, &s.pleTok, &s.pleG,
+		&s.final, &s.logits, &s.ids, &s.pos} {
+		if !t.IsZero() {
+			b.Free(*t)
+			*t = kernels.Tensor{}
+		}
+	}
+}
+
+// Len is the number of positions the session holds.
+func (s *Session) Len() int { return len(s.tokens) }
+
+// Tokens returns the tokens the session holds (do not modify).
+func (s *Session) Tokens() []int32 { return s.tokens }
+
+// CacheBytes is the device memory the session's KV caches hold now.
+func (s *Session) CacheBytes() int64 {
+	var n int64
+	for _, c := range s.own {
+		n += c.Bytes()
+	}
+	return n
+}
+
+// SlidingCacheSlots returns the slot count of the first sliding layer's ring
+// (0 if the model has none).
+func (s *Session) SlidingCacheSlots() int {
+	for i, l := range s.m.layers {
+		if l.cfg.Type == loader.Sliding {
+			return s.caches[i].Capacity
+		}
+	}
+	return 0
+}
+
+// Truncate drops positions from n on, so the next tokens are written at n.
+// It fails when a sliding layer's ring no longer holds what position n
+// needs (the caller then starts a new session).
+func (s *Session) Truncate(n int) error {
+	if n < 0 || n > len(s.tokens) {
+		return fmt.Errorf("truncate to %d: the session holds %d positions", n, len(s.tokens))
+	}
+	if len(s.tokens)-n > s.m.opts.Chunk {
+		for _, l := range s.m.layers {
+			if l.cfg.Type == loader.Sliding {
+				return fmt.Errorf("truncate to %d: the sliding caches no longer hold the window before it", n)
+			}
+		}
+	}
+	s.tokens = s.tokens[:n]
+	return nil
+}
+
+// Trace receives intermediate values of a forward pass (for tests and
+// debugging): the residual after the embedding (layer -1) and after each
+// layer, and each MoE layer's router choice.
+type Trace struct {
+	Hidden func(layer int, h []float32)              // h: [T, hidden] row-major
+	Router func(layer int, ids []int32, w []float32) // [T, k]
+}
+
+// Forward feeds tokens at the session's next positions and returns the
+// logits of the last one. Long inputs run in chunks.
+func (s *Session) Forward(ctx context.Context, tokens []int32) ([]float32, error) {
+	var last []float32
+	err := s.forward(ctx, tokens, nil, func(_ int, l []float32) { last = l }, true)
+	return last, err
+}
+
+// ForwardAll feeds tokens and returns the logits of every one ([T][vocab]);
+// trace may be nil.
+func (s *Session) ForwardAll(ctx context.Context, tokens []int32, trace *Trace) ([][]float32, error) {
+	out := make([][]float32, 0, len(tokens))
+	err := s.forward(ctx, tokens, trace, func(_ int, l []float32) { out = append(out, l) }, false)
+	return out, err
+}
+
+func (s *Session) forward(ctx context.Context, tokens []int32, trace *Trace, emit func(int, []float32), lastOnly bool) error {
+	if len(tokens) == 0 {
+		return fmt.Errorf("forward: no tokens")
+	}
+	if end := len(s.tokens) + len(tokens); end > s.m.opts.ContextLength {
+		return fmt.Errorf("forward: %d positions exceed the context length %d", end, s.m.opts.ContextLength)
+	}
+	for _, id := range tokens {
+		if id < 0 || int(id) >= s.m.Config.VocabSize {
+			return fmt.Errorf("forward: token id %d is outside the vocabulary [0, %d)", id, s.m.Config.VocabSize)
+		}
+	}
+	C := s.m.opts.Chunk
+	for start := 0; start < len(tokens); start += C {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		chunk := tokens[start:min(start+C, len(tokens))]
+		final := start+len(chunk) == len(tokens)
+		if err := s.step(chunk, trace, emit, lastOnly && !final, lastOnly); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// step runs one chunk through the model. skipLogits: no logits wanted for
+// this chunk; lastOnly: only the chunk's last row's logits.
+func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), skipLogits, lastOnly bool) error {
+	m := s.m
+	m.mu <- struct{}{}
+	defer func() { <-m.mu }()
+	b, cfg := m.Backend, m.Config
+	T, H := len(tokens), cfg.HiddenSize
+	p0 := len(s.tokens)
+	posv := make([]int32, T)
+	for i := range posv {
+		posv[i] = int32(p0 + i)
+	}
+	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = []int{T, cols}; return t }
+	ids, pos := s.ids, s.pos
+	ids.Shape, pos.Shape = []int{T}, []int{T}
+	if err := b.Upload(ids, i32Bytes(tokens)); err != nil {
+		return err
+	}
+	if err := b.Upload(pos, i32Bytes(posv)); err != nil {
+		return err
+	}
+	for _, c := range s.own {
+		if err := c.Reserve(b, p0+T-1); err != nil {
+			return err
+		}
+	}
+	h := rows(s.h, H)
+	if err := b.Embed(h, &m.embed, ids, float32(math.Sqrt(float64(H)))); err != nil {
+		return fmt.Errorf("embed: %w", err)
+	}
+	if cfg.PLEDim > 0 {
+		if err := s.perLayerInputs(h, ids); err != nil {
+			return err
+		}
+	}
+	if trace != nil && trace.Hidden != nil {
+		v, err := s.read(h)
+		if err != nil {
+			return err
+		}
+		trace.Hidden(-1, v)
+	}
+	for i := range m.layers {
+		if err := s.layer(i, T, h, pos, trace); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		if trace != nil && trace.Hidden != nil {
+			v, err := s.read(h)
+			if err != nil {
+				return err
+			}
+			trace.Hidden(i, v)
+		}
+	}
+	s.tokens = append(s.tokens, tokens...)
+	if skipLogits {
+		return b.Sync()
+	}
+	first := 0
+	if lastOnly {
+		first = T - 1
+	}
+	for r := first; r < T; r++ {
+		row, err := h.RowRange(r, r+1)
+		if err != nil {
+			return err
+		}
+		if err := b.RMSNorm(s.final, row, m.norm, float32(cfg.RMSNormEps)); err != nil {
+			return fmt.Errorf("final norm: %w", err)
+		}
+		if err := b.MatMul(s.logits, s.final, &m.lmHead); err != nil {
+			return fmt.Errorf("lm head: %w", err)
+		}
+		if c := cfg.FinalLogitSoftcap; c > 0 {
+			if err := b.Softcap(s.logits, s.logits, float32(c)); err != nil {
+				return fmt.Errorf("softcap: %w", err)
+			}
+		}
+		v, err := s.read(s.logits)
+		if err != nil {
+			return err
+		}
+		emit(p0+r, v)
+	}
+	return nil
+}
+
+func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
+	m := s.m
+	b, cfg := m.Backend, m.Config
+	l := &m.layers[i]
+	H := cfg.HiddenSize
+	eps := float32(cfg.RMSNormEps)
+	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = []int{T, cols}; return t }
+	x, a, d := rows(s.x, H), rows(s.a, H), rows(s.d, H)
+	if err := b.RMSNorm(x, h, l.inputNorm, eps); err != nil {
+		return fmt.Errorf("input_layernorm: %w", err)
+	}
+	if err := attention.Forward(b, a, x, pos, &l.attn, l.spec, s.caches[i], s.attn); err != nil {
+		return err
+	}
+	if err := b.RMSNorm(a, a, l.postAttnNorm, eps); err != nil {
+		return fmt.Errorf("post_attention_layernorm: %w", err)
+	}
+	if err := b.Add(h, h, a); err != nil {
+		return err
+	}
+	// Dense GeGLU MLP.
+	W := l.cfg.MLPWidth
+	g, u := rows(s.g, W), rows(s.u, W)
+	if err := b.RMSNorm(x, h, l.preFFNorm, eps); err != nil {
+		return fmt.Errorf("pre_feedforward_layernorm: %w", err)
+	}
+	if err := b.MatMul(g, x, &l.gate); err != nil {
+		return fmt.Errorf("mlp gate: %w", err)
+	}
+	if err := b.MatMul(u, x, &l.up); err != nil {
+		return fmt.Errorf("mlp up: %w", err)
+	}
+	if err := b.GeluTanhMul(g, g, u); err != nil {
+		return err
+	}
+	if err := b.MatMul(d, g, &l.down); err != nil {
+		return fmt.Errorf("mlp down: %w", err)
+	}
+	if l.moe != nil {
+		if err := b.RMSNorm(d, d, l.postFFNorm1, eps); err != nil {
+			return fmt.Errorf("post_feedforward_layernorm_1: %w", err)
+		}
+		e := rows(s.e, H)
+		if err := moe.Forward(b, e, h, l.moe, m.moeSpec, s.moe); err != nil {
+			return err
+		}
+		if trace != nil && trace.Router != nil {
+			if err := s.traceRouter(i, T, trace); err != nil {
+				return err
+			}
+		}
+		if err := b.Add(d, d, e); err != nil {
+			return err
+		}
+	}
+	if err := b.RMSNorm(d, d, l.postFFNorm, eps); err != nil {
+		return fmt.Errorf("post_feedforward_layernorm: %w", err)
+	}
+	if err := b.Add(h, h, d); err != nil {
+		return err
+	}
+	if cfg.PLEDim > 0 {
+		if err := s.perLayerStep(i, h); err != nil {
+			return err
+		}
+	}
+	if l.scalar != 1 {
+		if err := b.Scale(h, h, l.scalar); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// perLayerInputs computes the per-layer inputs of one token (PLE models run
+// one token per step): ple = (norm(proj(e)·hidden^-½) + E_pl[id]·√P)·2^-½.
+func (s *Session) perLayerInputs(e, ids kernels.Tensor) error {
+	m, b, cfg := s.m, s.m.Backend, s.m.Config
+	L, P := cfg.NumLayers, cfg.PLEDim
+	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = []int{1, L * P}; return t }
+	if err := b.Embed(flat(s.pleTok), &m.pleEmbed, ids, float32(math.Sqrt(float64(P)))); err != nil {
+		return fmt.Errorf("per-layer embedding: %w", err)
+	}
+	if err := b.MatMul(flat(s.ple), e, &m.pleModelProj); err != nil {
+		return fmt.Errorf("per_layer_model_projection: %w", err)
+	}
+	if err := b.Scale(s.ple, s.ple, float32(1/math.Sqrt(float64(cfg.HiddenSize)))); err != nil {
+		return err
+	}
+	if err := b.RMSNorm(s.ple, s.ple, m.pleProjNorm, float32(cfg.RMSNormEps)); err != nil {
+		return fmt.Errorf("per_layer_projection_norm: %w", err)
+	}
+	if err := b.Add(s.ple, s.ple, s.pleTok); err != nil {
+		return err
+	}
+	return b.Scale(s.ple, s.ple, float32(1/math.Sqrt2))
+}
+
+// perLayerStep adds layer i's per-layer input to h [1, hidden]:
+// h += norm(proj(gelu_tanh(gate(h))·ple[i])).
+func (s *Session) perLayerStep(i int, h kernels.Tensor) error {
+	b, l := s.m.Backend, &s.m.layers[i]
+	pi, err := s.ple.RowRange(i, i+1)
+	if err != nil {
+		return err
+	}
+	if err := b.MatMul(s.pleG, h, &l.pleGate); err != nil {
+		return fmt.Errorf("per_layer_input_gate: %w", err)
+	}
+	if err := b.GeluTanhMul(s.pleG, s.pleG, pi); err != nil {
+		return err
+	}
+	e := s.e
+	e.Shape = []int{1, s.m.Config.HiddenSize}
+	if err := b.MatMul(e, s.pleG, &l.pleProj); err != nil {
+		return fmt.Errorf("per_layer_projection: %w", err)
+	}
+	if err := b.RMSNorm(e, e, l.pleNorm, float32(s.m.Config.RMSNormEps)); err != nil {
+		return fmt.Errorf("post_per_layer_input_norm: %w", err)
+	}
+	return b.Add(h, h, e)
+}
+
+func (s *Session) traceRouter(i, T int, trace *Trace) error {
+	k := s.m.moeSpec.TopK
+	ids, w := s.moeIDs(T, k)
+	raw := make([]byte, T*k*4)
+	if err := s.m.Backend.Download(raw, ids); err != nil {
+		return err
+	}
+	idv := make([]int32, T*k)
+	for j := range idv {
+		idv[j] = int32(binary.LittleEndian.Uint32(raw[4*j:]))
+	}
+	if err := s.m.Backend.Download(raw, w); err != nil {
+		return err
+	}
+	wv := make([]float32, T*k)
+	for j := range wv {
+		wv[j] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*j:]))
+	}
+	trace.Router(i, idv, wv)
+	return nil
+}
+
+// read downloads a tensor as float32 values.
+func (s *Session) read(t kernels.Tensor) ([]float32, error) {
+	n := int(t.Bytes())
+	if cap(s.host) < n {
+		s.host = make([]byte, n)
+	}
+	buf := s.host[:n]
+	if err := s.m.Backend.Download(buf, t); err != nil {
+		return nil, err
+	}
+	out := make([]float32, t.Numel())
+	switch t.DType {
+	case dtype.F32:
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*i:]))
+		}
+	case dtype.BF16:
+		for i := range out {
+			out[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(buf[2*i:]))
+		}
+	case dtype.F16:
+		for i := range out {
+			out[i] = dtype.F16ToF32(binary.LittleEndian.Uint16(buf[2*i:]))
+		}
+	default:
+		return nil, fmt.Errorf("read: %s tensor is not float", t.DType)
+	}
+	return out, nil
+}
+
+func i32Bytes(v []int32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], uint32(x))
+	}
+	return b
+}
+
+func (s *Session) moeIDs(T, k int) (ids, weights kernels.Tensor) { return s.moe.Choice(T, k) }
