@@ -1,0 +1,286 @@
+package tokenizer
+
+import (
+	"math/bits"
+	"unicode/utf8"
+)
+
+// mergeTable maps a pair of token ids to the merge's rank and the id of the
+// merged token. It is an open-addressing hash table keyed by the two int32
+// ids packed into a uint64 (a Go map of 515k entries is several times
+// slower to build and to probe).
+type mergeTable struct {
+	slots []mergeSlot
+	mask  uint64
+	shift uint
+}
+
+type mergeSlot struct {
+	key uint64 // a<<32 | b, or emptyKey
+	val uint64 // rank<<32 | newID
+}
+
+// emptyKey cannot be a real key: ids are non-negative int32s.
+const emptyKey = ^uint64(0)
+
+func newMergeTable(n int) mergeTable {
+	size := 1 << bits.Len(uint(n*2+1)) // load factor <= 1/2
+	t := mergeTable{slots: make([]mergeSlot, size), mask: uint64(size - 1), shift: uint(64 - bits.Len(uint(size-1)))}
+	for i := range t.slots {
+		t.slots[i].key = emptyKey
+	}
+	return t
+}
+
+func pairKey(a, b int32) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
+
+func (t *mergeTable) hash(k uint64) uint64 { return (k * 0x9E3779B97F4A7C15) >> t.shift }
+
+// put inserts or overwrites (a later duplicate merge wins, as in Hugging
+// Face's HashMap collect).
+func (t *mergeTable) put(a, b, rank, newID int32) {
+	k := pairKey(a, b)
+	v := uint64(uint32(rank))<<32 | uint64(uint32(newID))
+	for h := t.hash(k); ; h = (h + 1) & t.mask {
+		s := &t.slots[h]
+		if s.key == emptyKey || s.key == k {
+			s.key, s.val = k, v
+			return
+		}
+	}
+}
+
+func (t *mergeTable) get(a, b int32) (rank, newID int32, ok bool) {
+	if len(t.slots) == 0 {
+		return 0, 0, false
+	}
+	k := pairKey(a, b)
+	for h := t.hash(k); ; h = (h + 1) & t.mask {
+		s := &t.slots[h]
+		if s.key == k {
+			return int32(s.val >> 32), int32(uint32(s.val)), true
+		}
+		if s.key == emptyKey {
+			return 0, 0, false
+		}
+	}
+}
+
+// bpeModel is a Hugging Face BPE model.
+type bpeModel struct {
+	vocab        map[string]int32
+	merges       mergeTable
+	charID       []int32 // id of each single-rune piece below U+10000, or -1; nil when prefixes/suffixes are set
+	byteID       [256]int32
+	hasAllBytes  bool
+	unk          int32 // -1: none
+	byteFallback bool
+	fuseUnk      bool
+	ignoreMerges bool
+	contPrefix   string // continuing_subword_prefix
+	wordSuffix   string // end_of_word_suffix
+}
+
+// symbol is one node of the doubly linked list of a word being merged.
+type symbol struct {
+	id         int32
+	prev, next int32
+	n          int32 // byte length; 0 once merged into its left neighbour
+}
+
+// mergeItem is a candidate merge of symbols[pos] with its right neighbour.
+type mergeItem struct {
+	rank, pos, newID int32
+}
+
+func (a mergeItem) less(b mergeItem) bool {
+	return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos)
+}
+
+// bpeScratch holds buffers reused across words.
+type bpeScratch struct {
+	syms []symbol
+	heap []mergeItem
+}
+
+func (sc *bpeScratch) push(it mergeItem) {
+	h := append(sc.heap, it)
+	i := len(h) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[i].less(h[p]) {
+			break
+		}
+		h[i], h[p] = h[p], h[i]
+		i = p
+	}
+	sc.heap = h
+}
+
+func (sc *bpeScratch) pop() mergeItem {
+	h := sc.heap
+	top := h[0]
+	n := len(h) - 1
+	h[0] = h[n]
+	h = h[:n]
+	siftDown(h, 0)
+	sc.heap = h
+	return top
+}
+
+func siftDown(h []mergeItem, i int) {
+	n := len(h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		m := l
+		if r := l + 1; r < n && h[r].less(h[l]) {
+			m = r
+		}
+		if !h[m].less(h[i]) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+// addSymbol appends a symbol to the word's list.
+func (sc *bpeScratch) addSymbol(id int32, n int) {
+	idx := int32(len(sc.syms))
+	prev := int32(-1)
+	if idx > 0 {
+		sc.syms[idx-1].next = idx
+		prev = idx - 1
+	}
+	sc.syms = append(sc.syms, symbol{id: id, prev: prev, next: -1, n: int32(n)})
+}
+
+// lookupChar returns the id of the piece for the character w[i:i+size].
+func (m *bpeModel) lookupChar(w string, i, size int, r rune) (int32, bool) {
+	if m.charID != nil {
+		if r < rune(len(m.charID)) {
+			id := m.charID[r]
+			return id, id >= 0
+		}
+		id, ok := m.vocab[w[i:i+size]]
+		return id, ok
+	}
+	piece := w[i : i+size]
+	if m.contPrefix != "" && i > 0 {
+		piece = m.contPrefix + piece
+	}
+	if m.wordSuffix != "" && i+size == len(w) {
+		piece += m.wordSuffix
+	}
+	id, ok := m.vocab[piece]
+	return id, ok
+}
+
+// encodeWord appends the ids of one pre-tokenized word to dst. It follows
+// Hugging Face's BPE::merge_word and Word::merge_all exactly: characters
+// (or their <0xNN> byte pieces, or a fused <unk>) become symbols, then the
+// adjacent pair with the lowest merge rank is merged, leftmost first, until
+// no pair has a merge. Each merge costs O(log n) on the heap.
+func (m *bpeModel) encodeWord(dst []int32, w string, sc *bpeScratch) []int32 {
+	if w == "" {
+		return dst
+	}
+	if m.ignoreMerges {
+		if id, ok := m.vocab[w]; ok {
+			return append(dst, id)
+		}
+	}
+	sc.syms = sc.syms[:0]
+	unkN := 0 // pending (fused) unknown bytes
+	for i := 0; i < len(w); {
+		r, size := utf8.DecodeRuneInString(w[i:])
+		if id, ok := m.lookupChar(w, i, size, r); ok {
+			if unkN > 0 {
+				sc.addSymbol(m.unk, unkN)
+				unkN = 0
+			}
+			sc.addSymbol(id, size)
+			i += size
+			continue
+		}
+		if m.byteFallback && (m.hasAllBytes || m.bytesKnown(w[i:i+size])) {
+			// As in Hugging Face, a pending unk is not flushed before byte
+			// pieces (it can only be pending when some byte is missing).
+			for j := i; j < i+size; j++ {
+				sc.addSymbol(m.byteID[w[j]], 1)
+			}
+			i += size
+			continue
+		}
+		if m.unk >= 0 {
+			if unkN > 0 && !m.fuseUnk {
+				sc.addSymbol(m.unk, unkN)
+				unkN = 0
+			}
+			unkN += size
+		}
+		// Without an unk token Hugging Face fails the whole encoding; the
+		// character is dropped here instead, so Encode never fails.
+		i += size
+	}
+	if unkN > 0 {
+		sc.addSymbol(m.unk, unkN)
+	}
+	syms := sc.syms
+	if len(syms) > 1 {
+		sc.heap = sc.heap[:0]
+		for i := 0; i+1 < len(syms); i++ {
+			if rank, nid, ok := m.merges.get(syms[i].id, syms[i+1].id); ok {
+				sc.heap = append(sc.heap, mergeItem{rank, int32(i), nid})
+			}
+		}
+		for i := len(sc.heap)/2 - 1; i >= 0; i-- {
+			siftDown(sc.heap, i)
+		}
+		for len(sc.heap) > 0 {
+			top := sc.pop()
+			s := &syms[top.pos]
+			if s.n == 0 || s.next < 0 {
+				continue
+			}
+			nx := s.next
+			right := syms[nx]
+			if _, nid, ok := m.merges.get(s.id, right.id); !ok || nid != top.newID {
+				continue // stale entry
+			}
+			s.id = top.newID
+			s.n += right.n
+			s.next = right.next
+			syms[nx].n = 0
+			if right.next >= 0 {
+				syms[right.next].prev = top.pos
+			}
+			if s.prev >= 0 {
+				if rank, nid, ok := m.merges.get(syms[s.prev].id, s.id); ok {
+					sc.push(mergeItem{rank, s.prev, nid})
+				}
+			}
+			if s.next >= 0 {
+				if rank, nid, ok := m.merges.get(s.id, syms[s.next].id); ok {
+					sc.push(mergeItem{rank, top.pos, nid})
+				}
+			}
+		}
+	}
+	for i := int32(0); i >= 0 && int(i) < len(syms); i = syms[i].next {
+		dst = append(dst, syms[i].id)
+	}
+	return dst
+}
+
+func (m *bpeModel) bytesKnown(s string) bool {
+	for j := 0; j < len(s); j++ {
+		if m.byteID[s[j]] < 0 {
+			return false
+		}
+	}
+	return true
+}
