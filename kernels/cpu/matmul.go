@@ -121,13 +121,23 @@ func groupParams(dt dtype.DType, raw []byte, dst []float32, tab *[1 << 16]float3
 // backend reads, and that the first matrix lies in its buffers. It returns the
 // data, scales and biases bytes of the first matrix (expert 0 for 3D).
 func (b *Backend) checkWeight(w *kernels.Weight, op string) (data, scales, biases []byte, err error) {
+	// Constant argument names (a concatenation would allocate per call).
+	nData, nScales, nBiases := "weight data", "weight scales", "weight biases"
+	switch op {
+	case "MatMul":
+		nData, nScales, nBiases = "MatMul: weight data", "MatMul: weight scales", "MatMul: weight biases"
+	case "MatMulExperts":
+		nData, nScales, nBiases = "MatMulExperts: weight data", "MatMulExperts: weight scales", "MatMulExperts: weight biases"
+	case "Embed":
+		nData, nScales, nBiases = "Embed: table data", "Embed: table scales", "Embed: table biases"
+	}
 	if w == nil {
 		return nil, nil, nil, fmt.Errorf("cpu: %s: nil weight", op)
 	}
 	if err := w.Validate(); err != nil {
 		return nil, nil, nil, fmt.Errorf("cpu: %s: %w", op, err)
 	}
-	if data, err = b.raw(w.Data, op+": weight data", false); err != nil {
+	if data, err = b.raw(w.Data, nData, false); err != nil {
 		return nil, nil, nil, err
 	}
 	if !w.Quantized() {
@@ -139,10 +149,10 @@ func (b *Backend) checkWeight(w *kernels.Weight, op string) (data, scales, biase
 	if w.Scales.DType != w.Biases.DType {
 		return nil, nil, nil, fmt.Errorf("cpu: %s: scales %s and biases %s differ in dtype", op, w.Scales, w.Biases)
 	}
-	if scales, err = b.raw(w.Scales, op+": weight scales", false); err != nil {
+	if scales, err = b.raw(w.Scales, nScales, false); err != nil {
 		return nil, nil, nil, err
 	}
-	if biases, err = b.raw(w.Biases, op+": weight biases", false); err != nil {
+	if biases, err = b.raw(w.Biases, nBiases, false); err != nil {
 		return nil, nil, nil, err
 	}
 	return data, scales, biases, nil
