@@ -86,10 +86,10 @@ func describe(w *Weight) string {
 
 // namedWeight is a weight with the logical shape the config gives it.
 type namedWeight struct {
-	w                *Weight
-	what             string
-	experts, n, k    int
-	absent           bool
+	w             *Weight
+	what          string
+	experts, n, k int
+	absent        bool
 }
 
 // expectedWeights lists every linear weight of the model with the [E,] N, K
