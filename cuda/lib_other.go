@@ -1,0 +1,5 @@
+//go:build !linux
+
+package cuda
+
+func openLibraries() (*driver, error) { return nil, ErrNotLinux }
