@@ -1,0 +1,68 @@
+// Package backend picks a kernels backend by name: "cpu" (pure Go, every
+// platform), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
+// Silicon), "metal-emulated" (the Metal kernels run on the CPU, for
+// debugging), or "auto": the fastest one available here, else the CPU.
+package backend
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/gemmoe/gemmoe/kernels"
+	"github.com/gemmoe/gemmoe/kernels/cpu"
+)
+
+// opener makes a backend; it returns an error when the backend cannot run here.
+type opener func() (kernels.Backend, error)
+
+var (
+	openers = map[string]opener{
+		"cpu": func() (kernels.Backend, error) { return cpu.New(), nil },
+	}
+	// autoOrder lists the backends "auto" tries, best first.
+	autoOrder []string
+)
+
+// register adds a backend; auto says whether "auto" may pick it (before the CPU).
+func register(name string, open opener, auto bool) {
+	openers[name] = open
+	if auto {
+		autoOrder = append(autoOrder, name)
+	}
+}
+
+// Names lists the backend names Open accepts.
+func Names() []string {
+	names := []string{"auto"}
+	for n := range openers {
+		names = append(names, n)
+	}
+	sort.Strings(names[1:])
+	return names
+}
+
+// Open returns the backend called name. For "auto" it also returns, in
+// note, why faster backends were passed over (empty when none were tried).
+func Open(name string) (b kernels.Backend, note string, err error) {
+	if name == "" || name == "auto" {
+		var skipped []string
+		for _, n := range autoOrder {
+			b, err := openers[n]()
+			if err == nil {
+				return b, strings.Join(skipped, "; "), nil
+			}
+			skipped = append(skipped, fmt.Sprintf("%s unavailable (%v)", n, err))
+		}
+		return cpu.New(), strings.Join(skipped, "; "), nil
+	}
+	open, ok := openers[name]
+	if !ok {
+		return nil, "", fmt.Errorf("unknown backend %q (have %s)", name, strings.Join(Names(), ", "))
+	}
+	b, err = open()
+	if err != nil {
+		return nil, "", fmt.Errorf("backend %s: %w", name, err)
+	}
+	return b, "", nil
+}
