@@ -8,6 +8,15 @@ import "math"
 // They are small, self-contained functions so that assembly versions can
 // replace them later.
 
+// u8f maps a quantized value (at most 8 bits) to its float: a load is cheaper
+// than an integer-to-float conversion in the unpacking loops.
+var u8f = func() (t [256]float32) {
+	for i := range t {
+		t[i] = float32(i)
+	}
+	return t
+}()
+
 // dotF32 returns Σ a[i]·b[i] over len(a) elements (len(b) >= len(a)).
 func dotF32(a, b []float32) float32 {
 	b = b[:len(a)]
@@ -75,10 +84,10 @@ func qdot4(w []uint32, x []float32, gsum []float32, group int) {
 		var s0, s1, s2, s3 float32
 		for j, v := range ws {
 			xx := xs[j*8 : j*8+8 : j*8+8]
-			s0 += float32(v&15)*xx[0] + float32(v>>16&15)*xx[4]
-			s1 += float32(v>>4&15)*xx[1] + float32(v>>20&15)*xx[5]
-			s2 += float32(v>>8&15)*xx[2] + float32(v>>24&15)*xx[6]
-			s3 += float32(v>>12&15)*xx[3] + float32(v>>28)*xx[7]
+			s0 += u8f[v&15]*xx[0] + u8f[v>>16&15]*xx[4]
+			s1 += u8f[v>>4&15]*xx[1] + u8f[v>>20&15]*xx[5]
+			s2 += u8f[v>>8&15]*xx[2] + u8f[v>>24&15]*xx[6]
+			s3 += u8f[v>>12&15]*xx[3] + u8f[v>>28]*xx[7]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
@@ -94,10 +103,10 @@ func qdot8(w []uint32, x []float32, gsum []float32, group int) {
 		for j := 0; j+2 <= len(ws); j += 2 {
 			v, u := ws[j], ws[j+1]
 			xx := xs[j*4 : j*4+8 : j*4+8]
-			s0 += float32(v&255)*xx[0] + float32(u&255)*xx[4]
-			s1 += float32(v>>8&255)*xx[1] + float32(u>>8&255)*xx[5]
-			s2 += float32(v>>16&255)*xx[2] + float32(u>>16&255)*xx[6]
-			s3 += float32(v>>24)*xx[3] + float32(u>>24)*xx[7]
+			s0 += u8f[v&255]*xx[0] + u8f[u&255]*xx[4]
+			s1 += u8f[v>>8&255]*xx[1] + u8f[u>>8&255]*xx[5]
+			s2 += u8f[v>>16&255]*xx[2] + u8f[u>>16&255]*xx[6]
+			s3 += u8f[v>>24]*xx[3] + u8f[u>>24]*xx[7]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
@@ -112,10 +121,10 @@ func qdot2(w []uint32, x []float32, gsum []float32, group int) {
 		var s0, s1, s2, s3 float32
 		for j, v := range ws {
 			xx := xs[j*16 : j*16+16 : j*16+16]
-			s0 += float32(v&3)*xx[0] + float32(v>>8&3)*xx[4] + float32(v>>16&3)*xx[8] + float32(v>>24&3)*xx[12]
-			s1 += float32(v>>2&3)*xx[1] + float32(v>>10&3)*xx[5] + float32(v>>18&3)*xx[9] + float32(v>>26&3)*xx[13]
-			s2 += float32(v>>4&3)*xx[2] + float32(v>>12&3)*xx[6] + float32(v>>20&3)*xx[10] + float32(v>>28&3)*xx[14]
-			s3 += float32(v>>6&3)*xx[3] + float32(v>>14&3)*xx[7] + float32(v>>22&3)*xx[11] + float32(v>>30)*xx[15]
+			s0 += u8f[v&3]*xx[0] + u8f[v>>8&3]*xx[4] + u8f[v>>16&3]*xx[8] + u8f[v>>24&3]*xx[12]
+			s1 += u8f[v>>2&3]*xx[1] + u8f[v>>10&3]*xx[5] + u8f[v>>18&3]*xx[9] + u8f[v>>26&3]*xx[13]
+			s2 += u8f[v>>4&3]*xx[2] + u8f[v>>12&3]*xx[6] + u8f[v>>20&3]*xx[10] + u8f[v>>28&3]*xx[14]
+			s3 += u8f[v>>6&3]*xx[3] + u8f[v>>14&3]*xx[7] + u8f[v>>22&3]*xx[11] + u8f[v>>30]*xx[15]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
@@ -140,8 +149,8 @@ func qdotN(w []uint32, x []float32, gsum []float32, group, bits int) {
 				wi++
 				have += 32
 			}
-			s0 += float32(buf&mask) * xs[i]
-			s1 += float32(buf>>nbits&mask) * xs[i+1]
+			s0 += u8f[buf&mask] * xs[i]
+			s1 += u8f[buf>>nbits&mask] * xs[i+1]
 			buf >>= 2 * nbits
 			have -= 2 * nbits
 		}
@@ -171,14 +180,14 @@ func unpack(bits int, w []uint32, q []float32) {
 		for j := 0; j < len(q)/8; j++ {
 			v := w[j]
 			qq := q[j*8 : j*8+8 : j*8+8]
-			qq[0], qq[1], qq[2], qq[3] = float32(v&15), float32(v>>4&15), float32(v>>8&15), float32(v>>12&15)
-			qq[4], qq[5], qq[6], qq[7] = float32(v>>16&15), float32(v>>20&15), float32(v>>24&15), float32(v>>28)
+			qq[0], qq[1], qq[2], qq[3] = u8f[v&15], u8f[v>>4&15], u8f[v>>8&15], u8f[v>>12&15]
+			qq[4], qq[5], qq[6], qq[7] = u8f[v>>16&15], u8f[v>>20&15], u8f[v>>24&15], u8f[v>>28]
 		}
 	case 8:
 		for j := 0; j < len(q)/4; j++ {
 			v := w[j]
 			qq := q[j*4 : j*4+4 : j*4+4]
-			qq[0], qq[1], qq[2], qq[3] = float32(v&255), float32(v>>8&255), float32(v>>16&255), float32(v>>24)
+			qq[0], qq[1], qq[2], qq[3] = u8f[v&255], u8f[v>>8&255], u8f[v>>16&255], u8f[v>>24]
 		}
 	default:
 		mask := uint64(1)<<bits - 1
@@ -191,7 +200,7 @@ func unpack(bits int, w []uint32, q []float32) {
 				wi++
 				have += 32
 			}
-			q[i] = float32(buf & mask)
+			q[i] = u8f[buf&mask]
 			buf >>= uint(bits)
 			have -= uint(bits)
 		}

@@ -1,0 +1,236 @@
+package cpu
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+// Benchmarks of the decode-time (M=1) matmuls at the real Gemma 4 26B-A4B
+// shapes. Each reports the weight bytes read per second (SetBytes) and bw_frac,
+// that rate divided by the memory read bandwidth measured once in the process
+// (MeasureReadBandwidth). The weights are replicated over at least 256 MiB and
+// the copies used in turn, so that they come from memory, not the caches, as
+// they do in a real model.
+
+var (
+	bwOnce sync.Once
+	bwVal  float64
+)
+
+func readBandwidth(b *testing.B) float64 {
+	bwOnce.Do(func() {
+		bwVal = MeasureReadBandwidth()
+		fmt.Printf("memory read bandwidth: %.2f GB/s\n", bwVal/1e9)
+	})
+	return bwVal
+}
+
+const benchSpan = 256 << 20 // bytes of weight copies to cycle through
+
+// benchFormat is a weight format: dense dtype (bits 0) or quantized bits.
+type benchFormat struct {
+	name string
+	bits int
+	wdt  dtype.DType
+}
+
+var (
+	fmtQ4   = benchFormat{"q4g64", 4, dtype.U32}
+	fmtQ8   = benchFormat{"q8g64", 8, dtype.U32}
+	fmtBF16 = benchFormat{"bf16", 0, dtype.BF16}
+)
+
+// fillRandom fills p with pseudo-random bytes.
+func fillRandom(p []byte, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 99))
+	for len(p) >= 8 {
+		v := r.Uint64()
+		*(*uint64)(unsafe.Pointer(&p[0])) = v
+		p = p[8:]
+	}
+}
+
+// fillBF16 fills p with bf16 values in [-a, a).
+func fillBF16(p []byte, a float32, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 7))
+	u := asU16(p)
+	for i := range u {
+		u[i] = dtype.F32ToBF16(a * (2*r.Float32() - 1))
+	}
+}
+
+// benchWeights allocates `copies` consecutive [experts, n, k] weights of format
+// f and returns copy c's weight (3D when experts > 0) through get, and the
+// bytes of one expert (or one 2D weight).
+func benchWeights(b *testing.B, be *Backend, f benchFormat, experts, n, k int) (get func(c int) *kernels.Weight, copies int, perMatrix int64) {
+	e := max(experts, 1)
+	var dataBytes, groupBytes int64
+	if f.bits == 0 {
+		dataBytes = int64(n) * int64(k) * 2
+	} else {
+		dataBytes = int64(n) * int64(k) * int64(f.bits) / 8
+		groupBytes = int64(n) * int64(k/64) * 2
+	}
+	perMatrix = dataBytes + 2*groupBytes
+	copies = max(1, int((benchSpan+perMatrix*int64(e)-1)/(perMatrix*int64(e))))
+	total := copies * e
+	var data, scales, biases kernels.Tensor
+	var err error
+	if f.bits == 0 {
+		data, err = be.Alloc(dtype.BF16, total, n, k)
+	} else {
+		data, err = be.Alloc(dtype.U32, total, n, k*f.bits/32)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, _ := be.raw(data, "", true)
+	if f.bits == 0 {
+		fillBF16(raw[:dataBytes], 0.05, 1)
+	} else {
+		fillRandom(raw[:dataBytes], 1)
+		scales, _ = be.Alloc(dtype.BF16, total, n, k/64)
+		biases, _ = be.Alloc(dtype.BF16, total, n, k/64)
+		sr, _ := be.raw(scales, "", true)
+		br, _ := be.raw(biases, "", true)
+		fillBF16(sr[:groupBytes], 0.01, 2)
+		fillBF16(br[:groupBytes], 0.05, 3)
+		for i := 1; i < total; i++ {
+			copy(sr[int64(i)*groupBytes:], sr[:groupBytes])
+			copy(br[int64(i)*groupBytes:], br[:groupBytes])
+		}
+	}
+	for i := 1; i < total; i++ {
+		copy(raw[int64(i)*dataBytes:], raw[:dataBytes])
+	}
+	b.Cleanup(func() { be.Free(data); be.Free(scales); be.Free(biases) })
+	ws := make([]*kernels.Weight, copies)
+	for c := range ws {
+		w := &kernels.Weight{Data: data, Scales: scales, Biases: biases, N: n, K: k}
+		if f.bits != 0 {
+			w.Bits, w.Group = f.bits, 64
+		}
+		base := int64(c * e)
+		w.Data.Offset = base * dataBytes
+		w.Data.Shape = data.Shape[1:]
+		if f.bits != 0 {
+			w.Scales.Offset, w.Biases.Offset = base*groupBytes, base*groupBytes
+			w.Scales.Shape, w.Biases.Shape = scales.Shape[1:], biases.Shape[1:]
+		}
+		if experts > 0 {
+			w.Experts, w.DataStride, w.GroupStride = experts, dataBytes, groupBytes
+		}
+		ws[c] = w
+	}
+	return func(c int) *kernels.Weight { return ws[c%copies] }, copies, perMatrix
+}
+
+func report(b *testing.B, bytesPerOp int64) {
+	bw := readBandwidth(b)
+	rate := float64(bytesPerOp) * float64(b.N) / b.Elapsed().Seconds()
+	b.ReportMetric(rate/bw, "bw_frac")
+}
+
+func BenchmarkMatMul(b *testing.B) {
+	type shape struct {
+		what string
+		k, n int
+	}
+	shapes := []shape{
+		{"mlp_gate_up", 2816, 2112}, {"mlp_down", 2112, 2816},
+		{"attn_q_sliding", 2816, 4096}, {"attn_kv_sliding", 2816, 2048},
+		{"attn_q_full", 2816, 8192}, {"attn_kv_full", 2816, 1024},
+	}
+	be := New()
+	defer be.Close()
+	for _, f := range []benchFormat{fmtQ4, fmtQ8, fmtBF16} {
+		for _, s := range shapes {
+			if f.bits == 0 && s.what != "mlp_gate_up" && s.what != "mlp_down" {
+				continue
+			}
+			b.Run(fmt.Sprintf("%s/%s/%dx%d", f.name, s.what, s.k, s.n), func(b *testing.B) {
+				readBandwidth(b)
+				get, _, per := benchWeights(b, be, f, 0, s.n, s.k)
+				x, _ := be.Alloc(dtype.F32, 1, s.k)
+				y, _ := be.Alloc(dtype.F32, 1, s.n)
+				xr, _ := be.raw(x, "", true)
+				for i, xv := 0, asF32(xr); i < len(xv); i++ {
+					xv[i] = float32(i%17) - 8
+				}
+				b.SetBytes(per)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					if err := be.MatMul(y, x, get(i)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				report(b, per)
+			})
+		}
+	}
+}
+
+func BenchmarkMatMulExperts(b *testing.B) {
+	be := New()
+	defer be.Close()
+	const experts, slots = 128, 8
+	for _, f := range []benchFormat{fmtQ4, fmtQ8} {
+		for _, s := range [][2]int{{2816, 704}, {704, 2816}} {
+			k, n := s[0], s[1]
+			b.Run(fmt.Sprintf("%s/%dof%d/%dx%d", f.name, slots, experts, k, n), func(b *testing.B) {
+				readBandwidth(b)
+				get, _, per := benchWeights(b, be, f, experts, n, k)
+				x, _ := be.Alloc(dtype.F32, 1, k)
+				y, _ := be.Alloc(dtype.F32, 1, slots, n)
+				r := rand.New(rand.NewPCG(5, 5))
+				var idSets []kernels.Tensor
+				for range 64 {
+					ids, _ := be.Alloc(dtype.I32, 1, slots)
+					raw, _ := be.raw(ids, "", true)
+					for j, perm := 0, r.Perm(experts); j < slots; j++ {
+						asI32(raw)[j] = int32(perm[j])
+					}
+					idSets = append(idSets, ids)
+				}
+				b.SetBytes(per * slots)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := range b.N {
+					if err := be.MatMulExperts(y, x, get(i), idSets[i%len(idSets)]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				report(b, per*slots)
+			})
+		}
+	}
+}
+
+func BenchmarkMatMulLMHead(b *testing.B) {
+	be := New()
+	defer be.Close()
+	for _, f := range []benchFormat{fmtQ4, fmtQ8} {
+		b.Run(fmt.Sprintf("%s/2816x262144", f.name), func(b *testing.B) {
+			readBandwidth(b)
+			get, _, per := benchWeights(b, be, f, 0, 262144, 2816)
+			x, _ := be.Alloc(dtype.F32, 1, 2816)
+			y, _ := be.Alloc(dtype.F32, 1, 262144)
+			b.SetBytes(per)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				if err := be.MatMul(y, x, get(i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			report(b, per)
+		})
+	}
+}
