@@ -245,6 +245,7 @@ func wantOpenErr(t *testing.T, dir string, subs ...string) {
 		m.Close()
 		t.Fatalf("Open succeeded, want an error containing %q", subs)
 	}
+	t.Log(err)
 	if m != nil {
 		t.Errorf("Open returned a model along with error %v", err)
 	}

@@ -94,9 +94,10 @@ func Open(dir string) (*Model, error) {
 		}
 		for name, t := range ts {
 			if prev, dup := m.Tensors[name]; dup {
-				m.Close()
-				return nil, fmt.Errorf("tensor %q appears in both %s and %s", name,
+				err := fmt.Errorf("tensor %q appears in both %s and %s", name,
 					filepath.Base(m.Files[prev.File].Path), filepath.Base(path))
+				m.Close() // after naming the files: Close drops m.Files
+				return nil, err
 			}
 			m.Tensors[name] = t
 		}

@@ -86,10 +86,10 @@ func parseSafetensors(name string, data []byte, file int) (map[string]*Tensor, e
 			if d < 0 || d > 1<<40 {
 				return nil, fmt.Errorf("%s: tensor %q: bad dimension %d in shape %v", name, tn, d, e.Shape)
 			}
-			numel *= uint64(d)
-			if numel > 1<<48 {
+			if d > 0 && numel > (1<<48)/uint64(d) { // checked before multiplying: no wrap-around
 				return nil, fmt.Errorf("%s: tensor %q: shape %v is too large", name, tn, e.Shape)
 			}
+			numel *= uint64(d)
 		}
 		start, end := e.Offsets[0], e.Offsets[1]
 		if end < start || end > body {
@@ -111,7 +111,18 @@ func parseSafetensors(name string, data []byte, file int) (map[string]*Tensor, e
 			return nil, fmt.Errorf("%s: tensors %q and %q overlap", name, spans[i-1].name, spans[i].name)
 		}
 	}
-	// The library checks the rest (contiguity, total length) and names dtypes.
+	// The format wants the data contiguous and exactly filling the file.
+	var covered uint64
+	for _, s := range spans {
+		if s.start != covered {
+			return nil, fmt.Errorf("%s: data bytes [%d, %d) before tensor %q belong to no tensor (the data must be contiguous)", name, covered, s.start, s.name)
+		}
+		covered = s.end
+	}
+	if covered != body {
+		return nil, fmt.Errorf("%s: %d bytes after the last tensor's data (file longer than its header says?)", name, body-covered)
+	}
+	// The library checks the rest and names dtypes.
 	_, meta, err := safetensors.ReadMetadata(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

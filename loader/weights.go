@@ -355,7 +355,11 @@ func (m *mapper) layer(cfg *Config, i int, l *Layer) error {
 		if l.PerExpertScale, err = m.vector(p+"router.per_expert_scale", E); err != nil {
 			return err
 		}
-		if _, fused := m.tensors[p+"experts.gate_up_proj"]; fused {
+		_, fused := m.tensors[p+"experts.gate_up_proj"]
+		if !fused && m.prefix != "language_model.model." && m.tensors[p+"experts.switch_glu.gate_proj.weight"] == nil {
+			fused = true // HF names: report the fused tensor, not an MLX name, as missing
+		}
+		if fused {
 			if l.ExpGate, l.ExpUp, err = m.fusedExperts(p+"experts.gate_up_proj", E, I, h); err != nil {
 				return err
 			}
