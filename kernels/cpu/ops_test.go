@@ -5,8 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/gemmoe/gemmoe/dtype"
 	"github.com/gemmoe/gemmoe/kernels"
