@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/gemmoe/gemmoe/attention"
 	"github.com/gemmoe/gemmoe/dtype"
@@ -315,4 +316,30 @@ func (m *Model) KVBytesPerToken() (underWindow, pastWindow int64) {
 		}
 	}
 	return underWindow, pastWindow
+}
+
+// TimeHead returns the seconds one LM-head product (final norm, the
+// [vocab, hidden] matmul and the softcap) takes on the backend, the best
+// of reps runs. Benchmarks use it to split decode time into layers and head.
+func (m *Model) TimeHead(reps int) (float64, error) {
+	s, err := m.NewSession()
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	best := math.Inf(1)
+	for range max(reps, 1) {
+		t0 := time.Now()
+		if err := m.Backend.RMSNorm(s.final, s.final, m.norm, float32(m.Config.RMSNormEps)); err != nil {
+			return 0, err
+		}
+		if err := m.Backend.MatMul(s.logits, s.final, &m.lmHead); err != nil {
+			return 0, err
+		}
+		if err := m.Backend.Sync(); err != nil {
+			return 0, err
+		}
+		best = min(best, time.Since(t0).Seconds())
+	}
+	return best, nil
 }
