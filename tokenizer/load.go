@@ -63,7 +63,7 @@ func readMaybeGzip(r io.Reader, size int64) ([]byte, error) {
 	if !bytes.Equal(head, gzipMagic) {
 		var buf bytes.Buffer
 		if size > 0 {
-			buf.Grow(int(size) + 1)
+			buf.Grow(int(size) + bytes.MinRead)
 		}
 		_, err := buf.ReadFrom(br)
 		return buf.Bytes(), err
