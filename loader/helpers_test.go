@@ -123,8 +123,10 @@ func (s *stFile) Names() []string {
 
 // Put adds or replaces a tensor, keeping the body contiguous.
 func (s *stFile) Put(name, dt string, shape []int, data []byte) {
-	delete(s.Entries, name)
-	s.compact()
+	if _, ok := s.Entries[name]; ok {
+		delete(s.Entries, name)
+		s.compact()
+	}
 	start := uint64(len(s.Body))
 	s.Body = append(s.Body, data...)
 	s.Entries[name] = &stEntry{DType: dt, Shape: shape, Offsets: [2]uint64{start, uint64(len(s.Body))}}

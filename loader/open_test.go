@@ -591,3 +591,78 @@ func TestSummary(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenKVSharedAndPLE turns the bf16 fixture into an E2B-style model: the
+// last two layers share K/V (no k/v tensors) with double-wide MLPs, and every
+// layer has per-layer-embedding tensors.
+func TestOpenKVSharedAndPLE(t *testing.T) {
+	const P, PV, H, L = 8, 100, 128, 6
+	dir := modelCopy(t, "tiny-moe", func(s *stFile) {
+		// Layer 0 becomes a full layer: take layer 5's attention tensors.
+		for _, n := range []string{"q_proj.weight", "k_proj.weight", "o_proj.weight", "q_norm.weight", "k_norm.weight"} {
+			e := s.Entries[hfL+"5.self_attn."+n]
+			s.Put(hfL+"0.self_attn."+n, e.DType, e.Shape, append([]byte(nil), s.Data(hfL+"5.self_attn."+n)...))
+		}
+		s.Delete(hfL + "0.self_attn.v_proj.weight")
+		// Layers 4 and 5 share K/V and have MLPs of width 384.
+		for _, i := range []string{"4", "5"} {
+			for _, n := range []string{"k_proj.weight", "k_norm.weight", "v_proj.weight"} {
+				s.Delete(hfL + i + ".self_attn." + n)
+			}
+			s.Put(hfL+i+".mlp.gate_proj.weight", "BF16", []int{384, H}, bf16(384*H))
+			s.Put(hfL+i+".mlp.up_proj.weight", "BF16", []int{384, H}, bf16(384*H))
+			s.Put(hfL+i+".mlp.down_proj.weight", "BF16", []int{H, 384}, bf16(384*H))
+		}
+		s.Put("model.language_model.embed_tokens_per_layer.weight", "BF16", []int{PV, L * P}, bf16(PV*L*P))
+		s.Put("model.language_model.per_layer_model_projection.weight", "BF16", []int{L * P, H}, bf16(L*P*H))
+		s.Put("model.language_model.per_layer_projection_norm.weight", "BF16", []int{P}, bf16(P))
+		for i := 0; i < L; i++ {
+			p := fmt.Sprintf("%s%d.", hfL, i)
+			s.Put(p+"per_layer_input_gate.weight", "BF16", []int{P, H}, bf16(P*H))
+			s.Put(p+"per_layer_projection.weight", "BF16", []int{H, P}, bf16(H*P))
+			s.Put(p+"post_per_layer_input_norm.weight", "BF16", []int{H}, bf16(H))
+		}
+	})
+	editConfig(t, dir, func(c map[string]any) {
+		text := c["text_config"].(map[string]any)
+		text["layer_types"] = []any{"full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"}
+		text["num_kv_shared_layers"] = 2
+		text["use_double_wide_mlp"] = true
+		text["hidden_size_per_layer_input"] = P
+		text["vocab_size_per_layer_input"] = PV
+	})
+	m, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	w := m.Weights
+	for i, want := range []int{-1, -1, -1, -1, 3, 0} {
+		l := &w.Layers[i]
+		if l.Config.KVSharedOf != want {
+			t.Errorf("layer %d shares KV of %d, want %d", i, l.Config.KVSharedOf, want)
+		}
+		shared := want >= 0
+		if shared != (l.K == nil && l.V == nil && l.KNorm == nil) {
+			t.Errorf("layer %d (shared %v): K %v V %v KNorm %v", i, shared, l.K != nil, l.V != nil, l.KNorm != nil)
+		}
+		width := 192
+		if shared {
+			width = 384
+		}
+		if l.Gate.N != width || l.Up.N != width || l.Down.K != width {
+			t.Errorf("layer %d MLP width %d/%d/%d, want %d", i, l.Gate.N, l.Up.N, l.Down.K, width)
+		}
+		if l.PLEGate == nil || l.PLEGate.N != P || l.PLEGate.K != H || l.PLEProj == nil || l.PLEProj.N != H || l.PLEProj.K != P ||
+			l.PLENorm == nil || l.PLENorm.Shape[0] != H {
+			t.Errorf("layer %d PLE: gate %+v proj %+v norm %v", i, l.PLEGate, l.PLEProj, l.PLENorm)
+		}
+	}
+	if l := w.Layers[0]; l.Config.Type != Full || l.Config.HeadDim != 64 || l.V != nil || l.K == nil {
+		t.Errorf("layer 0: %+v, K %v V %v", l.Config, l.K != nil, l.V != nil)
+	}
+	if w.PLEEmbed == nil || w.PLEEmbed.N != PV || w.PLEEmbed.K != L*P || w.PLEModelProj == nil || w.PLEModelProj.N != L*P ||
+		w.PLEModelProj.K != H || w.PLEProjNorm == nil || w.PLEProjNorm.Shape[0] != P {
+		t.Errorf("PLE tensors: embed %+v proj %+v norm %v", w.PLEEmbed, w.PLEModelProj, w.PLEProjNorm)
+	}
+}
