@@ -234,3 +234,46 @@ func BenchmarkMatMulLMHead(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMatMulPrefill measures the M>1 paths (64 tokens): a dense MLP
+// projection and the expert projection with the slots grouped by expert. It
+// reports GFLOP/s (2·M·N·K per call, all slots for the experts).
+func BenchmarkMatMulPrefill(b *testing.B) {
+	be := New()
+	defer be.Close()
+	const m, experts, slots = 64, 128, 8
+	for _, f := range []benchFormat{fmtQ4, fmtBF16} {
+		b.Run(fmt.Sprintf("%s/M%d/2816x2112", f.name, m), func(b *testing.B) {
+			get, _, _ := benchWeights(b, be, f, 0, 2112, 2816)
+			x, _ := be.Alloc(dtype.F32, m, 2816)
+			y, _ := be.Alloc(dtype.F32, m, 2112)
+			b.ResetTimer()
+			for i := range b.N {
+				if err := be.MatMul(y, x, get(i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(2*m*2112*2816*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+	b.Run(fmt.Sprintf("q4g64/experts/M%d/%dof%d/2816x704", m, slots, experts), func(b *testing.B) {
+		get, _, _ := benchWeights(b, be, fmtQ4, experts, 704, 2816)
+		x, _ := be.Alloc(dtype.F32, m, 2816)
+		y, _ := be.Alloc(dtype.F32, m, slots, 704)
+		ids, _ := be.Alloc(dtype.I32, m, slots)
+		raw, _ := be.raw(ids, "", true)
+		r := rand.New(rand.NewPCG(6, 6))
+		for t := range m {
+			for j, e := range r.Perm(experts)[:slots] {
+				asI32(raw)[t*slots+j] = int32(e)
+			}
+		}
+		b.ResetTimer()
+		for i := range b.N {
+			if err := be.MatMulExperts(y, x, get(i), ids); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(2*m*slots*704*2816*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	})
+}

@@ -36,6 +36,33 @@ func dotF32(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
+// dot4F32 returns the dot products of four rows with x (read once).
+func dot4F32(w0, w1, w2, w3, x []float32) (float32, float32, float32, float32) {
+	n := len(x)
+	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
+	var a0, a1, a2, a3, b0, b1, b2, b3 float32
+	i := 0
+	for ; i+2 <= n; i += 2 {
+		x0, x1 := x[i], x[i+1]
+		a0 += w0[i] * x0
+		a1 += w1[i] * x0
+		a2 += w2[i] * x0
+		a3 += w3[i] * x0
+		b0 += w0[i+1] * x1
+		b1 += w1[i+1] * x1
+		b2 += w2[i+1] * x1
+		b3 += w3[i+1] * x1
+	}
+	if i < n {
+		x0 := x[i]
+		a0 += w0[i] * x0
+		a1 += w1[i] * x0
+		a2 += w2[i] * x0
+		a3 += w3[i] * x0
+	}
+	return a0 + b0, a1 + b1, a2 + b2, a3 + b3
+}
+
 // dotBF16 returns Σ w[i]·x[i] for a bfloat16 row w.
 func dotBF16(w []uint16, x []float32) float32 {
 	x = x[:len(w)]

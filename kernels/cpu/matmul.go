@@ -33,42 +33,84 @@ type mmJob struct {
 
 func (j *mmJob) run(w, lo, hi int) {
 	ws := &j.b.ws[w]
-	n, k := j.n, j.k
+	n := j.n
 	for r := lo; r < hi; {
 		s := r / n
 		seg := &j.segs[s]
 		end := min(hi, (s+1)*n)
-		for ; r < end; r++ {
-			row := r - s*n
-			wrow := seg.data[row*j.rowBytes : (row+1)*j.rowBytes]
-			pairs := j.pairs[seg.p0:seg.p1]
-			if j.bits == 0 {
-				for _, p := range pairs {
-					xr := j.x[int(p.x)*k : int(p.x)*k+k]
-					j.y[int(p.y)*n+row] = j.denseDot(wrow, xr)
-				}
-				continue
-			}
-			sc := seg.scales[row*j.gBytes : (row+1)*j.gBytes]
-			bi := seg.biases[row*j.gBytes : (row+1)*j.gBytes]
-			if len(pairs) == 1 {
-				// Fused: per-group Σq·x, then scale·Σq·x + bias·Σx.
-				p := pairs[0]
-				xr := j.x[int(p.x)*k : int(p.x)*k+k]
-				gs := ws.gsum[:j.g]
-				qdot(j.bits, asU32(wrow), xr, gs, j.group)
-				j.y[int(p.y)*n+row] = j.combine(gs, j.xsum[int(p.x)*j.g:int(p.x)*j.g+j.g], sc, bi)
-				continue
-			}
-			// Several inputs share this row: dequantize it once.
-			q := ws.row[:k]
-			unpack(j.bits, asU32(wrow), q)
-			j.affineRow(q, sc, bi, ws)
+		pairs := j.pairs[seg.p0:seg.p1]
+		if len(pairs) == 1 {
+			j.rowsOne(seg, pairs[0], r-s*n, end-s*n, ws)
+		} else {
+			j.rowsMany(seg, pairs, r-s*n, end-s*n, ws)
+		}
+		r = end
+	}
+}
+
+// rowsOne computes rows [r0, r1) of a segment for its single input row: the
+// fused kernels read each weight row once, straight from the weights.
+func (j *mmJob) rowsOne(seg *mmSeg, p mmPair, r0, r1 int, ws *workerScratch) {
+	k, n := j.k, j.n
+	xr := j.x[int(p.x)*k : int(p.x)*k+k]
+	yr := j.y[int(p.y)*n : int(p.y)*n+n]
+	if j.bits == 0 {
+		for row := r0; row < r1; row++ {
+			yr[row] = j.denseDot(seg.data[row*j.rowBytes:(row+1)*j.rowBytes], xr)
+		}
+		return
+	}
+	// Per-group Σq·x, then scale·Σq·x + bias·Σx.
+	gs := ws.gsum[:j.g]
+	xs := j.xsum[int(p.x)*j.g : int(p.x)*j.g+j.g]
+	for row := r0; row < r1; row++ {
+		qdot(j.bits, asU32(seg.data[row*j.rowBytes:(row+1)*j.rowBytes]), xr, gs, j.group)
+		yr[row] = j.combine(gs, xs, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes])
+	}
+}
+
+// rowsMany computes rows [r0, r1) of a segment for several input rows: blocks
+// of four weight rows are expanded to f32 once, then multiplied with every
+// input row (each x row is read once per block).
+func (j *mmJob) rowsMany(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScratch) {
+	k, n := j.k, j.n
+	for row := r0; row < r1; row += 4 {
+		nb := min(4, r1-row)
+		for i := range nb {
+			j.expand(seg, row+i, ws.row[i*k:(i+1)*k], ws)
+		}
+		if nb == 4 {
+			w0, w1, w2, w3 := ws.row[:k], ws.row[k:2*k], ws.row[2*k:3*k], ws.row[3*k:4*k]
 			for _, p := range pairs {
-				xr := j.x[int(p.x)*k : int(p.x)*k+k]
-				j.y[int(p.y)*n+row] = dotF32(q, xr)
+				y := j.y[int(p.y)*n+row : int(p.y)*n+row+4]
+				y[0], y[1], y[2], y[3] = dot4F32(w0, w1, w2, w3, j.x[int(p.x)*k:int(p.x)*k+k])
+			}
+			continue
+		}
+		for _, p := range pairs {
+			xr := j.x[int(p.x)*k : int(p.x)*k+k]
+			for i := range nb {
+				j.y[int(p.y)*n+row+i] = dotF32(ws.row[i*k:(i+1)*k], xr)
 			}
 		}
+	}
+}
+
+// expand writes weight row `row` of a segment as f32 values to dst.
+func (j *mmJob) expand(seg *mmSeg, row int, dst []float32, ws *workerScratch) {
+	wrow := seg.data[row*j.rowBytes : (row+1)*j.rowBytes]
+	switch {
+	case j.bits != 0:
+		unpack(j.bits, asU32(wrow), dst)
+		j.affineRow(dst, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes], ws)
+	case j.wdt == dtype.BF16:
+		bf16ToF32(dst, asU16(wrow))
+	case j.wdt == dtype.F16:
+		for i, h := range asU16(wrow)[:len(dst)] {
+			dst[i] = j.f16[h]
+		}
+	default:
+		copy(dst, asF32(wrow))
 	}
 }
 
@@ -202,10 +244,10 @@ func (b *Backend) sums(j *mmJob, rows int) {
 	}
 }
 
-// growRows makes sure each worker can dequantize one row of width k.
+// growRows makes sure each worker can expand four rows of width k.
 func (b *Backend) growRows(k int) {
 	for i := range b.ws {
-		b.ws[i].row = grow(b.ws[i].row, max(k, len(b.ws[i].row)))
+		b.ws[i].row = grow(b.ws[i].row, max(4*k, len(b.ws[i].row)))
 	}
 }
 
