@@ -174,8 +174,10 @@ func (j *attnJob) run(w, lo, hi int) {
 // attends to the keys at positions max(0, pos-Window+1)..pos (Window 0: 0..pos),
 // read from slots pos mod Capacity; query head h uses KV head
 // h/(Heads/KVHeads). Scores are q·k·Scale; the softmax is in f32 with a
-// float64 sum. It is an error if a needed position cannot be in the cache
-// (more positions than Capacity).
+// float64 sum. It is an error if a needed position cannot be in the cache:
+// more positions than Capacity, or a slot that a later position of the same
+// call has taken (a prefill chunk of T queries on a sliding layer needs
+// Capacity ≥ Window+T-1).
 func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p kernels.AttentionParams) error {
 	if b.closed {
 		return errClosed
@@ -213,18 +215,8 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	if kc.slots != vc.slots {
 		return fmt.Errorf("cpu: Attention: key cache %s and value cache %s differ in capacity", kCache, vCache)
 	}
-	for i, ps := range pos {
-		if ps < 0 {
-			return fmt.Errorf("cpu: Attention: positions[%d] = %d is negative", i, ps)
-		}
-		first := 0
-		if p.Window > 0 {
-			first = max(0, int(ps)-p.Window+1)
-		}
-		if n := int(ps) - first + 1; n > kc.slots {
-			return fmt.Errorf("cpu: Attention: query %d at position %d needs the keys of positions %d..%d (%d) but the cache holds %d",
-				i, ps, first, ps, n, kc.slots)
-		}
+	if err := checkRing(pos, p.Window, kc.slots); err != nil {
+		return err
 	}
 	qv, err := b.in(q, "Attention: q", slotX)
 	if err != nil {
@@ -247,5 +239,41 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	b.pool.parallel(total, b.pool.chunkFor(total, 1), j)
 	*j = attnJob{}
 	b.flush(out, ov)
+	return nil
+}
+
+// checkRing verifies that every key a query needs can be in a cache of the
+// given capacity: at most capacity positions per query, and none of them
+// overwritten by a later position of the same call (every position of the call
+// has been stored, since each query attends to its own key).
+func checkRing(pos []int32, window, capacity int) error {
+	maxPos := 0
+	for i, ps := range pos {
+		if ps < 0 {
+			return fmt.Errorf("cpu: Attention: positions[%d] = %d is negative", i, ps)
+		}
+		maxPos = max(maxPos, int(ps))
+	}
+	for i, ps := range pos {
+		last, first := int(ps), 0
+		if window > 0 {
+			first = max(0, last-window+1)
+		}
+		if n := last - first + 1; n > capacity {
+			return fmt.Errorf("cpu: Attention: query %d at position %d needs the keys of positions %d..%d (%d) but the cache holds %d",
+				i, ps, first, last, n, capacity)
+		}
+		if maxPos-first < capacity {
+			continue // no position of this call can have reached these slots
+		}
+		for _, later := range pos {
+			// The largest position ≤ last that shares a slot with later.
+			over := int(later) - (int(later)-last+capacity-1)/capacity*capacity
+			if int(later) > last && over >= first {
+				return fmt.Errorf("cpu: Attention: query %d at position %d needs the key of position %d, whose cache slot holds position %d of the same call "+
+					"(a ring of %d slots; attend in smaller chunks or give the cache at least Window+T-1 slots)", i, ps, over, later, capacity)
+			}
+		}
+	}
 	return nil
 }

@@ -183,6 +183,11 @@ func TestErrors(t *testing.T) {
 			p.Window = 5
 			return b.Attention(f32(1, 32), f32(1, 32), kc, vc, i32([]float64{9}, 1), p)
 		}},
+		{"Attention ring overwritten by the same call", "whose cache slot holds position 4 of the same call", func() error {
+			p := att
+			p.Window = 3
+			return b.Attention(f32(5, 32), f32(5, 32), kc, vc, i32([]float64{0, 1, 2, 3, 4}, 5), p)
+		}},
 		{"Attention negative position", "negative", func() error {
 			return b.Attention(f32(1, 32), f32(1, 32), kc, vc, i32([]float64{-2}, 1), att)
 		}},

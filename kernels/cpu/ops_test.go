@@ -347,9 +347,10 @@ func TestAttention(t *testing.T) {
 		window, capacity int
 		cdt              dtype.DType
 		scale            float32
+		prefill          int
 	}
-	for _, c := range []ac{{5, 5, dtype.F32, 1}, {5, 8, dtype.BF16, 1}, {0, 32, dtype.F32, 0.35}, {0, 32, dtype.F16, 1}} {
-		t.Run(fmt.Sprintf("window%d/cap%d/%s", c.window, c.capacity, c.cdt), func(t *testing.T) {
+	for _, c := range []ac{{5, 5, dtype.F32, 1, 4}, {5, 8, dtype.BF16, 1, 4}, {4, 10, dtype.F32, 1, 7}, {0, 32, dtype.F32, 0.35, 4}, {0, 32, dtype.F16, 1, 9}} {
+		t.Run(fmt.Sprintf("window%d/cap%d/%s/prefill%d", c.window, c.capacity, c.cdt, c.prefill), func(t *testing.T) {
 			p := kernels.AttentionParams{Heads: heads, KVHeads: kvHeads, HeadDim: hd, Window: c.window, Scale: c.scale}
 			kc := tensor(t, b, c.cdt, nil, c.capacity, kvHeads*hd)
 			vc := tensor(t, b, c.cdt, nil, c.capacity, kvHeads, hd)
@@ -410,8 +411,12 @@ func TestAttention(t *testing.T) {
 				}
 				within(t, fmt.Sprint("positions ", pos), fetch(t, b, out), want, nil, 1e-5, 1e-5)
 			}
-			step([]int{0, 1, 2, 3}) // prefill chunk
-			for ps := 4; ps < 20; ps++ {
+			var chunk []int
+			for ps := range c.prefill {
+				chunk = append(chunk, ps)
+			}
+			step(chunk) // prefill chunk (the ring holds Window+T-1 positions)
+			for ps := c.prefill; ps < 20; ps++ {
 				step([]int{ps})
 			}
 		})
