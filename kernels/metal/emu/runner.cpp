@@ -24,6 +24,8 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdarg>
 #include <cstdio>
 #include <map>
@@ -560,8 +562,8 @@ void cmd_run(Toks& tk) {
     errmsg.clear();
     cur_fn = k->fn;
     cur_bufs = bufs.data();
-    uint3 ng(uint(d[0]), uint(d[1]), uint(d[2]));
-    uint3 tg(uint(d[3]), uint(d[4]), uint(d[5]));
+    uint3 ng{uint(d[0]), uint(d[1]), uint(d[2])};
+    uint3 tg{uint(d[3]), uint(d[4]), uint(d[5])};
     bool ok = true;
     for (uint z = 0; z < ng.z && ok; z++) {
         for (uint y = 0; y < ng.y && ok; y++) {
