@@ -84,7 +84,6 @@ func TestScoreMatchesReference(t *testing.T) {
 	}
 }
 
-
 // TestJSONContract checks the per-token lines and the final summary.
 func TestJSONContract(t *testing.T) {
 	out, err := runCLI(t, flags{model: fixture, tokens: "2,10,20", maxTokens: 5, jsonOut: true}, "")
