@@ -86,6 +86,9 @@ func readMaybeGzip(r io.Reader, size int64) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(hint + bytes.MinRead)
 	if _, err := buf.ReadFrom(zr); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("gzip: %w (the file is truncated)", err)
+		}
 		return nil, fmt.Errorf("gzip: %w", err)
 	}
 	if err := zr.Close(); err != nil {
