@@ -263,7 +263,10 @@ func (b *Backend) dispatch(j *mmJob) {
 }
 
 // MatMul computes y[M,N] = x[M,K]·Wᵀ for a 2D weight, dense or quantized, with
-// f32 accumulation. x and y may be F32, BF16 or F16.
+// f32 accumulation. x and y may be F32, BF16 or F16; y must not overlap x.
+// For M = 1 each quantized row is reduced per group straight from the packed
+// words (w·x = Σ_g scale·Σq·x + bias·Σx); for M > 1 blocks of weight rows are
+// dequantized once and multiplied with every row of x.
 func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
 	if b.closed {
 		return errClosed
