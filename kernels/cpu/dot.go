@@ -102,19 +102,25 @@ func dotF16(w []uint16, x []float32, tab *[1 << 16]float32) float32 {
 }
 
 // qdot4 sets gsum[g] = Σ q[i]·x[i] over group g of a 4-bit row (8 values per
-// word, value j of a word in bits [4j, 4j+4)).
+// word, value j of a word in bits [4j, 4j+4)). Two words per iteration (a
+// group has at least four).
 func qdot4(w []uint32, x []float32, gsum []float32, group int) {
 	wpg := group / 8
 	for g := range gsum {
 		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
 		xs := x[g*group : (g+1)*group : (g+1)*group]
 		var s0, s1, s2, s3 float32
-		for j, v := range ws {
-			xx := xs[j*8 : j*8+8 : j*8+8]
-			s0 += u8f[v&15]*xx[0] + u8f[v>>16&15]*xx[4]
-			s1 += u8f[v>>4&15]*xx[1] + u8f[v>>20&15]*xx[5]
-			s2 += u8f[v>>8&15]*xx[2] + u8f[v>>24&15]*xx[6]
-			s3 += u8f[v>>12&15]*xx[3] + u8f[v>>28]*xx[7]
+		for j := 0; j+2 <= len(ws); j += 2 {
+			v, u := ws[j], ws[j+1]
+			xx := xs[j*8 : j*8+16 : j*8+16]
+			s0 += u8f[v&15]*xx[0] + u8f[u&15]*xx[8]
+			s1 += u8f[v>>4&15]*xx[1] + u8f[u>>4&15]*xx[9]
+			s2 += u8f[v>>8&15]*xx[2] + u8f[u>>8&15]*xx[10]
+			s3 += u8f[v>>12&15]*xx[3] + u8f[u>>12&15]*xx[11]
+			s0 += u8f[v>>16&15]*xx[4] + u8f[u>>16&15]*xx[12]
+			s1 += u8f[v>>20&15]*xx[5] + u8f[u>>20&15]*xx[13]
+			s2 += u8f[v>>24&15]*xx[6] + u8f[u>>24&15]*xx[14]
+			s3 += u8f[v>>28]*xx[7] + u8f[u>>28]*xx[15]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
