@@ -31,7 +31,7 @@ type emuConfig struct {
 	compiler string
 	cacheDir string
 	asan     bool
-	planted  bool
+	source   string // replaces Source() (tests plant bugs with it)
 }
 
 // WithCompiler sets the C++ compiler (default: $CXX, else g++).
@@ -46,6 +46,9 @@ func WithCacheDir(dir string) EmulatorOption { return func(c *emuConfig) { c.cac
 // a kernel reading or writing outside a tensor is reported.
 func WithAddressSanitizer() EmulatorOption { return func(c *emuConfig) { c.asan = true } }
 
+// withSource replaces the kernel source (tests plant bugs with it).
+func withSource(src string) EmulatorOption { return func(c *emuConfig) { c.source = src } }
+
 // emuFlags returns the compiler flags of a runner build.
 func emuFlags(asan bool) []string {
 	f := []string{"-std=c++17", "-Wno-attributes", "-fno-strict-aliasing", "-pthread"}
@@ -57,12 +60,16 @@ func emuFlags(asan bool) []string {
 
 // emuSource returns the C++ translation unit of the kernels: the MSL source
 // followed by the planted kernels.
-func emuSource() (string, error) {
+func emuSource(cfg emuConfig) (string, error) {
 	planted, err := emuFS.ReadFile("emu/planted.metal")
 	if err != nil {
 		return "", err
 	}
-	return Source() + "// ---- emu/planted.metal\n" + string(planted), nil
+	src := cfg.source
+	if src == "" {
+		src = Source()
+	}
+	return src + "#line 1 \"emu/planted.metal\"\n" + string(planted), nil
 }
 
 var (
@@ -89,7 +96,7 @@ func buildRunner(cfg emuConfig) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: %s --version: %v", ErrNoCompiler, path, err)
 	}
-	src, err := emuSource()
+	src, err := emuSource(cfg)
 	if err != nil {
 		return "", err
 	}

@@ -32,7 +32,7 @@ func Source() string {
 		var b strings.Builder
 		for _, n := range names {
 			data, _ := mslFS.ReadFile(n)
-			b.WriteString("// ---- " + n + "\n")
+			b.WriteString("#line 1 \"" + n + "\"\n")
 			b.Write(data)
 			if len(data) > 0 && data[len(data)-1] != '\n' {
 				b.WriteByte('\n')

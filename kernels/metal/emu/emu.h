@@ -175,11 +175,11 @@ typedef void (*Combine)(void** vals, void** res, const int* args, int n);
 // collective suspends the calling GPU thread until every lane of its
 // SIMD-group reached the same collective (op, source line, sequence number);
 // the last lane to arrive runs combine. Divergence is an error.
-void collective(int op, const char* name, int line, void* val, void* res, int arg, Combine combine);
+void collective(int op, const char* name, const char* file, int line, void* val, void* res, int arg, Combine combine);
 
 // barrier suspends the calling GPU thread until every thread of its
 // threadgroup (simd: of its SIMD-group) reached the same barrier.
-void barrier(bool simd, int line);
+void barrier(bool simd, const char* file, int line);
 
 template <class T>
 struct Comb {
@@ -278,9 +278,9 @@ inline void all(void** v, void** r, const int*, int n) {
 }
 
 template <class T>
-inline T run(int op, const char* name, int line, T x, int arg, Combine c) {
+inline T run(int op, const char* name, const char* file, int line, T x, int arg, Combine c) {
     T res = x;
-    collective(op, name, line, &x, &res, arg, c);
+    collective(op, name, file, line, &x, &res, arg, c);
     return res;
 }
 
@@ -290,31 +290,31 @@ namespace metal {
 
 enum class mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4 };
 
-inline void threadgroup_barrier(mem_flags, int line = __builtin_LINE()) { emu::barrier(false, line); }
-inline void simdgroup_barrier(mem_flags, int line = __builtin_LINE()) { emu::barrier(true, line); }
+inline void threadgroup_barrier(mem_flags, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { emu::barrier(false, file, line); }
+inline void simdgroup_barrier(mem_flags, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { emu::barrier(true, file, line); }
 
 template <class T>
-T simd_sum(T x, int line = __builtin_LINE()) { return emu::run(emu::OP_SUM, "simd_sum", line, x, 0, emu::Comb<T>::sum); }
+T simd_sum(T x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_SUM, "simd_sum", file, line, x, 0, emu::Comb<T>::sum); }
 template <class T>
-T simd_max(T x, int line = __builtin_LINE()) { return emu::run(emu::OP_MAX, "simd_max", line, x, 0, emu::Comb<T>::max); }
+T simd_max(T x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_MAX, "simd_max", file, line, x, 0, emu::Comb<T>::max); }
 template <class T>
-T simd_min(T x, int line = __builtin_LINE()) { return emu::run(emu::OP_MIN, "simd_min", line, x, 0, emu::Comb<T>::min); }
+T simd_min(T x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_MIN, "simd_min", file, line, x, 0, emu::Comb<T>::min); }
 template <class T>
-T simd_shuffle(T x, ushort lane, int line = __builtin_LINE()) { return emu::run(emu::OP_SHUFFLE, "simd_shuffle", line, x, int(lane), emu::Comb<T>::shuffle); }
+T simd_shuffle(T x, ushort lane, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_SHUFFLE, "simd_shuffle", file, line, x, int(lane), emu::Comb<T>::shuffle); }
 template <class T>
-T simd_shuffle_xor(T x, ushort mask, int line = __builtin_LINE()) { return emu::run(emu::OP_SHUFFLE_XOR, "simd_shuffle_xor", line, x, int(mask), emu::Comb<T>::shuffle_xor); }
+T simd_shuffle_xor(T x, ushort mask, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_SHUFFLE_XOR, "simd_shuffle_xor", file, line, x, int(mask), emu::Comb<T>::shuffle_xor); }
 template <class T>
-T simd_shuffle_down(T x, ushort delta, int line = __builtin_LINE()) { return emu::run(emu::OP_SHUFFLE_DOWN, "simd_shuffle_down", line, x, int(delta), emu::Comb<T>::shuffle_down); }
+T simd_shuffle_down(T x, ushort delta, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_SHUFFLE_DOWN, "simd_shuffle_down", file, line, x, int(delta), emu::Comb<T>::shuffle_down); }
 template <class T>
-T simd_shuffle_up(T x, ushort delta, int line = __builtin_LINE()) { return emu::run(emu::OP_SHUFFLE_UP, "simd_shuffle_up", line, x, int(delta), emu::Comb<T>::shuffle_up); }
+T simd_shuffle_up(T x, ushort delta, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_SHUFFLE_UP, "simd_shuffle_up", file, line, x, int(delta), emu::Comb<T>::shuffle_up); }
 template <class T>
-T simd_broadcast(T x, ushort lane, int line = __builtin_LINE()) { return emu::run(emu::OP_BROADCAST, "simd_broadcast", line, x, int(lane), emu::Comb<T>::shuffle); }
+T simd_broadcast(T x, ushort lane, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_BROADCAST, "simd_broadcast", file, line, x, int(lane), emu::Comb<T>::shuffle); }
 template <class T>
-T simd_prefix_exclusive_sum(T x, int line = __builtin_LINE()) { return emu::run(emu::OP_PREFIX_EXCL_SUM, "simd_prefix_exclusive_sum", line, x, 0, emu::Comb<T>::prefix_excl); }
+T simd_prefix_exclusive_sum(T x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_PREFIX_EXCL_SUM, "simd_prefix_exclusive_sum", file, line, x, 0, emu::Comb<T>::prefix_excl); }
 template <class T>
-T simd_prefix_inclusive_sum(T x, int line = __builtin_LINE()) { return emu::run(emu::OP_PREFIX_INCL_SUM, "simd_prefix_inclusive_sum", line, x, 0, emu::Comb<T>::prefix_incl); }
-inline bool simd_any(bool x, int line = __builtin_LINE()) { return emu::run(emu::OP_ANY, "simd_any", line, x, 0, emu::any); }
-inline bool simd_all(bool x, int line = __builtin_LINE()) { return emu::run(emu::OP_ALL, "simd_all", line, x, 0, emu::all); }
+T simd_prefix_inclusive_sum(T x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_PREFIX_INCL_SUM, "simd_prefix_inclusive_sum", file, line, x, 0, emu::Comb<T>::prefix_incl); }
+inline bool simd_any(bool x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_ANY, "simd_any", file, line, x, 0, emu::any); }
+inline bool simd_all(bool x, int line = __builtin_LINE(), const char* file = __builtin_FILE()) { return emu::run(emu::OP_ALL, "simd_all", file, line, x, 0, emu::all); }
 
 template <class T>
 inline T max(T a, T b) { return a > b ? a : b; }

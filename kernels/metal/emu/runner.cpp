@@ -65,12 +65,14 @@ struct Fiber {
     Pos pos;
     int op;
     const char* name;
+    const char* file;
     int line;
     long seq;
     void* val;
     void* res;
     int arg;
     Combine comb;
+    const char* bfile;
     int bline;
     long bseq;
     long sbseq;
@@ -144,8 +146,19 @@ const char* state_name(const Fiber& f) {
     }
 }
 
-int where_line(const Fiber& f) {
-    return f.st == WAIT_COLL ? f.line : f.bline;
+// where formats the source location a fiber waits at.
+std::string where(const Fiber& f) {
+    char b[300];
+    if (f.st == WAIT_COLL) {
+        snprintf(b, sizeof b, "%s:%d", f.file, f.line);
+    } else {
+        snprintf(b, sizeof b, "%s:%d", f.bfile, f.bline);
+    }
+    return b;
+}
+
+bool same_place(const char* f1, int l1, const char* f2, int l2) {
+    return l1 == l2 && strcmp(f1, f2) == 0;
 }
 
 void entry() {
@@ -159,18 +172,15 @@ void entry() {
     int n = std::min(32, nthreads - base);
     for (int l = base; l < base + n; l++) {
         Fiber& f = fibers[l];
-        if (f.st == WAIT_COLL) {
-            set_error("divergent %s at line %d: lane %u exited while lane %u of SIMD-group %u waits in it",
-                      f.name, f.line, me->pos.lane, f.pos.lane, me->pos.sg);
-        } else if (f.st == WAIT_SBAR) {
-            set_error("divergent simdgroup_barrier at line %d: lane %u exited while lane %u waits in it",
-                      f.bline, me->pos.lane, f.pos.lane);
+        if (f.st == WAIT_COLL || f.st == WAIT_SBAR) {
+            set_error("divergent %s at %s: lane %u exited while lane %u of SIMD-group %u waits in it",
+                      state_name(f), where(f).c_str(), me->pos.lane, f.pos.lane, me->pos.sg);
         }
     }
     for (int i = 0; i < nthreads; i++) {
         if (fibers[i].st == WAIT_BAR) {
-            set_error("divergent threadgroup_barrier at line %d: thread %u exited while thread %d waits in it",
-                      fibers[i].bline, me->pos.tiitg, i);
+            set_error("divergent threadgroup_barrier at %s: thread %u exited while thread %d waits in it",
+                      where(fibers[i]).c_str(), me->pos.tiitg, i);
             break;
         }
     }
@@ -182,10 +192,11 @@ void entry() {
 
 namespace emu {
 
-void collective(int op, const char* name, int line, void* val, void* res, int arg, Combine comb) {
+void collective(int op, const char* name, const char* file, int line, void* val, void* res, int arg, Combine comb) {
     Fiber* me = cur;
     me->op = op;
     me->name = name;
+    me->file = file;
     me->line = line;
     me->val = val;
     me->res = res;
@@ -200,21 +211,21 @@ void collective(int op, const char* name, int line, void* val, void* res, int ar
         Fiber& f = fibers[l];
         switch (f.st) {
         case DONE:
-            set_error("divergent %s at line %d: lane %u of SIMD-group %u has already exited", name, line,
+            set_error("divergent %s at %s: lane %u of SIMD-group %u has already exited", name, where(*me).c_str(),
                       f.pos.lane, me->pos.sg);
             fail_here();
             break;
         case WAIT_BAR:
         case WAIT_SBAR:
-            set_error("divergent %s at line %d: lane %u of SIMD-group %u waits in %s at line %d", name, line,
-                      f.pos.lane, me->pos.sg, state_name(f), f.bline);
+            set_error("divergent %s at %s: lane %u of SIMD-group %u waits in %s at %s", name, where(*me).c_str(),
+                      f.pos.lane, me->pos.sg, state_name(f), where(f).c_str());
             fail_here();
             break;
         case WAIT_COLL:
-            if (f.op != op || f.line != line || f.seq != me->seq) {
-                set_error("divergent collectives in SIMD-group %u: lane %u in %s at line %d (#%ld), lane %u in "
-                          "%s at line %d (#%ld)",
-                          me->pos.sg, me->pos.lane, name, line, me->seq, f.pos.lane, f.name, f.line, f.seq);
+            if (f.op != op || !same_place(f.file, f.line, file, line) || f.seq != me->seq) {
+                set_error("divergent collectives in SIMD-group %u: lane %u in %s at %s (#%ld), lane %u in %s at %s (#%ld)",
+                          me->pos.sg, me->pos.lane, name, where(*me).c_str(), me->seq, f.pos.lane, f.name,
+                          where(f).c_str(), f.seq);
                 fail_here();
             }
             break;
@@ -240,8 +251,8 @@ void collective(int op, const char* name, int line, void* val, void* res, int ar
     if (op == OP_BROADCAST) {
         for (int i = 1; i < n; i++) {
             if (args[i] != args[0]) {
-                set_error("simd_broadcast at line %d: lanes 0 and %d name different source lanes (%d, %d)", line,
-                          i, args[0], args[i]);
+                set_error("simd_broadcast at %s: lanes 0 and %d name different source lanes (%d, %d)",
+                          where(*me).c_str(), i, args[0], args[i]);
                 fail_here();
             }
         }
@@ -252,7 +263,7 @@ void collective(int op, const char* name, int line, void* val, void* res, int ar
     }
 }
 
-void barrier(bool simd, int line) {
+void barrier(bool simd, const char* file, int line) {
     Fiber* me = cur;
     int lo = 0, hi = nthreads;
     if (simd) {
@@ -264,25 +275,26 @@ void barrier(bool simd, int line) {
         me->bseq++;
         me->st = WAIT_BAR;
     }
+    me->bfile = file;
     me->bline = line;
     const char* name = simd ? "simdgroup_barrier" : "threadgroup_barrier";
     bool all = true;
     for (int i = lo; i < hi; i++) {
         Fiber& f = fibers[i];
         if (f.st == DONE) {
-            set_error("divergent %s at line %d: thread %d has already exited", name, line, i);
+            set_error("divergent %s at %s: thread %d has already exited", name, where(*me).c_str(), i);
             fail_here();
         }
-        if (f.st == WAIT_COLL && f.pos.sg == me->pos.sg) {
-            set_error("divergent %s at line %d: lane %u of the same SIMD-group waits in %s at line %d", name,
-                      line, f.pos.lane, f.name, f.line);
+        if ((f.st == WAIT_COLL || (!simd && f.st == WAIT_SBAR)) && f.pos.sg == me->pos.sg) {
+            set_error("divergent %s at %s: lane %u of the same SIMD-group waits in %s at %s", name,
+                      where(*me).c_str(), f.pos.lane, state_name(f), where(f).c_str());
             fail_here();
         }
         if (f.st == (simd ? WAIT_SBAR : WAIT_BAR)) {
             long a = simd ? f.sbseq : f.bseq, b = simd ? me->sbseq : me->bseq;
-            if (f.bline != line || a != b) {
-                set_error("divergent barriers: thread %u at line %d (#%ld), thread %d at line %d (#%ld)",
-                          me->pos.tiitg, line, b, i, f.bline, a);
+            if (!same_place(f.bfile, f.bline, file, line) || a != b) {
+                set_error("divergent barriers: thread %u at %s (#%ld), thread %d at %s (#%ld)", me->pos.tiitg,
+                          where(*me).c_str(), b, i, where(f).c_str(), a);
                 fail_here();
             }
         } else {
@@ -384,8 +396,8 @@ bool run_group(const uint3& g, const uint3& tg, const uint3& ngroups) {
                     continue;
                 }
                 char b[160];
-                snprintf(b, sizeof b, "%sthread %d in %s at line %d", d.empty() ? "" : ", ", i,
-                         state_name(fibers[i]), where_line(fibers[i]));
+                snprintf(b, sizeof b, "%sthread %d in %s at %s", d.empty() ? "" : ", ", i,
+                         state_name(fibers[i]), where(fibers[i]).c_str());
                 d += b;
                 if (d.size() > 600) {
                     break;
