@@ -138,6 +138,16 @@ func openLibraries() (*driver, error) {
 		d.nvrtcErr = nerr
 	} else {
 		d.libs.NVRTC = npath
+		// NVRTC dlopens its builtins library by soname; a toolkit outside the
+		// loader's path (CUDA_HOME, a pip wheel) needs it loaded first.
+		if m, _ := filepath.Glob(filepath.Join(filepath.Dir(npath), "libnvrtc-builtins.so*")); len(m) > 0 {
+			sort.Sort(sort.Reverse(sort.StringSlice(m)))
+			for _, p := range m {
+				if _, err := purego.Dlopen(p, purego.RTLD_NOW|purego.RTLD_GLOBAL); err == nil {
+					break
+				}
+			}
+		}
 		if err := d.bindNVRTC(func(name string) uintptr { return dlsym(nh, name) }); err != nil {
 			d.nvrtcErr = err
 		}

@@ -1,0 +1,271 @@
+package cuda
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/gemmoe/gemmoe/cuda"
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+func TestNewWithoutGPU(t *testing.T) {
+	b, err := New()
+	if err == nil {
+		b.Close()
+		t.Skip("a CUDA device is present")
+	}
+	if !strings.Contains(err.Error(), "cuda") {
+		t.Fatalf("error does not say what failed: %v", err)
+	}
+	t.Logf("without a GPU, New says: %v", err)
+}
+
+// gpuTimer measures device time between two events on the backend's stream.
+type gpuTimer struct {
+	be         *Backend
+	start, end *cuda.Event
+}
+
+func newTimer(tb testing.TB, be *Backend) *gpuTimer {
+	if err := be.enter(); err != nil {
+		tb.Fatal(err)
+	}
+	defer be.leave()
+	s, err := cuda.NewEvent(true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e, err := cuda.NewEvent(true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &gpuTimer{be, s, e}
+}
+
+func (g *gpuTimer) mark(ev *cuda.Event) error {
+	if err := g.be.enter(); err != nil {
+		return err
+	}
+	defer g.be.leave()
+	return ev.Record(g.be.stream)
+}
+
+// elapsed returns the milliseconds between start and end after waiting.
+func (g *gpuTimer) elapsed() (float64, error) {
+	if err := g.be.enter(); err != nil {
+		return 0, err
+	}
+	defer g.be.leave()
+	if err := g.end.Sync(); err != nil {
+		return 0, err
+	}
+	ms, err := cuda.Elapsed(g.start, g.end)
+	return float64(ms), err
+}
+
+// timeLoop runs f b.N times between events (after warm-up) and reports the
+// bytes each call moves as GB/s and as the fraction of the DRAM peak.
+func timeLoop(b *testing.B, be *Backend, bytesPerCall float64, f func(i int) error) {
+	for i := range 5 {
+		if err := f(i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	tm := newTimer(b, be)
+	b.ResetTimer()
+	tm.mark(tm.start)
+	for i := range b.N {
+		if err := f(i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tm.mark(tm.end)
+	ms, err := tm.elapsed()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	sec := ms / 1e3 / float64(b.N)
+	gbs := bytesPerCall / sec / 1e9
+	b.ReportMetric(sec*1e6, "us/call")
+	b.ReportMetric(gbs, "GB/s")
+	if peak := be.props.DRAMPeakGBs(); peak > 0 {
+		b.ReportMetric(gbs/peak, "peak_frac")
+	}
+}
+
+// randomBytes fills n bytes fast (xorshift), for weights whose values do not
+// matter to the timing but must not be zeros.
+func randomBytes(n int, seed uint64) []byte {
+	out := make([]byte, n)
+	s := seed | 1
+	for i := 0; i+8 <= n; i += 8 {
+		s ^= s << 13
+		s ^= s >> 7
+		s ^= s << 17
+		for j := range 8 {
+			out[i+j] = byte(s >> (8 * j))
+		}
+	}
+	return out
+}
+
+// benchWeights uploads copies of a random quantized [experts?, N, K] weight
+// with bf16 scales, enough copies to exceed the L2 cache several times, and
+// returns a view per copy and the bytes of one copy.
+func benchWeights(b *testing.B, be *Backend, experts, N, K, bits, group, minBytes int) ([]*kernels.Weight, int) {
+	e := max(experts, 1)
+	dataB := e * N * K * bits / 8
+	sB := e * N * (K / group) * 2
+	one := dataB + 2*sB
+	copies := max(1, (minBytes+one-1)/one)
+	blob := randomBytes(one*copies, 12345)
+	// scales and biases: small bf16 values (the random bytes would include NaNs)
+	for c := range copies {
+		base := c*one + dataB
+		for i := 0; i < 2*sB; i += 2 {
+			v := dtype.F32ToBF16(float32(int(blob[base+i])-128) * 1e-4)
+			blob[base+i], blob[base+i+1] = byte(v), byte(v>>8)
+		}
+	}
+	buf, err := be.WrapHost(blob)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ws := make([]*kernels.Weight, copies)
+	for c := range copies {
+		off := int64(c * one)
+		w := &kernels.Weight{Bits: bits, Group: group, N: N, K: K, Experts: experts,
+			Data:   kernels.Tensor{Buf: buf, Offset: off, DType: dtype.U32, Shape: []int{N, K * bits / 32}},
+			Scales: kernels.Tensor{Buf: buf, Offset: off + int64(dataB), DType: dtype.BF16, Shape: []int{N, K / group}},
+			Biases: kernels.Tensor{Buf: buf, Offset: off + int64(dataB+sB), DType: dtype.BF16, Shape: []int{N, K / group}},
+		}
+		if experts > 0 {
+			w.DataStride = int64(N * K * bits / 8)
+			w.GroupStride = int64(N * (K / group) * 2)
+		}
+		if err := w.Validate(); err != nil {
+			b.Fatal(err)
+		}
+		ws[c] = w
+	}
+	return ws, one
+}
+
+func benchBackend(b *testing.B) *Backend {
+	_, bf := gpus(b)
+	return bf
+}
+
+// BenchmarkQMV: one token times a quantized matrix (decode projections and
+// the LM head), bf16 activations.
+func BenchmarkQMV(b *testing.B) {
+	for _, c := range []struct{ bits, N, K int }{
+		{4, 8192, 2816}, {8, 8192, 2816}, {4, 2816, 8192}, {4, 262144, 2816}, {8, 262144, 2816},
+	} {
+		b.Run(fmt.Sprintf("q%d_%dx%d", c.bits, c.N, c.K), func(b *testing.B) {
+			be := benchBackend(b)
+			l2 := max(be.props.L2Bytes, 50<<20)
+			ws, one := benchWeights(b, be, 0, c.N, c.K, c.bits, 64, 4*l2)
+			x := put(b, be, dtype.BF16, randn(rand.New(rand.NewPCG(1, 1)), c.K, 1), 1, c.K)
+			y, _ := be.Alloc(dtype.BF16, 1, c.N)
+			timeLoop(b, be, float64(one+2*c.K+2*c.N), func(i int) error { return be.MatMul(y, x, ws[i%len(ws)]) })
+		})
+	}
+}
+
+// BenchmarkExpertMV: the 8-of-128 expert matvec of one decode token, the
+// ids on the device (a fresh random set per call).
+func BenchmarkExpertMV(b *testing.B) {
+	for _, c := range []struct{ bits, N, K int }{{4, 704, 2816}, {4, 2816, 704}, {8, 704, 2816}} {
+		b.Run(fmt.Sprintf("q%d_128x%dx%d_top8", c.bits, c.N, c.K), func(b *testing.B) {
+			be := benchBackend(b)
+			const E, k, sets = 128, 8, 64
+			ws, one := benchWeights(b, be, E, c.N, c.K, c.bits, 64, 0)
+			w := ws[0]
+			r := rand.New(rand.NewPCG(2, 2))
+			ids := make([]int32, sets*k)
+			for s := range sets {
+				for j, e := range r.Perm(E)[:k] {
+					ids[s*k+j] = int32(e)
+				}
+			}
+			idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
+			views := make([]kernels.Tensor, sets)
+			for s := range views {
+				views[s], _ = idt.RowRange(s, s+1)
+			}
+			x := put(b, be, dtype.BF16, randn(r, c.K, 1), 1, c.K)
+			y, _ := be.Alloc(dtype.BF16, 1, k, c.N)
+			perExpert := float64(one / E)
+			timeLoop(b, be, k*perExpert, func(i int) error { return be.MatMulExperts(y, x, w, views[i%sets]) })
+		})
+	}
+}
+
+// BenchmarkCopy measures a device-to-device copy (bytes read + written), the
+// practical bandwidth ceiling to compare the fractions above with.
+func BenchmarkCopy(b *testing.B) {
+	be := benchBackend(b)
+	const n = 1 << 30
+	src, _ := be.Alloc(dtype.U8, n)
+	dst, _ := be.Alloc(dtype.U8, n)
+	sp, dp := src.Buf.(*buffer).ptr, dst.Buf.(*buffer).ptr
+	timeLoop(b, be, 2*n, func(int) error {
+		if err := be.enter(); err != nil {
+			return err
+		}
+		defer be.leave()
+		return cuda.MemcpyDtoDAsync(dp, sp, n, be.stream)
+	})
+	be.Free(src)
+	be.Free(dst)
+}
+
+// BenchmarkPrefillGEMM: 512 tokens through a 4-bit 2816→2816 projection and
+// the sorted expert GEMM (512 tokens × 8 of 128 experts, 2816→704).
+func BenchmarkPrefillGEMM(b *testing.B) {
+	be := benchBackend(b)
+	r := rand.New(rand.NewPCG(3, 3))
+	const M = 512
+	b.Run("dense_proj_q4_2816x2816", func(b *testing.B) {
+		ws, one := benchWeights(b, be, 0, 2816, 2816, 4, 64, 0)
+		x := put(b, be, dtype.BF16, randn(r, M*2816, 1), M, 2816)
+		y, _ := be.Alloc(dtype.BF16, M, 2816)
+		timeLoop(b, be, float64(one), func(int) error { return be.MatMul(y, x, ws[0]) })
+	})
+	b.Run("experts_q4_128x704x2816_top8", func(b *testing.B) {
+		ws, one := benchWeights(b, be, 128, 704, 2816, 4, 64, 0)
+		ids := make([]int32, M*8)
+		for m := range M {
+			for j, e := range r.Perm(128)[:8] {
+				ids[m*8+j] = int32(e)
+			}
+		}
+		idt := putRaw(b, be, dtype.I32, i32bytes(ids), M, 8)
+		x := put(b, be, dtype.BF16, randn(r, M*2816, 1), M, 2816)
+		y, _ := be.Alloc(dtype.BF16, M, 8, 704)
+		timeLoop(b, be, float64(one), func(int) error { return be.MatMulExperts(y, x, ws[0], idt) })
+	})
+}
+
+// BenchmarkAttentionDecode: one query row over 8192 cached positions
+// (8 kv heads × 256, 16 heads, bf16), the bytes being K and V.
+func BenchmarkAttentionDecode(b *testing.B) {
+	be := benchBackend(b)
+	r := rand.New(rand.NewPCG(4, 4))
+	const H, KVH, D, P = 16, 8, 256, 8192
+	kc := put(b, be, dtype.BF16, randn(r, P*KVH*D, 1), P, KVH*D)
+	vc := put(b, be, dtype.BF16, randn(r, P*KVH*D, 1), P, KVH*D)
+	q := put(b, be, dtype.BF16, randn(r, H*D, 1), 1, H*D)
+	out, _ := be.Alloc(dtype.BF16, 1, H*D)
+	pos := putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
+	p := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Scale: 1}
+	timeLoop(b, be, 2*P*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
+}

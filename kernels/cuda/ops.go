@@ -1,0 +1,760 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/gemmoe/gemmoe/cuda"
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+const maxBlocksY = 65535
+
+// launch enqueues kernel name of module mod.
+func (b *Backend) launch(mod, name string, grid, block cuda.Dim3, smem int, a *cuda.Args) error {
+	f, err := b.fn(mod, name)
+	if err != nil {
+		return err
+	}
+	if smem > 48<<10 {
+		if smem > b.props.MaxSharedOptin {
+			return fmt.Errorf("cuda: %s needs %d bytes of shared memory, the device allows %d", name, smem, b.props.MaxSharedOptin)
+		}
+		k := occKey{f, -1}
+		if b.occ[k] < smem {
+			if err := f.SetMaxDynamicShared(smem); err != nil {
+				return err
+			}
+			b.occ[k] = smem
+		}
+	}
+	return cuda.Launch(f, grid, block, smem, b.stream, a)
+}
+
+// occupancy returns blocks per SM for f (cached).
+func (b *Backend) occupancy(mod, name string, block, smem int) int {
+	f, err := b.fn(mod, name)
+	if err != nil {
+		return 1
+	}
+	k := occKey{f, smem}
+	if n, ok := b.occ[k]; ok {
+		return n
+	}
+	if smem > 48<<10 {
+		f.SetMaxDynamicShared(smem)
+	}
+	n, err := f.Occupancy(block, smem)
+	if err != nil || n < 1 {
+		n = 1
+	}
+	b.occ[k] = n
+	return n
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+func floatArg(t kernels.Tensor, what string) error {
+	if !t.DType.IsFloat() {
+		return fmt.Errorf("cuda: %s has dtype %s (want F32, F16 or BF16)", what, t.DType)
+	}
+	return nil
+}
+
+func i32Arg(t kernels.Tensor, what string) error {
+	if t.DType != dtype.I32 {
+		return fmt.Errorf("cuda: %s has dtype %s (want I32)", what, t.DType)
+	}
+	return nil
+}
+
+// gridFor returns a 1D grid of 256-thread blocks for n elements.
+func (b *Backend) gridFor(n int) cuda.Dim3 {
+	return cuda.Dim3{X: max(1, min(ceilDiv(n, 256), b.props.SMs*16)), Y: 1, Z: 1}
+}
+
+var block256 = cuda.Dim3{X: 256, Y: 1, Z: 1}
+
+// weightPtrs returns the device addresses of a weight's data, scales and biases.
+func (b *Backend) weightPtrs(w *kernels.Weight) (data, sc, bi cuda.DevicePtr, err error) {
+	if data, err = b.dev(w.Data, "weight data"); err != nil {
+		return
+	}
+	if w.Quantized() {
+		if sc, err = b.dev(w.Scales, "weight scales"); err != nil {
+			return
+		}
+		if bi, err = b.dev(w.Biases, "weight biases"); err != nil {
+			return
+		}
+		if w.Scales.DType != w.Biases.DType {
+			err = fmt.Errorf("cuda: weight scales are %s but biases %s", w.Scales.DType, w.Biases.DType)
+		}
+	}
+	return
+}
+
+// checkExpertsInBuffer checks that the last expert of a 3D weight lies inside
+// the buffers.
+func (b *Backend) checkExpertsInBuffer(w *kernels.Weight) error {
+	last, err := w.Expert(w.Experts - 1)
+	if err != nil {
+		return err
+	}
+	_, _, _, err = b.weightPtrs(&last)
+	if err != nil {
+		return fmt.Errorf("cuda: expert %d of %d: %w", w.Experts-1, w.Experts, err)
+	}
+	return nil
+}
+
+// mvPlan is how a matrix-vector product runs.
+type mvPlan struct {
+	kernel string
+	smem   int
+	rows   int // rows per warp
+}
+
+// planMV picks the matrix-vector kernel for weight w (2D view) with P pairs.
+// ok is false when x does not fit in shared memory (use the GEMM then).
+func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P int) (mvPlan, bool) {
+	K := w.K
+	aligned := func(rowBytes int64) bool {
+		return data%16 == 0 && rowBytes%16 == 0 && stride%16 == 0
+	}
+	var pl mvPlan
+	switch {
+	case w.Quantized() && (w.Bits == 4 || w.Bits == 8) && aligned(int64(K)*int64(w.Bits)/8):
+		e := 128 / w.Bits
+		pl.smem = (K/e)*(e+4)*4 + (K/e)*2*4
+		pl.kernel = fmt.Sprintf("qmv%d_r", w.Bits)
+	case !w.Quantized() && aligned(int64(K)*int64(w.Data.DType.Size())) && K%(16/w.Data.DType.Size()) == 0:
+		e := 16 / w.Data.DType.Size()
+		pl.smem = (K / e) * (e + 4) * 4
+		pl.kernel = "dmv_" + map[dtype.DType]string{dtype.F32: "f32", dtype.BF16: "bf16", dtype.F16: "f16"}[w.Data.DType]
+		pl.rows = 2
+	default:
+		pl.kernel = "mv_generic"
+		pl.smem = K * 4
+		pl.rows = 1
+	}
+	if pl.smem > b.props.MaxSharedOptin {
+		return pl, false
+	}
+	if pl.rows == 0 { // quantized fast kernels come in 1, 2 and 4 rows per warp
+		pl.rows = 4
+		for pl.rows > 1 && ceilDiv(w.N, QMVWarps*pl.rows)*P < 2*b.props.SMs {
+			pl.rows /= 2
+		}
+		pl.kernel += fmt.Sprint(pl.rows)
+	}
+	return pl, true
+}
+
+// QMVWarps is the number of warps per block of the matrix-vector kernels.
+const QMVWarps = 8
+
+// matvec enqueues y[p] = x[p/xdiv]·W[e(p)]ᵀ for P pairs.
+func (b *Backend) matvec(pl mvPlan, y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.Weight,
+	data, sc, bi, ids cuda.DevicePtr, nexp, xdiv, P int, wstride, gstride int64) error {
+	if P > maxBlocksY {
+		return fmt.Errorf("cuda: %d matrix-vector products in one launch (at most %d)", P, maxBlocksY)
+	}
+	blocksX := ceilDiv(w.N, QMVWarps*pl.rows)
+	capBlocks := b.props.SMs * b.occupancy("matmul", pl.kernel, 256, pl.smem)
+	gx := max(1, min(blocksX, ceilDiv(capBlocks, P)))
+	a := b.args.Reset()
+	a.Ptr(yp).I32(int(y.DType)).Ptr(xp).I32(int(x.DType))
+	switch {
+	case pl.kernel == "mv_generic":
+		a.Ptr(data).I32(int(w.Data.DType)).Ptr(sc).Ptr(bi).I32(int(w.Scales.DType)).I32(w.Bits).
+			I32(w.N).I32(w.K).I32(w.Group).Ptr(ids).I32(nexp).I32(xdiv).I64(wstride).I64(gstride)
+	case w.Quantized():
+		a.Ptr(data).Ptr(sc).Ptr(bi).I32(int(w.Scales.DType)).I32(w.N).I32(w.K).I32(w.Group).
+			Ptr(ids).I32(nexp).I32(xdiv).I64(wstride).I64(gstride)
+	default:
+		a.Ptr(data).I32(w.N).I32(w.K).Ptr(ids).I32(nexp).I32(xdiv).I64(wstride)
+	}
+	return b.launch("matmul", pl.kernel, cuda.Dim3{X: gx, Y: P, Z: 1}, block256, pl.smem, a)
+}
+
+// gemm enqueues the tiled GEMM (plain when perm is 0, else gathered by tiles).
+func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.Weight, data, sc, bi cuda.DevicePtr,
+	M int, perm, tiles cuda.DevicePtr, tilesX, xdiv int, wstride, gstride int64) error {
+	name := "gemm_f32"
+	if x.DType == dtype.BF16 && b.props.Major >= 8 {
+		name = "gemm_tc"
+	}
+	gx := ceilDiv(M, 64)
+	if perm != 0 {
+		gx = tilesX
+	}
+	gy := ceilDiv(w.N, 64)
+	if gy > maxBlocksY {
+		return fmt.Errorf("cuda: GEMM with %d output features (at most %d)", w.N, 64*maxBlocksY)
+	}
+	sdt := 0
+	if w.Quantized() {
+		sdt = int(w.Scales.DType)
+	}
+	a := b.args.Reset()
+	a.Ptr(yp).I32(int(y.DType)).Ptr(xp).I32(int(x.DType)).Ptr(data).I32(int(w.Data.DType)).Ptr(sc).Ptr(bi).I32(sdt).
+		I32(w.Bits).I32(M).I32(w.N).I32(w.K).I32(max(w.Group, 1)).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride)
+	return b.launch("matmul", name, cuda.Dim3{X: gx, Y: gy, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+}
+
+// MatMul computes y[M,N] = x[M,K]·Wᵀ.
+func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
+	if err := w.Validate(); err != nil {
+		return err
+	}
+	if w.Experts != 0 {
+		return fmt.Errorf("cuda: MatMul with a 3D weight of %d experts (use MatMulExperts or Weight.Expert)", w.Experts)
+	}
+	if err := floatArg(x, "MatMul x"); err != nil {
+		return err
+	}
+	if err := floatArg(y, "MatMul y"); err != nil {
+		return err
+	}
+	M := x.Rows()
+	if x.Cols() != w.K || y.Rows() != M || y.Cols() != w.N {
+		return fmt.Errorf("cuda: MatMul y%v = x%v·Wᵀ with W [%d, %d]", y.Shape, x.Shape, w.N, w.K)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	yp, err := b.dev(y, "MatMul y")
+	if err != nil {
+		return err
+	}
+	xp, err := b.dev(x, "MatMul x")
+	if err != nil {
+		return err
+	}
+	data, sc, bi, err := b.weightPtrs(w)
+	if err != nil {
+		return err
+	}
+	if M == 0 {
+		return nil
+	}
+	if M == 1 {
+		if pl, ok := b.planMV(w, data, 0, 1); ok {
+			return b.matvec(pl, y, x, yp, xp, w, data, sc, bi, 0, 0, 1, 1, 0, 0)
+		}
+	}
+	return b.gemm(y, x, yp, xp, w, data, sc, bi, M, 0, 0, 0, 1, 0, 0)
+}
+
+// MatMulExperts computes y[M,k,N] = x[m]·W[ids[m,j]]ᵀ. For one or two tokens
+// it runs one matrix-vector launch over all (token, slot) pairs, each block
+// reading its expert id on the device; for more it sorts the pairs by expert
+// on the device and runs a tiled GEMM so each expert's weights are read once
+// per 64 pairs.
+func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kernels.Tensor) error {
+	if err := w.Validate(); err != nil {
+		return err
+	}
+	if w.Experts <= 0 {
+		return fmt.Errorf("cuda: MatMulExperts needs a 3D weight")
+	}
+	if err := i32Arg(ids, "MatMulExperts ids"); err != nil {
+		return err
+	}
+	if err := floatArg(x, "MatMulExperts x"); err != nil {
+		return err
+	}
+	if err := floatArg(y, "MatMulExperts y"); err != nil {
+		return err
+	}
+	M, k := ids.Rows(), ids.Cols()
+	if len(ids.Shape) == 1 {
+		M, k = ids.Shape[0], 1
+	}
+	P := M * k
+	xdiv := 0
+	switch {
+	case x.Cols() == w.K && x.Rows() == M:
+		xdiv = k
+	case x.Cols() == w.K && x.Rows() == P:
+		xdiv = 1
+	default:
+		return fmt.Errorf("cuda: MatMulExperts x%v for ids%v and K %d (want [%d, %d] or [%d, %d])", x.Shape, ids.Shape, w.K, M, w.K, P, w.K)
+	}
+	if y.Numel() != P*w.N || y.Cols() != w.N {
+		return fmt.Errorf("cuda: MatMulExperts y%v (want [%d, %d, %d])", y.Shape, M, k, w.N)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	yp, err := b.dev(y, "MatMulExperts y")
+	if err != nil {
+		return err
+	}
+	xp, err := b.dev(x, "MatMulExperts x")
+	if err != nil {
+		return err
+	}
+	idp, err := b.dev(ids, "MatMulExperts ids")
+	if err != nil {
+		return err
+	}
+	data, sc, bi, err := b.weightPtrs(w)
+	if err != nil {
+		return err
+	}
+	if err := b.checkExpertsInBuffer(w); err != nil {
+		return err
+	}
+	if P == 0 {
+		return nil
+	}
+	if M <= 2 {
+		if pl, ok := b.planMV(w, data, w.DataStride, P); ok {
+			return b.matvec(pl, y, x, yp, xp, w, data, sc, bi, idp, w.Experts, xdiv, P, w.DataStride, w.GroupStride)
+		}
+	}
+	// Sort pairs by expert on the device, then one GEMM over the tiles.
+	E := w.Experts
+	maxTiles := ceilDiv(P, 64) + min(E, P)
+	scr, err := b.scratch(int64(4 * (P + 3*maxTiles)))
+	if err != nil {
+		return err
+	}
+	defer b.release(scr)
+	perm, tiles := scr, scr+cuda.DevicePtr(4*P)
+	a := b.args.Reset()
+	a.Ptr(idp).I32(P).I32(E).Ptr(perm).Ptr(tiles).I32(maxTiles)
+	if err := b.launch("matmul", "moe_sort", cuda.Dim3{X: 1, Y: 1, Z: 1}, cuda.Dim3{X: 1024, Y: 1, Z: 1}, 3*E*4, a); err != nil {
+		return err
+	}
+	return b.gemm(y, x, yp, xp, w, data, sc, bi, P, perm, tiles, maxTiles, xdiv, w.DataStride, w.GroupStride)
+}
+
+// MoECombine computes y[M,N] = Σ_j weights[m,j]·x[m,j,:].
+func (b *Backend) MoECombine(y, x, weights kernels.Tensor) error {
+	if weights.DType != dtype.F32 {
+		return fmt.Errorf("cuda: MoECombine weights have dtype %s (want F32)", weights.DType)
+	}
+	if err := floatArg(x, "MoECombine x"); err != nil {
+		return err
+	}
+	if err := floatArg(y, "MoECombine y"); err != nil {
+		return err
+	}
+	M, k := weights.Rows(), weights.Cols()
+	N := y.Cols()
+	if y.Rows() != M || x.Numel() != M*k*N || x.Cols() != N {
+		return fmt.Errorf("cuda: MoECombine y%v from x%v and weights%v", y.Shape, x.Shape, weights.Shape)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{y, x, weights}, "MoECombine y", "MoECombine x", "MoECombine weights")
+	if err != nil || M == 0 || N == 0 {
+		return err
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(y.DType)).Ptr(ptrs[1]).I32(int(x.DType)).Ptr(ptrs[2]).I32(k).I32(N)
+	return b.launch("elementwise", "moe_combine", cuda.Dim3{X: ceilDiv(N, 256), Y: M, Z: 1}, block256, 0, a)
+}
+
+func (b *Backend) devs(ts []kernels.Tensor, names ...string) ([]cuda.DevicePtr, error) {
+	out := make([]cuda.DevicePtr, len(ts))
+	for i, t := range ts {
+		p, err := b.dev(t, names[i])
+		if err != nil {
+			return nil, err
+		}
+		out[i] = p
+	}
+	return out, nil
+}
+
+// Embed gathers rows of the table for the ids into y, times scale.
+func (b *Backend) Embed(y kernels.Tensor, table *kernels.Weight, ids kernels.Tensor, scale float32) error {
+	if err := table.Validate(); err != nil {
+		return err
+	}
+	if table.Experts != 0 {
+		return fmt.Errorf("cuda: Embed with a 3D table")
+	}
+	if err := i32Arg(ids, "Embed ids"); err != nil {
+		return err
+	}
+	if err := floatArg(y, "Embed y"); err != nil {
+		return err
+	}
+	M := ids.Numel()
+	if y.Rows() != M || y.Cols() != table.K {
+		return fmt.Errorf("cuda: Embed y%v for %d ids of width %d", y.Shape, M, table.K)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	yp, err := b.dev(y, "Embed y")
+	if err != nil {
+		return err
+	}
+	idp, err := b.dev(ids, "Embed ids")
+	if err != nil {
+		return err
+	}
+	data, sc, bi, err := b.weightPtrs(table)
+	if err != nil || M == 0 {
+		return err
+	}
+	if M > maxBlocksY {
+		return fmt.Errorf("cuda: Embed of %d ids (at most %d)", M, maxBlocksY)
+	}
+	sdt := 0
+	if table.Quantized() {
+		sdt = int(table.Scales.DType)
+	}
+	a := b.args.Reset()
+	a.Ptr(yp).I32(int(y.DType)).Ptr(data).I32(int(table.Data.DType)).Ptr(sc).Ptr(bi).I32(sdt).I32(table.Bits).
+		I32(max(table.Group, 1)).Ptr(idp).I32(table.N).I32(table.K).F32(scale)
+	return b.launch("elementwise", "embed", cuda.Dim3{X: ceilDiv(table.K, 256), Y: M, Z: 1}, block256, 0, a)
+}
+
+// RMSNorm normalizes each row of x: y = x·(mean(x²)+eps)^-½ · w.
+func (b *Backend) RMSNorm(y, x, w kernels.Tensor, eps float32) error {
+	if err := floatArg(x, "RMSNorm x"); err != nil {
+		return err
+	}
+	if err := floatArg(y, "RMSNorm y"); err != nil {
+		return err
+	}
+	cols := x.Cols()
+	if y.Numel() != x.Numel() || y.Cols() != cols {
+		return fmt.Errorf("cuda: RMSNorm y%v from x%v", y.Shape, x.Shape)
+	}
+	if !w.IsZero() {
+		if err := floatArg(w, "RMSNorm weight"); err != nil {
+			return err
+		}
+		if w.Numel() != cols {
+			return fmt.Errorf("cuda: RMSNorm weight %v for rows of %d", w.Shape, cols)
+		}
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{y, x}, "RMSNorm y", "RMSNorm x")
+	if err != nil {
+		return err
+	}
+	var wp cuda.DevicePtr
+	wdt := 0
+	if !w.IsZero() {
+		if wp, err = b.dev(w, "RMSNorm weight"); err != nil {
+			return err
+		}
+		wdt = int(w.DType)
+	}
+	rows := x.Rows()
+	if rows == 0 || cols == 0 {
+		return nil
+	}
+	threads := min(1024, max(32, ceilDiv(cols, 4*32)*32))
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(y.DType)).Ptr(ptrs[1]).I32(int(x.DType)).Ptr(wp).I32(wdt).I32(cols).F32(eps)
+	return b.launch("elementwise", "rmsnorm", cuda.Dim3{X: rows, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, a)
+}
+
+// RoPE rotates x [T, heads, D] in place by positions·invFreq.
+func (b *Backend) RoPE(x, positions, invFreq kernels.Tensor) error {
+	if err := floatArg(x, "RoPE x"); err != nil {
+		return err
+	}
+	if err := i32Arg(positions, "RoPE positions"); err != nil {
+		return err
+	}
+	if err := floatArg(invFreq, "RoPE inverse frequencies"); err != nil {
+		return err
+	}
+	T, half := positions.Numel(), invFreq.Numel()
+	D := 2 * half
+	if T == 0 || D == 0 || x.Numel()%(T*D) != 0 || (len(x.Shape) == 3 && x.Shape[2] != D) {
+		return fmt.Errorf("cuda: RoPE of x%v with %d positions and %d frequencies", x.Shape, T, half)
+	}
+	heads := x.Numel() / (T * D)
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{x, positions, invFreq}, "RoPE x", "RoPE positions", "RoPE frequencies")
+	if err != nil || heads == 0 {
+		return err
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(x.DType)).Ptr(ptrs[1]).Ptr(ptrs[2]).I32(int(invFreq.DType)).I32(heads).I32(D)
+	return b.launch("elementwise", "rope", cuda.Dim3{X: T * heads, Y: 1, Z: 1}, cuda.Dim3{X: min(256, max(32, ceilDiv(half, 32)*32)), Y: 1, Z: 1}, 0, a)
+}
+
+// binary launches a kernel of signature (y, ydt, a, adt, b, bdt, n).
+func (b *Backend) binary(op, name string, y, x1, x2 kernels.Tensor) error {
+	for i, t := range []kernels.Tensor{y, x1, x2} {
+		if err := floatArg(t, fmt.Sprintf("%s operand %d", op, i)); err != nil {
+			return err
+		}
+	}
+	n := y.Numel()
+	if x1.Numel() != n || x2.Numel() != n {
+		return fmt.Errorf("cuda: %s of %v and %v into %v (element counts differ)", op, x1.Shape, x2.Shape, y.Shape)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{y, x1, x2}, op+" y", op+" a", op+" b")
+	if err != nil || n == 0 {
+		return err
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(y.DType)).Ptr(ptrs[1]).I32(int(x1.DType)).Ptr(ptrs[2]).I32(int(x2.DType)).I64(int64(n))
+	return b.launch("elementwise", name, b.gridFor(n), block256, 0, a)
+}
+
+// unary launches a kernel of signature (y, ydt, x, xdt, s, n).
+func (b *Backend) unary(op, name string, y, x kernels.Tensor, s float32) error {
+	if err := floatArg(x, op+" x"); err != nil {
+		return err
+	}
+	if err := floatArg(y, op+" y"); err != nil {
+		return err
+	}
+	n := y.Numel()
+	if x.Numel() != n {
+		return fmt.Errorf("cuda: %s of %v into %v (element counts differ)", op, x.Shape, y.Shape)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{y, x}, op+" y", op+" x")
+	if err != nil || n == 0 {
+		return err
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(y.DType)).Ptr(ptrs[1]).I32(int(x.DType)).F32(s).I64(int64(n))
+	return b.launch("elementwise", name, b.gridFor(n), block256, 0, a)
+}
+
+// GeluTanhMul computes y = gelu_tanh(gate)·up.
+func (b *Backend) GeluTanhMul(y, gate, up kernels.Tensor) error {
+	return b.binary("GeluTanhMul", "gelu_mul", y, gate, up)
+}
+
+// Add computes y = a + b.
+func (b *Backend) Add(y, x1, x2 kernels.Tensor) error { return b.binary("Add", "add", y, x1, x2) }
+
+// Scale computes y = s·x.
+func (b *Backend) Scale(y, x kernels.Tensor, s float32) error {
+	return b.unary("Scale", "scale", y, x, s)
+}
+
+// Softcap computes y = c·tanh(x/c).
+func (b *Backend) Softcap(y, x kernels.Tensor, c float32) error {
+	if c == 0 {
+		return fmt.Errorf("cuda: Softcap with cap 0")
+	}
+	return b.unary("Softcap", "softcap", y, x, c)
+}
+
+// Softmax normalizes each row of x (f32 inside).
+func (b *Backend) Softmax(y, x kernels.Tensor) error {
+	if err := floatArg(x, "Softmax x"); err != nil {
+		return err
+	}
+	if err := floatArg(y, "Softmax y"); err != nil {
+		return err
+	}
+	cols := x.Cols()
+	if y.Numel() != x.Numel() || y.Cols() != cols {
+		return fmt.Errorf("cuda: Softmax y%v from x%v", y.Shape, x.Shape)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{y, x}, "Softmax y", "Softmax x")
+	if err != nil || x.Rows() == 0 || cols == 0 {
+		return err
+	}
+	threads := min(1024, max(32, ceilDiv(cols, 4*32)*32))
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(y.DType)).Ptr(ptrs[1]).I32(int(x.DType)).I32(cols)
+	return b.launch("elementwise", "softmax", cuda.Dim3{X: x.Rows(), Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, a)
+}
+
+// RouterTopK writes the top k experts of softmax(logits) per row.
+func (b *Backend) RouterTopK(weights, ids, logits, perExpertScale kernels.Tensor, k int) error {
+	if err := floatArg(logits, "RouterTopK logits"); err != nil {
+		return err
+	}
+	if err := i32Arg(ids, "RouterTopK ids"); err != nil {
+		return err
+	}
+	if weights.DType != dtype.F32 {
+		return fmt.Errorf("cuda: RouterTopK weights have dtype %s (want F32)", weights.DType)
+	}
+	M, E := logits.Rows(), logits.Cols()
+	if E > 1024 {
+		return fmt.Errorf("cuda: RouterTopK over %d experts (at most 1024)", E)
+	}
+	if k < 1 || k > E || k > 32 {
+		return fmt.Errorf("cuda: RouterTopK k = %d for %d experts (want 1..min(E, 32))", k, E)
+	}
+	if ids.Numel() != M*k || weights.Numel() != M*k {
+		return fmt.Errorf("cuda: RouterTopK ids%v and weights%v for %d rows and k %d", ids.Shape, weights.Shape, M, k)
+	}
+	if !perExpertScale.IsZero() {
+		if err := floatArg(perExpertScale, "RouterTopK per-expert scale"); err != nil {
+			return err
+		}
+		if perExpertScale.Numel() != E {
+			return fmt.Errorf("cuda: RouterTopK per-expert scale %v for %d experts", perExpertScale.Shape, E)
+		}
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{weights, ids, logits}, "RouterTopK weights", "RouterTopK ids", "RouterTopK logits")
+	if err != nil {
+		return err
+	}
+	var pp cuda.DevicePtr
+	pdt := 0
+	if !perExpertScale.IsZero() {
+		if pp, err = b.dev(perExpertScale, "RouterTopK per-expert scale"); err != nil {
+			return err
+		}
+		pdt = int(perExpertScale.DType)
+	}
+	if M == 0 {
+		return nil
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).Ptr(ptrs[1]).Ptr(ptrs[2]).I32(int(logits.DType)).Ptr(pp).I32(pdt).I32(M).I32(E).I32(k)
+	return b.launch("elementwise", "router_topk", cuda.Dim3{X: ceilDiv(M, 4), Y: 1, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+}
+
+// StoreKV writes src [T, C] into cache slots positions[t] mod Capacity.
+func (b *Backend) StoreKV(cache, src, positions kernels.Tensor) error {
+	if err := floatArg(cache, "StoreKV cache"); err != nil {
+		return err
+	}
+	if err := floatArg(src, "StoreKV src"); err != nil {
+		return err
+	}
+	if err := i32Arg(positions, "StoreKV positions"); err != nil {
+		return err
+	}
+	T, cols := positions.Numel(), cache.Cols()
+	if src.Numel() != T*cols || src.Cols() != cols {
+		return fmt.Errorf("cuda: StoreKV of src%v into cache%v at %d positions", src.Shape, cache.Shape, T)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{cache, src, positions}, "StoreKV cache", "StoreKV src", "StoreKV positions")
+	if err != nil || T == 0 || cols == 0 {
+		return err
+	}
+	if T > maxBlocksY {
+		return fmt.Errorf("cuda: StoreKV of %d rows (at most %d)", T, maxBlocksY)
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(cache.DType)).Ptr(ptrs[1]).I32(int(src.DType)).Ptr(ptrs[2]).I32(cols).I32(cache.Rows())
+	return b.launch("elementwise", "store_kv", cuda.Dim3{X: ceilDiv(cols, 256), Y: T, Z: 1}, block256, 0, a)
+}
+
+// Attention computes out from q and the caches, softmax in f32, split over
+// the keys so one query row still fills the GPU.
+func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p kernels.AttentionParams) error {
+	for _, c := range []struct {
+		t kernels.Tensor
+		n string
+	}{{out, "out"}, {q, "q"}, {kCache, "k cache"}, {vCache, "v cache"}} {
+		if err := floatArg(c.t, "Attention "+c.n); err != nil {
+			return err
+		}
+	}
+	if err := i32Arg(positions, "Attention positions"); err != nil {
+		return err
+	}
+	H, KVH, D := p.Heads, p.KVHeads, p.HeadDim
+	if H <= 0 || KVH <= 0 || D <= 0 || H%KVH != 0 {
+		return fmt.Errorf("cuda: Attention with %d heads, %d kv heads, head dim %d", H, KVH, D)
+	}
+	G := H / KVH
+	if G > 16 || D > 512 {
+		return fmt.Errorf("cuda: Attention supports up to 16 query heads per kv head and head dim 512 (got %d, %d)", G, D)
+	}
+	T := positions.Numel()
+	if q.Numel() != T*H*D || out.Numel() != T*H*D {
+		return fmt.Errorf("cuda: Attention q%v out%v for %d rows of %d×%d", q.Shape, out.Shape, T, H, D)
+	}
+	if kCache.Cols() != KVH*D || vCache.Cols() != KVH*D || kCache.Rows() != vCache.Rows() || kCache.DType != vCache.DType {
+		return fmt.Errorf("cuda: Attention caches k%v %s and v%v %s (want [capacity, %d] of one type)", kCache.Shape, kCache.DType, vCache.Shape, vCache.DType, KVH*D)
+	}
+	cp := kCache.Rows()
+	es := kCache.DType.Size()
+	if D%(16/es) != 0 {
+		return fmt.Errorf("cuda: Attention head dim %d is not a multiple of %d", D, 16/es)
+	}
+	if err := b.enter(); err != nil {
+		return err
+	}
+	defer b.leave()
+	ptrs, err := b.devs([]kernels.Tensor{out, q, kCache, vCache, positions}, "Attention out", "Attention q", "Attention k cache", "Attention v cache", "Attention positions")
+	if err != nil || T == 0 {
+		return err
+	}
+	if ptrs[2]%16 != 0 || ptrs[3]%16 != 0 {
+		return fmt.Errorf("cuda: Attention caches must be 16-byte aligned")
+	}
+	if T > maxBlocksY {
+		return fmt.Errorf("cuda: Attention of %d rows (at most %d)", T, maxBlocksY)
+	}
+	maxKeys := cp
+	if p.Window > 0 {
+		maxKeys = min(maxKeys, p.Window)
+	}
+	nch := ceilDiv(maxKeys, 64)
+	Z := max(1, min(nch, ceilDiv(2*b.props.SMs, KVH*T), maxBlocksY))
+	gmax := 1
+	for gmax < G {
+		gmax *= 2
+	}
+	mod := "attention_" + map[dtype.DType]string{dtype.F32: "f32", dtype.BF16: "bf16", dtype.F16: "f16"}[kCache.DType]
+	smem := (G*D + G*64 + 3*gmax) * 4
+	var part cuda.DevicePtr
+	if Z > 1 {
+		if part, err = b.scratch(int64(T*H*Z*(D+2)) * 4); err != nil {
+			return err
+		}
+		defer b.release(part)
+	}
+	a := b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(ptrs[1]).I32(int(q.DType)).Ptr(ptrs[2]).Ptr(ptrs[3]).Ptr(ptrs[4]).
+		I32(H).I32(KVH).I32(D).I32(cp).I32(p.Window).F32(p.Scale).I32(Z).Ptr(part)
+	if err := b.launch(mod, fmt.Sprintf("attn_g%d", gmax), cuda.Dim3{X: KVH, Y: T, Z: Z}, cuda.Dim3{X: 128, Y: 1, Z: 1}, smem, a); err != nil {
+		return err
+	}
+	if Z == 1 {
+		return nil
+	}
+	a = b.args.Reset()
+	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(part).I32(H).I32(D).I32(Z)
+	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+}

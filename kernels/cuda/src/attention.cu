@@ -1,0 +1,218 @@
+// attention.cu: attention of T query rows over a KV cache, split over the
+// keys ("flash decoding"). Block (kv head, query row t, split z) walks the
+// key chunks z, z+Z, ... of its row's visible range, for all the G = H/KVH
+// query heads that share the kv head (so K and V are read once for them),
+// with an online softmax in f32. With Z > 1 the partial results go to a
+// scratch buffer and attn_combine merges them.
+
+#define ATT_THREADS 128
+#define ATT_CH 64
+
+template <typename CT> struct CacheT;
+template <> struct CacheT<float> {
+    static constexpr int V = 4; // values per 16-byte load
+    static constexpr int ES = 4; // bytes per value
+    __device__ static void load(const void* p, float* f) {
+        float4 v = *(const float4*)p;
+        f[0] = v.x; f[1] = v.y; f[2] = v.z; f[3] = v.w;
+    }
+    __device__ static float one(const void* p, i64 i) { return ((const float*)p)[i]; }
+};
+struct bf16_t {};
+struct f16_t {};
+template <> struct CacheT<bf16_t> {
+    static constexpr int V = 8;
+    static constexpr int ES = 2;
+    __device__ static void load(const void* p, float* f) {
+        uint4 v = *(const uint4*)p;
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) { f[2 * j] = __uint_as_float(w[j] << 16); f[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u); }
+    }
+    __device__ static float one(const void* p, i64 i) { return bf2f(((const u16*)p)[i]); }
+};
+template <> struct CacheT<f16_t> {
+    static constexpr int V = 8;
+    static constexpr int ES = 2;
+    __device__ static void load(const void* p, float* f) {
+        uint4 v = *(const uint4*)p;
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) { f[2 * j] = h2f((u16)(w[j] & 0xffffu)); f[2 * j + 1] = h2f((u16)(w[j] >> 16)); }
+    }
+    __device__ static float one(const void* p, i64 i) { return h2f(((const u16*)p)[i]); }
+};
+
+template <typename CT, int GMAX>
+__device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt, const void* kc, const void* vc,
+                                     const int* pos, int H, int KVH, int D, int cap, int window, float scale, int Z,
+                                     float* part) {
+    typedef CacheT<CT> C;
+    constexpr int ND = 4; // D <= 512 = ND·ATT_THREADS
+    float* sm = dyn_smem;
+    const int G = H / KVH;
+    float* qs = sm;                     // [G][D]
+    float* S = qs + G * D;              // [G][ATT_CH]
+    float* mrow = S + G * ATT_CH;       // [G]
+    float* lrow = mrow + GMAX;          // [G]
+    float* alpha = lrow + GMAX;         // [G]
+    const int kvh = blockIdx.x, t = blockIdx.y, z = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int p = pos[t];
+    const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int nkeys = p - lo + 1;
+    const int nch = (nkeys + ATT_CH - 1) / ATT_CH;
+    const int HD = H * D, KD = KVH * D;
+
+    for (int i = tid; i < G * D; i += ATT_THREADS) qs[i] = ldf(q, (i64)t * HD + (i64)kvh * G * D + i, qdt);
+    if (tid < GMAX) { mrow[tid] = NEG_INF; lrow[tid] = 0.f; }
+    float acc[GMAX][ND];
+#pragma unroll
+    for (int g = 0; g < GMAX; g++)
+#pragma unroll
+        for (int i = 0; i < ND; i++) acc[g][i] = 0.f;
+    __syncthreads();
+
+    for (int ch = z; ch < nch; ch += Z) {
+        const int kb = lo + ch * ATT_CH;
+        const int nk = min(ATT_CH, p - kb + 1);
+        // Phase 1: scores. Thread (j = tid % 64, half = tid / 64) takes heads half, half+2, ...
+        {
+            const int j = tid & (ATT_CH - 1), half = tid >> 6;
+            float dot[(GMAX + 1) / 2];
+#pragma unroll
+            for (int i = 0; i < (GMAX + 1) / 2; i++) dot[i] = 0.f;
+            if (j < nk) {
+                int slot = (kb + j) % cap;
+                const char* krow = (const char*)kc + ((i64)slot * KD + (i64)kvh * D) * C::ES;
+                for (int d = 0; d < D; d += C::V) {
+                    float kf[C::V];
+                    C::load(krow + (i64)d * C::ES, kf);
+#pragma unroll
+                    for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
+                        int g = 2 * gi + half;
+                        if (g < G) {
+                            const float* qq = qs + g * D + d;
+#pragma unroll
+                            for (int v = 0; v < C::V; v++) dot[gi] = fmaf(qq[v], kf[v], dot[gi]);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
+                int g = 2 * gi + half;
+                if (g < G) S[g * ATT_CH + j] = j < nk ? dot[gi] * scale : NEG_INF;
+            }
+        }
+        __syncthreads();
+        // Phase 2: online softmax statistics, one warp per head.
+        for (int g = warp; g < G; g += ATT_THREADS / 32) {
+            float s0 = S[g * ATT_CH + lane], s1 = S[g * ATT_CH + lane + 32];
+            float cm = warp_max(fmaxf(s0, s1));
+            float mold = mrow[g];
+            float mnew = fmaxf(mold, cm);
+            float p0 = s0 == NEG_INF ? 0.f : expf(s0 - mnew);
+            float p1 = s1 == NEG_INF ? 0.f : expf(s1 - mnew);
+            S[g * ATT_CH + lane] = p0;
+            S[g * ATT_CH + lane + 32] = p1;
+            float ps = warp_sum(p0 + p1);
+            if (lane == 0) {
+                float a = mold == NEG_INF ? 0.f : expf(mold - mnew);
+                alpha[g] = a;
+                lrow[g] = lrow[g] * a + ps;
+                mrow[g] = mnew;
+            }
+        }
+        __syncthreads();
+        // Phase 3: acc = acc·alpha + P·V, thread over d.
+#pragma unroll
+        for (int g = 0; g < GMAX; g++) {
+            if (g < G) {
+                float a = alpha[g];
+#pragma unroll
+                for (int i = 0; i < ND; i++) acc[g][i] *= a;
+            }
+        }
+        for (int j = 0; j < nk; j++) {
+            int slot = (kb + j) % cap;
+            i64 vbase = (i64)slot * KD + (i64)kvh * D;
+            float v[ND];
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                int d = tid + ATT_THREADS * i;
+                v[i] = d < D ? C::one(vc, vbase + d) : 0.f;
+            }
+#pragma unroll
+            for (int g = 0; g < GMAX; g++) {
+                if (g < G) {
+                    float pj = S[g * ATT_CH + j];
+#pragma unroll
+                    for (int i = 0; i < ND; i++) acc[g][i] = fmaf(pj, v[i], acc[g][i]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+    // Output.
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        if (g >= G) continue;
+        int h = kvh * G + g;
+        if (Z == 1) {
+            float inv = lrow[g] > 0.f ? 1.f / lrow[g] : 0.f;
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                int d = tid + ATT_THREADS * i;
+                if (d < D) stf(out, (i64)t * HD + (i64)h * D + d, odt, acc[g][i] * inv);
+            }
+        } else {
+            float* pp = part + (((i64)t * H + h) * Z + z) * (D + 2);
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                int d = tid + ATT_THREADS * i;
+                if (d < D) pp[d] = acc[g][i];
+            }
+            if (tid == 0) { pp[D] = mrow[g]; pp[D + 1] = lrow[g]; }
+        }
+    }
+}
+
+#define ATT_ARGS                                                                                             \
+    void *out, int odt, const void *q, int qdt, const void *kc, const void *vc, const int *pos, int H, int KVH, \
+        int D, int cap, int window, float scale, int Z, float *part
+#define ATT_PASS out, odt, q, qdt, kc, vc, pos, H, KVH, D, cap, window, scale, Z, part
+
+// The module is compiled once per cache type: CACHE_T is float, bf16_t or f16_t.
+#ifndef CACHE_T
+#define CACHE_T bf16_t
+#endif
+#define ATT_KERNEL(NAME, G) \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) NAME(ATT_ARGS) { attn<CACHE_T, G>(ATT_PASS); }
+ATT_KERNEL(attn_g1, 1)
+ATT_KERNEL(attn_g2, 2)
+ATT_KERNEL(attn_g4, 4)
+ATT_KERNEL(attn_g8, 8)
+ATT_KERNEL(attn_g16, 16)
+
+// attn_combine merges Z partial results per (head, row); grid (H, T).
+extern "C" __global__ void attn_combine(void* out, int odt, const float* part, int H, int D, int Z) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const float* pp = part + ((i64)t * H + h) * Z * (D + 2);
+    float M = NEG_INF;
+    for (int z = 0; z < Z; z++) M = fmaxf(M, pp[z * (D + 2) + D]);
+    float L = 0.f;
+    for (int z = 0; z < Z; z++) {
+        float m = pp[z * (D + 2) + D];
+        if (m != NEG_INF) L += expf(m - M) * pp[z * (D + 2) + D + 1];
+    }
+    float inv = L > 0.f ? 1.f / L : 0.f;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float a = 0.f;
+        for (int z = 0; z < Z; z++) {
+            float m = pp[z * (D + 2) + D];
+            if (m != NEG_INF) a += expf(m - M) * pp[z * (D + 2) + d];
+        }
+        stf(out, ((i64)t * H + h) * D + d, odt, a * inv);
+    }
+}

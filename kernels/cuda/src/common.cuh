@@ -1,0 +1,110 @@
+// common.cuh: helpers shared by all gemmoe CUDA kernels. No toolkit headers
+// are used (NVRTC has none built in): bf16 and f16 are handled as raw 16-bit
+// patterns.
+//
+// Element types are passed at run time as gemmoe dtype codes (dtype.DType):
+// 1 = F32, 2 = F16, 3 = BF16, 5 = I32. A branch on a kernel-uniform value
+// costs next to nothing next to the memory traffic of these kernels.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define DT_F32 1
+#define DT_F16 2
+#define DT_BF16 3
+
+#define NEG_INF __int_as_float(0xff800000)
+
+// Dynamic shared memory of every kernel that takes some.
+extern __shared__ __align__(16) float dyn_smem[];
+
+__device__ __forceinline__ float bf2f(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+__device__ __forceinline__ u16 f2bf(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u); // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                      // round to nearest even
+    return (u16)(u >> 16);
+}
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("{ .reg .b16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// ldf loads element i of a float tensor of type dt as f32.
+__device__ __forceinline__ float ldf(const void* p, i64 i, int dt) {
+    if (dt == DT_BF16) return bf2f(((const u16*)p)[i]);
+    if (dt == DT_F32) return ((const float*)p)[i];
+    return h2f(((const u16*)p)[i]);
+}
+
+// stf stores f32 v as element i of a float tensor of type dt.
+__device__ __forceinline__ void stf(void* p, i64 i, int dt, float v) {
+    if (dt == DT_BF16) ((u16*)p)[i] = f2bf(v);
+    else if (dt == DT_F32) ((float*)p)[i] = v;
+    else ((u16*)p)[i] = f2h(v);
+}
+
+// round_act rounds v to what a tensor of type dt can hold (used where a
+// kernel keeps an intermediate in registers that a reference would store).
+__device__ __forceinline__ float round_act(float v, int dt) {
+    if (dt == DT_BF16) return bf2f(f2bf(v));
+    if (dt == DT_F16) return h2f(f2h(v));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// block_sum reduces over the block (blockDim.x a multiple of 32, at most
+// 1024); every thread gets the result. red must hold 32 floats.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+// qval returns element k of a packed MLX affine row (bit stream of b-bit
+// values, little-endian words).
+__device__ __forceinline__ u32 qval(const u32* row, int k, int bits) {
+    u32 bit = (u32)k * (u32)bits;
+    u32 wi = bit >> 5, off = bit & 31;
+    u32 v = row[wi] >> off;
+    if (off + bits > 32) v |= row[wi + 1] << (32 - off);
+    return v & ((1u << bits) - 1u);
+}
+
+__device__ __forceinline__ const char* cadd(const void* p, i64 bytes) { return (const char*)p + bytes; }

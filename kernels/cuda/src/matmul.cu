@@ -1,0 +1,590 @@
+// matmul.cu: y = x·Wᵀ for dense and MLX affine-quantized weights, plain or
+// per expert (expert e's weights at W + e·wstride bytes, its scales and
+// biases at S/B + e·gstride bytes, e read from ids on the device).
+//
+// Matrix-vector kernels (one x row per "pair" p = blockIdx.y):
+//   plain:   x row p, y row p, W fixed.
+//   experts: e = ids[p], x row p / xdiv (xdiv = k when the k slots share
+//            their token's row), y row p.
+// They stage the x row in shared memory as f32 and give each warp R rows.
+//
+// GEMM kernels (M > 1) take 64x64 tiles, dequantize W into shared memory
+// and multiply with bf16 tensor cores (mma.sync m16n8k16, f32 accumulate)
+// or, for f32 activations, with f32 FMAs.
+
+#define QMV_WARPS 8
+
+// stage_x copies x row xr (length K, type xdt) into shared memory as f32,
+// chunked: element i at (i/E)·(E+PAD) + i%E. With SUMS it also stores each
+// chunk's sum of even and odd elements (4-bit kernel) at xsum[2c], xsum[2c+1].
+template <int E, int PAD, bool SUMS>
+__device__ __forceinline__ void stage_x(float* xs, float* xsum, const void* x, i64 xoff, int xdt, int K) {
+    for (int i = threadIdx.x; i < K; i += blockDim.x) xs[(i / E) * (E + PAD) + i % E] = ldf(x, xoff + i, xdt);
+    if (SUMS) {
+        __syncthreads();
+        int C = K / E;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float a = 0.f, b = 0.f;
+            const float* xc = xs + c * (E + PAD);
+#pragma unroll
+            for (int e = 0; e < E; e += 2) { a += xc[e]; b += xc[e + 1]; }
+            xsum[2 * c] = a;
+            xsum[2 * c + 1] = b;
+        }
+    }
+    __syncthreads();
+}
+
+struct Pair {
+    const char* W;
+    const char* S;
+    const char* B;
+    i64 xrow;
+    bool ok;
+};
+
+__device__ __forceinline__ Pair pair_of(int p, const void* W, const void* S, const void* B, const int* ids, int nexp,
+                                        int xdiv, i64 wstride, i64 gstride) {
+    Pair r;
+    r.W = (const char*)W;
+    r.S = (const char*)S;
+    r.B = (const char*)B;
+    r.xrow = p / xdiv;
+    r.ok = true;
+    if (ids) {
+        int e = ids[p];
+        if (e < 0 || e >= nexp) { r.ok = false; e = 0; }
+        r.W += (i64)e * wstride;
+        r.S += (i64)e * gstride;
+        r.B += (i64)e * gstride;
+    }
+    return r;
+}
+
+__device__ __forceinline__ float f_of(u32 bits) { return __uint_as_float(bits); }
+
+// qmv_fast: BITS = 4 or 8, rows 16-byte aligned, group a multiple of the 16-byte
+// chunk (32 values at 4 bits, 16 at 8 bits). Each lane takes whole chunks
+// (one 16-byte load per row), the warp R rows at once, double-buffered.
+//
+// 4 bits: nibble q is moved to bit 15 (even) or 19 (odd) of the float
+// 1.0 = 0x3f800000, which gives f = 1 + q/256 or 1 + q/16 exactly with one
+// shift and one LOP3; then sum(q·x) = 256·(Σf·x − Σx) [even] + 16·(…) [odd],
+// with the chunk's x sums precomputed. 8 bits: byte q becomes 2^23 + q by a
+// byte permute and is recovered exactly by one subtraction.
+template <int BITS, int R>
+__device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xdt, const void* W, const void* S,
+                                         const void* B, int sdt, int N, int K, int group, const int* ids, int nexp,
+                                         int xdiv, i64 wstride, i64 gstride) {
+    constexpr int E = 128 / BITS; // values per 16-byte chunk
+    constexpr int PAD = 4;
+    float* smem = dyn_smem;
+    float* xs = smem;
+    const int C = K / E;
+    float* xsum = smem + C * (E + PAD);
+    const int p = blockIdx.y;
+    Pair pr = pair_of(p, W, S, B, ids, nexp, xdiv, wstride, gstride);
+    stage_x<E, PAD, BITS == 4>(xs, xsum, x, pr.xrow * K, xdt, K);
+    if (BITS == 8) { // plain chunk sums for the bias term
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float a = 0.f;
+            for (int e = 0; e < E; e++) a += xs[c * (E + PAD) + e];
+            xsum[2 * c] = a;
+        }
+        __syncthreads();
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const i64 rowWords = (i64)K * BITS / 32;
+    const int G = K / group;
+    for (int rg = blockIdx.x * QMV_WARPS + warp; rg * R < N; rg += gridDim.x * QMV_WARPS) {
+        int rows[R];
+        const uint4* wr[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            rows[r] = min(rg * R + r, N - 1);
+            wr[r] = (const uint4*)(pr.W + rows[r] * rowWords * 4);
+        }
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = 0.f;
+        uint4 cur[R], nxt[R];
+        int c = lane;
+        if (c < C) {
+#pragma unroll
+            for (int r = 0; r < R; r++) cur[r] = __ldg(wr[r] + c);
+        }
+        for (; c < C; c += 32) {
+            if (c + 32 < C) {
+#pragma unroll
+                for (int r = 0; r < R; r++) nxt[r] = __ldg(wr[r] + c + 32);
+            }
+            const int g = (c * E) / group;
+            const float* xc = xs + c * (E + PAD);
+            if (BITS == 4) {
+                float a15[R], a19[R];
+#pragma unroll
+                for (int r = 0; r < R; r++) { a15[r] = 0.f; a19[r] = 0.f; }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float4 x0 = *(const float4*)(xc + 8 * j);
+                    float4 x1 = *(const float4*)(xc + 8 * j + 4);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        u32 w = j == 0 ? cur[r].x : j == 1 ? cur[r].y : j == 2 ? cur[r].z : cur[r].w;
+                        u32 s0 = w << 15, s1 = w << 7, s2 = w >> 1, s3 = w >> 9;
+                        a15[r] = fmaf(f_of((s0 & 0x78000u) | 0x3f800000u), x0.x, a15[r]);
+                        a19[r] = fmaf(f_of((s0 & 0x780000u) | 0x3f800000u), x0.y, a19[r]);
+                        a15[r] = fmaf(f_of((s1 & 0x78000u) | 0x3f800000u), x0.z, a15[r]);
+                        a19[r] = fmaf(f_of((s1 & 0x780000u) | 0x3f800000u), x0.w, a19[r]);
+                        a15[r] = fmaf(f_of((s2 & 0x78000u) | 0x3f800000u), x1.x, a15[r]);
+                        a19[r] = fmaf(f_of((s2 & 0x780000u) | 0x3f800000u), x1.y, a19[r]);
+                        a15[r] = fmaf(f_of((s3 & 0x78000u) | 0x3f800000u), x1.z, a15[r]);
+                        a19[r] = fmaf(f_of((s3 & 0x780000u) | 0x3f800000u), x1.w, a19[r]);
+                    }
+                }
+                const float xe = xsum[2 * c], xo = xsum[2 * c + 1];
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    i64 gi = (i64)rows[r] * G + g;
+                    float s = ldf(pr.S, gi, sdt), b = ldf(pr.B, gi, sdt);
+                    float d = 256.f * (a15[r] - xe) + 16.f * (a19[r] - xo);
+                    acc[r] = fmaf(s, d, fmaf(b, xe + xo, acc[r]));
+                }
+            } else {
+                float a[R];
+#pragma unroll
+                for (int r = 0; r < R; r++) a[r] = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    float4 xv = *(const float4*)(xc + 4 * j);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        u32 w = j == 0 ? cur[r].x : j == 1 ? cur[r].y : j == 2 ? cur[r].z : cur[r].w;
+                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7650)) - 8388608.f, xv.x, a[r]);
+                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7651)) - 8388608.f, xv.y, a[r]);
+                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7652)) - 8388608.f, xv.z, a[r]);
+                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7653)) - 8388608.f, xv.w, a[r]);
+                    }
+                }
+                const float xs_ = xsum[2 * c];
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    i64 gi = (i64)rows[r] * G + g;
+                    float s = ldf(pr.S, gi, sdt), b = ldf(pr.B, gi, sdt);
+                    acc[r] = fmaf(s, a[r], fmaf(b, xs_, acc[r]));
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) cur[r] = nxt[r];
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+        if (lane < R) {
+            float v = acc[0];
+#pragma unroll
+            for (int r = 1; r < R; r++)
+                if (lane == r) v = acc[r];
+            int row = rg * R + lane;
+            if (row < N) stf(y, (i64)p * N + row, ydt, pr.ok ? v : __int_as_float(0x7fc00000));
+        }
+    }
+}
+
+#define QMV_ARGS                                                                                             \
+    void *y, int ydt, const void *x, int xdt, const void *W, const void *S, const void *B, int sdt, int N, int K, \
+        int group, const int *ids, int nexp, int xdiv, i64 wstride, i64 gstride
+#define QMV_PASS y, ydt, x, xdt, W, S, B, sdt, N, K, group, ids, nexp, xdiv, wstride, gstride
+
+extern "C" __global__ void __launch_bounds__(256) qmv4_r1(QMV_ARGS) { qmv_fast<4, 1>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r2(QMV_ARGS) { qmv_fast<4, 2>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r4(QMV_ARGS) { qmv_fast<4, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r1(QMV_ARGS) { qmv_fast<8, 1>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r2(QMV_ARGS) { qmv_fast<8, 2>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r4(QMV_ARGS) { qmv_fast<8, 4>(QMV_PASS); }
+
+// dmv: dense matrix-vector, 16-byte loads of W (type WT: 0 f32, 1 bf16, 2 f16).
+template <int WT, int R>
+__device__ __forceinline__ void dmv(void* y, int ydt, const void* x, int xdt, const void* W, int N, int K,
+                                    const int* ids, int nexp, int xdiv, i64 wstride) {
+    constexpr int E = WT == 0 ? 4 : 8;
+    constexpr int PAD = 4;
+    float* smem = dyn_smem;
+    float* xs = smem;
+    const int C = K / E;
+    const int p = blockIdx.y;
+    Pair pr = pair_of(p, W, W, W, ids, nexp, xdiv, wstride, 0);
+    stage_x<E, PAD, false>(xs, nullptr, x, pr.xrow * K, xdt, K);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const i64 rowBytes = (i64)K * (WT == 0 ? 4 : 2);
+    for (int rg = blockIdx.x * QMV_WARPS + warp; rg * R < N; rg += gridDim.x * QMV_WARPS) {
+        const uint4* wr[R];
+        float acc[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            wr[r] = (const uint4*)(pr.W + min(rg * R + r, N - 1) * rowBytes);
+            acc[r] = 0.f;
+        }
+        for (int c = lane; c < C; c += 32) {
+            uint4 v[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) v[r] = __ldg(wr[r] + c);
+            const float* xc = xs + c * (E + PAD);
+            if (WT == 0) {
+                float4 xv = *(const float4*)xc;
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r] += f_of(v[r].x) * xv.x + f_of(v[r].y) * xv.y + f_of(v[r].z) * xv.z + f_of(v[r].w) * xv.w;
+            } else {
+                float4 x0 = *(const float4*)xc, x1 = *(const float4*)(xc + 4);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    u32 w[4] = {v[r].x, v[r].y, v[r].z, v[r].w};
+                    float f[8];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        if (WT == 1) {
+                            f[2 * j] = f_of(w[j] << 16);
+                            f[2 * j + 1] = f_of(w[j] & 0xffff0000u);
+                        } else {
+                            f[2 * j] = h2f((u16)(w[j] & 0xffffu));
+                            f[2 * j + 1] = h2f((u16)(w[j] >> 16));
+                        }
+                    }
+                    acc[r] += f[0] * x0.x + f[1] * x0.y + f[2] * x0.z + f[3] * x0.w + f[4] * x1.x + f[5] * x1.y +
+                              f[6] * x1.z + f[7] * x1.w;
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+        if (lane < R) {
+            float v = acc[0];
+#pragma unroll
+            for (int r = 1; r < R; r++)
+                if (lane == r) v = acc[r];
+            int row = rg * R + lane;
+            if (row < N) stf(y, (i64)p * N + row, ydt, pr.ok ? v : __int_as_float(0x7fc00000));
+        }
+    }
+}
+
+#define DMV_ARGS \
+    void *y, int ydt, const void *x, int xdt, const void *W, int N, int K, const int *ids, int nexp, int xdiv, i64 wstride
+#define DMV_PASS y, ydt, x, xdt, W, N, K, ids, nexp, xdiv, wstride
+
+extern "C" __global__ void __launch_bounds__(256) dmv_f32(DMV_ARGS) { dmv<0, 2>(DMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) dmv_bf16(DMV_ARGS) { dmv<1, 2>(DMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) dmv_f16(DMV_ARGS) { dmv<2, 2>(DMV_PASS); }
+
+// wval returns element k of weight row n (dense of type wdt when bits = 0).
+__device__ __forceinline__ float wval(const char* W, const char* S, const char* B, int sdt, int wdt, int bits,
+                                      int group, int K, int n, int k) {
+    if (bits == 0) return ldf(W, (i64)n * K + k, wdt);
+    const u32* row = (const u32*)W + (i64)n * (K * bits / 32);
+    i64 g = (i64)n * (K / group) + k / group;
+    return ldf(S, g, sdt) * (float)qval(row, k, bits) + ldf(B, g, sdt);
+}
+
+// mv_generic: any bits (or dense of any type), no alignment needed. One warp
+// per row, lanes over k.
+extern "C" __global__ void __launch_bounds__(256) mv_generic(void* y, int ydt, const void* x, int xdt, const void* W,
+                                                              int wdt, const void* S, const void* B, int sdt, int bits,
+                                                              int N, int K, int group, const int* ids, int nexp,
+                                                              int xdiv, i64 wstride, i64 gstride) {
+    float* smem = dyn_smem;
+    const int p = blockIdx.y;
+    Pair pr = pair_of(p, W, S, B, ids, nexp, xdiv, wstride, gstride);
+    stage_x<1, 0, false>(smem, nullptr, x, pr.xrow * K, xdt, K);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int n = blockIdx.x * QMV_WARPS + warp; n < N; n += gridDim.x * QMV_WARPS) {
+        float acc = 0.f;
+        for (int k = lane; k < K; k += 32) acc += wval(pr.W, pr.S, pr.B, sdt, wdt, bits, group, K, n, k) * smem[k];
+        acc = warp_sum(acc);
+        if (lane == 0) stf(y, (i64)p * N + n, ydt, pr.ok ? acc : __int_as_float(0x7fc00000));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GEMM for M > 1.
+
+#define BM 64
+#define BN 64
+#define BK 32
+#define LDS_BF (BK + 8) // bf16 row stride in shared memory (conflict-free fragment loads)
+#define LDS_F (BK + 1)
+
+struct Tile {
+    int e;     // expert (0 for plain)
+    int start; // first row in perm (gather) or first token (plain)
+    int count; // rows in the tile
+};
+
+__device__ __forceinline__ u32 pack_bf2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+
+__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// gemm: y[row(i), n] = Σ_k x[xrow(i), k] · W[e][n, k] for the tile's rows i.
+// Plain (perm == 0): tile rows are tokens blockIdx.x·BM + i. Gather: tile
+// blockIdx.x of tiles[] holds (expert, start, count) and row i is the pair
+// perm[start + i] (x row pair / xdiv, y row pair). TC selects tensor cores
+// (bf16 operands) or f32 FMAs.
+template <bool TC>
+__device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, const void* W, int wdt,
+                                     const void* S, const void* B, int sdt, int bits, int M, int N, int K,
+                                     int group, const int* perm, const int* tiles, int xdiv, i64 wstride,
+                                     i64 gstride) {
+    __shared__ __align__(16) char sm[TC ? 2 * BM * LDS_BF * 2 : 2 * BM * LDS_F * 4];
+    __shared__ int rowx[BM], rowy[BM];
+    Tile t;
+    if (perm) {
+        t.e = tiles[3 * blockIdx.x];
+        t.start = tiles[3 * blockIdx.x + 1];
+        t.count = tiles[3 * blockIdx.x + 2];
+    } else {
+        t.e = 0;
+        t.start = blockIdx.x * BM;
+        t.count = min(BM, M - t.start);
+    }
+    if (t.count <= 0) return;
+    const int n0 = blockIdx.y * BN;
+    const char* Wp = (const char*)W + (i64)t.e * wstride;
+    const char* Sp = (const char*)S + (i64)t.e * gstride;
+    const char* Bp = (const char*)B + (i64)t.e * gstride;
+    const int tid = threadIdx.x;
+    if (tid < BM) {
+        if (tid < t.count) {
+            int r = perm ? perm[t.start + tid] : t.start + tid;
+            rowx[tid] = r / xdiv;
+            rowy[tid] = r;
+        } else {
+            rowx[tid] = -1;
+            rowy[tid] = -1;
+        }
+    }
+    __syncthreads();
+
+    // Loader assignment: thread tid fills row tid/2, columns (tid&1)·16 .. +16
+    // of both the x tile and the W tile.
+    const int lr = tid >> 1, lc = (tid & 1) * 16;
+    const int xr = rowx[lr];
+    const int wn = n0 + lr;
+
+    float accf[TC ? 1 : 32];
+    float acc[TC ? 32 : 1];
+#pragma unroll
+    for (int i = 0; i < (TC ? 32 : 1); i++) acc[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (TC ? 1 : 32); i++) accf[i] = 0.f;
+
+    const int lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, tg = lane & 3;
+
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        float xv[16], wv[16];
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            int k = k0 + lc + j;
+            xv[j] = (xr >= 0 && k < K) ? ldf(x, (i64)xr * K + k, xdt) : 0.f;
+        }
+        if (wn < N && k0 + lc < K) {
+            if (bits == 0) {
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    int k = k0 + lc + j;
+                    wv[j] = k < K ? ldf(Wp, (i64)wn * K + k, wdt) : 0.f;
+                }
+            } else {
+                // 16 consecutive values in one group (K and the group are multiples of 32).
+                const u32* row = (const u32*)Wp + (i64)wn * (K * bits / 32);
+                int kk = k0 + lc;
+                i64 gi = (i64)wn * (K / group) + kk / group;
+                float s = ldf(Sp, gi, sdt), b = ldf(Bp, gi, sdt);
+                u32 bit = (u32)kk * bits;
+                const u32* wp = row + (bit >> 5);
+                u32 off = bit & 31;
+                u64 win = (u64)(wp[0] >> off);
+                int have = 32 - off; // valid bits in win
+                int nextw = 1;
+                const u32 mask = (1u << bits) - 1u;
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    if (have < bits) { // refill: append the next word above the remaining bits
+                        win |= (u64)wp[nextw++] << have;
+                        have += 32;
+                    }
+                    wv[j] = s * (float)((u32)win & mask) + b;
+                    win >>= bits;
+                    have -= bits;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++) wv[j] = 0.f;
+        }
+        __syncthreads(); // previous tile consumed
+        if (TC) {
+            u16* xs = (u16*)sm;
+            u16* ws = xs + BM * LDS_BF;
+            u32* xd = (u32*)(xs + lr * LDS_BF + lc);
+            u32* wd = (u32*)(ws + lr * LDS_BF + lc);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                xd[j] = pack_bf2(xv[2 * j], xv[2 * j + 1]);
+                wd[j] = pack_bf2(wv[2 * j], wv[2 * j + 1]);
+            }
+        } else {
+            float* xs = (float*)sm;
+            float* ws = xs + BM * LDS_F;
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                xs[lr * LDS_F + lc + j] = xv[j];
+                ws[lr * LDS_F + lc + j] = wv[j];
+            }
+        }
+        __syncthreads();
+        if (TC) {
+            const u16* xs = (const u16*)sm;
+            const u16* ws = xs + BM * LDS_BF;
+            const int wm = warp >> 1, wnn = warp & 1;
+#pragma unroll
+            for (int ks = 0; ks < BK; ks += 16) {
+                u32 a[2][4], bb[4][2];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    const u16* base = xs + (32 * wm + 16 * mt + g) * LDS_BF + ks + 2 * tg;
+                    a[mt][0] = *(const u32*)base;
+                    a[mt][1] = *(const u32*)(base + 8 * LDS_BF);
+                    a[mt][2] = *(const u32*)(base + 8);
+                    a[mt][3] = *(const u32*)(base + 8 * LDS_BF + 8);
+                }
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    const u16* base = ws + (32 * wnn + 8 * nt + g) * LDS_BF + ks + 2 * tg;
+                    bb[nt][0] = *(const u32*)base;
+                    bb[nt][1] = *(const u32*)(base + 8);
+                }
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+                        mma_bf16(acc + (mt * 4 + nt) * 4, a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[nt][0], bb[nt][1]);
+            }
+        } else {
+            const float* xs = (const float*)sm;
+            const float* ws = xs + BM * LDS_F;
+            const int ty = tid >> 4, tx = tid & 15;
+#pragma unroll 4
+            for (int k = 0; k < BK; k++) {
+                float av[8], bv[4];
+#pragma unroll
+                for (int i = 0; i < 8; i++) av[i] = xs[(ty * 8 + i) * LDS_F + k];
+#pragma unroll
+                for (int j = 0; j < 4; j++) bv[j] = ws[(tx * 4 + j) * LDS_F + k];
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) accf[i * 4 + j] = fmaf(av[i], bv[j], accf[i * 4 + j]);
+            }
+        }
+    }
+    // Epilogue.
+    if (TC) {
+        const int wm = warp >> 1, wnn = warp & 1;
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    int i = 32 * wm + 16 * mt + g + 8 * h;
+                    int yr = rowy[i];
+                    if (yr < 0) continue;
+                    int n = n0 + 32 * wnn + 8 * nt + 2 * tg;
+                    const float* c = acc + (mt * 4 + nt) * 4 + 2 * h;
+                    if (n < N) stf(y, (i64)yr * N + n, ydt, c[0]);
+                    if (n + 1 < N) stf(y, (i64)yr * N + n + 1, ydt, c[1]);
+                }
+    } else {
+        const int ty = tid >> 4, tx = tid & 15;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int yr = rowy[ty * 8 + i];
+            if (yr < 0) continue;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int n = n0 + tx * 4 + j;
+                if (n < N) stf(y, (i64)yr * N + n, ydt, accf[i * 4 + j]);
+            }
+        }
+    }
+}
+
+#define GEMM_ARGS                                                                                            \
+    void *y, int ydt, const void *x, int xdt, const void *W, int wdt, const void *S, const void *B, int sdt, \
+        int bits, int M, int N, int K, int group, const int *perm, const int *tiles, int xdiv, i64 wstride,  \
+        i64 gstride
+#define GEMM_PASS y, ydt, x, xdt, W, wdt, S, B, sdt, bits, M, N, K, group, perm, tiles, xdiv, wstride, gstride
+
+extern "C" __global__ void __launch_bounds__(128) gemm_tc(GEMM_ARGS) { gemm<true>(GEMM_PASS); }
+extern "C" __global__ void __launch_bounds__(128) gemm_f32(GEMM_ARGS) { gemm<false>(GEMM_PASS); }
+
+// moe_sort groups the P = M·k (token, slot) pairs by expert with a counting
+// sort in one block: perm lists the pairs expert by expert, and tiles[3·t]
+// = (expert, start in perm, count ≤ BM) for t < maxTiles (count 0 past the
+// last tile). Pairs with an id outside [0, E) are dropped. Needs 3·E ints
+// of dynamic shared memory.
+extern "C" __global__ void moe_sort(const int* ids, int P, int E, int* perm, int* tiles, int maxTiles) {
+    int* sh = (int*)dyn_smem;
+    int* cnt = sh;
+    int* off = sh + E;
+    int* toff = sh + 2 * E;
+    __shared__ int total;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        int e = ids[p];
+        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int o = 0, to = 0;
+        for (int e = 0; e < E; e++) {
+            off[e] = o;
+            toff[e] = to;
+            o += cnt[e];
+            to += (cnt[e] + BM - 1) / BM;
+        }
+        total = to;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int n = cnt[e];
+        for (int i = 0; i * BM < n; i++) {
+            int t = toff[e] + i;
+            if (t < maxTiles) {
+                tiles[3 * t] = e;
+                tiles[3 * t + 1] = off[e] + i * BM;
+                tiles[3 * t + 2] = min(BM, n - i * BM);
+            }
+        }
+    }
+    for (int t = total + threadIdx.x; t < maxTiles; t += blockDim.x) {
+        tiles[3 * t] = 0;
+        tiles[3 * t + 1] = 0;
+        tiles[3 * t + 2] = 0;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = off[e]; // cursors
+    __syncthreads();
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        int e = ids[p];
+        if (e >= 0 && e < E) perm[atomicAdd(&cnt[e], 1)] = p;
+    }
+}
