@@ -116,9 +116,14 @@ type bpeScratch struct {
 // pairCache is a small direct-mapped cache in front of the merge table.
 // The merge table (16 MB for Gemma) does not fit in the CPU caches, and
 // text uses few distinct pairs most of the time; the cache (256 KiB) does.
+// It is only set up for long inputs (pairCacheMinInput), where it pays for
+// its allocation.
 type pairCache [1 << pairCacheBits]mergeSlot
 
 const pairCacheBits = 14
+
+// pairCacheMinInput is the input length from which Encode uses the cache.
+const pairCacheMinInput = 4096
 
 // noMerge is the cached value of a pair that has no merge; real values
 // have non-negative ranks.
@@ -134,6 +139,9 @@ func newPairCache() *pairCache {
 
 // lookup is mergeTable.get through the scratch's cache.
 func (m *bpeModel) lookup(sc *bpeScratch, a, b int32) (rank, newID int32, ok bool) {
+	if sc.cache == nil {
+		return m.merges.get(a, b)
+	}
 	k := pairKey(a, b)
 	e := &sc.cache[(k*0x9E3779B97F4A7C15)>>(64-pairCacheBits)]
 	if e.key != k {
@@ -278,9 +286,6 @@ func (m *bpeModel) encodeWord(dst []int32, w string, sc *bpeScratch) []int32 {
 	}
 	syms := sc.syms
 	if len(syms) > 1 {
-		if sc.cache == nil {
-			sc.cache = newPairCache()
-		}
 		sc.heap = sc.heap[:0]
 		for i := 0; i+1 < len(syms); i++ {
 			l, r := syms[i].id, syms[i+1].id

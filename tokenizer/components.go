@@ -273,9 +273,17 @@ func (p *preSplit) split(s string, out []string) []string {
 		a, b  int
 		match bool
 	}
+	matches := p.pat.find(s)
+	if len(matches) == 0 {
+		// No delimiter: one piece, unless an inverted pattern removes it.
+		if s == "" || p.invert && p.behavior == splitRemoved {
+			return out
+		}
+		return append(out, s)
+	}
 	var segs []seg
 	prev := 0
-	for _, m := range p.pat.find(s) {
+	for _, m := range matches {
 		if m[0] > prev {
 			segs = append(segs, seg{prev, m[0], false})
 		}

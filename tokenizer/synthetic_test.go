@@ -142,6 +142,22 @@ func TestSplitBehaviors(t *testing.T) {
 			t.Errorf("behavior %d: got %q, want %q", b, got, want[b])
 		}
 	}
+	for _, b := range slices.Sorted(maps.Keys(want)) {
+		for _, inverted := range []bool{false, true} {
+			p := preSplit{pat: pattern{lit: "-"}, behavior: b, invert: inverted}
+			got := p.split("countdown", nil)
+			if inverted && b == splitRemoved {
+				if len(got) != 0 {
+					t.Errorf("inverted Removed without delimiter: got %q", got)
+				}
+			} else if !slices.Equal(got, []string{"countdown"}) {
+				t.Errorf("behavior %d (inverted %v) without delimiter: got %q", b, inverted, got)
+			}
+			if got := p.split("", nil); len(got) != 0 {
+				t.Errorf("behavior %d: empty input gave %q", b, got)
+			}
+		}
+	}
 	inv := preSplit{pat: pattern{lit: "-"}, behavior: splitRemoved, invert: true}
 	if got := inv.split("the-final--countdown", nil); !slices.Equal(got, []string{"-", "-", "-"}) {
 		t.Errorf("inverted Removed: got %q", got)

@@ -242,6 +242,9 @@ func (t *Tokenizer) Encode(text string, addSpecial bool) []int32 {
 		ids = append(ids, t.prefix...)
 	}
 	sc := t.pool.Get().(*encodeScratch)
+	if sc.bpe.cache == nil && len(text) >= pairCacheMinInput {
+		sc.bpe.cache = newPairCache()
+	}
 	t.rawMatch.split(text, func(seg string, tok *addedToken) {
 		if tok != nil {
 			ids = append(ids, tok.id)
