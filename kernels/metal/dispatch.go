@@ -123,7 +123,7 @@ type rowParams struct {
 }
 
 type ropeParams struct {
-	Rows, Heads, Half int32
+	Rows, Heads, HalfDim int32
 }
 
 type storeParams struct {

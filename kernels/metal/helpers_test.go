@@ -13,6 +13,7 @@ import (
 	"github.com/gemmoe/gemmoe/dtype"
 	"github.com/gemmoe/gemmoe/kernels"
 	"github.com/gemmoe/gemmoe/kernels/cpu"
+	mtl "github.com/gemmoe/gemmoe/metal"
 )
 
 // Test helpers: host encodings, random inputs, MLX-quantized weights packed
@@ -20,9 +21,12 @@ import (
 // contract, independent of the kernels).
 
 var (
-	sharedOnce sync.Once
-	sharedEmu  *Backend
-	sharedErr  error
+	sharedOnce  sync.Once
+	sharedEmu   *Backend
+	sharedErr   error
+	metalOnce   sync.Once
+	sharedMetal *Backend
+	metalErr    error
 )
 
 func TestMain(m *testing.M) {
@@ -30,21 +34,49 @@ func TestMain(m *testing.M) {
 	if sharedEmu != nil {
 		sharedEmu.Close()
 	}
+	if sharedMetal != nil {
+		sharedMetal.Close()
+	}
 	os.Exit(code)
 }
 
-// emulated returns the emulated backend shared by the tests of this binary
-// (the runner is built once), skipping the test where there is no g++.
-func emulated(t testing.TB) *Backend {
+// emulatedOrNil returns the emulated backend shared by the tests of this
+// binary (the runner is built once), or nil where there is no C++ compiler.
+func emulatedOrNil(t testing.TB) *Backend {
 	t.Helper()
 	sharedOnce.Do(func() { sharedEmu, sharedErr = NewEmulated() })
 	if errors.Is(sharedErr, ErrNoCompiler) {
-		t.Skipf("no C++ compiler, the MSL kernels cannot be emulated: %v", sharedErr)
+		return nil
 	}
 	if sharedErr != nil {
 		t.Fatal(sharedErr)
 	}
 	return sharedEmu
+}
+
+// emulated returns the shared emulated backend, skipping the test where
+// there is no C++ compiler.
+func emulated(t testing.TB) *Backend {
+	t.Helper()
+	b := emulatedOrNil(t)
+	if b == nil {
+		t.Skipf("no C++ compiler, the MSL kernels cannot be emulated: %v", sharedErr)
+	}
+	return b
+}
+
+// metalOrNil returns the real Metal backend on an Apple Silicon Mac, nil
+// elsewhere. A Mac where Metal fails to start fails the test.
+func metalOrNil(t testing.TB) *Backend {
+	t.Helper()
+	metalOnce.Do(func() { sharedMetal, metalErr = New() })
+	if errors.Is(metalErr, mtl.ErrUnavailable) {
+		return nil
+	}
+	if metalErr != nil {
+		t.Fatal(metalErr)
+	}
+	return sharedMetal
 }
 
 // env is a backend under test with the dtype it keeps activations in.
@@ -54,13 +86,31 @@ type env struct {
 	act  dtype.DType
 }
 
-// envs returns the emulated Metal backend (bf16 activations) and the CPU
-// backend (f32) that the op tests run side by side.
+// gpus returns the Metal backends available here: the real one on an Apple
+// Silicon Mac, the emulated one where g++ is. It skips the test if none.
+func gpus(t testing.TB) []env {
+	t.Helper()
+	var out []env
+	if b := metalOrNil(t); b != nil {
+		out = append(out, env{"metal", b, dtype.BF16})
+	}
+	if b := emulatedOrNil(t); b != nil {
+		out = append(out, env{"metal-emulated", b, dtype.BF16})
+	}
+	if len(out) == 0 {
+		t.Skipf("neither Metal nor a C++ compiler for the emulator: %v", sharedErr)
+	}
+	return out
+}
+
+// envs returns the Metal backends of gpus followed by the CPU backend (f32
+// activations, last); the op tests run them side by side.
 func envs(t testing.TB) []env {
 	t.Helper()
+	out := gpus(t)
 	c := cpu.New(cpu.WithThreads(1))
 	t.Cleanup(func() { c.Close() })
-	return []env{{"metal-emulated", emulated(t), dtype.BF16}, {"cpu", c, dtype.F32}}
+	return append(out, env{"cpu", c, dtype.F32})
 }
 
 func encode(dt dtype.DType, vals []float64) []byte {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -346,7 +347,7 @@ func TestDispatchDescriptions(t *testing.T) {
 	}
 	q := h.tensor(act, 2, 16, 256)
 	d = h.last(b.RoPE(q, h.tensor(dtype.I32, 2), h.tensor(dtype.F32, 128)))
-	if p := params[ropeParams](t, d.Args[3]); d.Kernel != "rope" || p != (ropeParams{Rows: 2, Heads: 16, Half: 128}) || d.Groups[0] != 16 {
+	if p := params[ropeParams](t, d.Args[3]); d.Kernel != "rope" || p != (ropeParams{Rows: 2, Heads: 16, HalfDim: 128}) || d.Groups[0] != 16 {
 		t.Errorf("RoPE: %s %+v", d, p)
 	}
 	e1, e2, e3 := h.tensor(act, 1000), h.tensor(act, 1000), h.tensor(act, 1000)
@@ -484,3 +485,46 @@ func TestEmptyOpsDispatchNothing(t *testing.T) {
 		t.Errorf("%d dispatches for empty tensors", len(h.rec.ds))
 	}
 }
+
+// mslTypeWords are MSL type names and keywords that are valid C++
+// identifiers, so g++ (compiling the kernels through the shim) would accept
+// them as names where the Metal compiler will not.
+var mslTypeWords = func() map[string]bool {
+	m := map[string]bool{}
+	for _, w := range strings.Fields(`half bfloat kernel vertex fragment device constant threadgroup thread
+		sampler texture1d texture2d texture3d array visible stitchable object mesh ray_data
+		simdgroup_matrix packed_float2 packed_float3 packed_float4 packed_half2 packed_half4 uchar ushort uint ulong`) {
+		m[w] = true
+	}
+	for _, b := range []string{"half", "bfloat", "float", "int", "uint", "short", "ushort", "char", "uchar", "bool", "long", "ulong"} {
+		for _, n := range []string{"2", "3", "4", "2x2", "3x3", "4x4"} {
+			m[b+n] = true
+		}
+	}
+	return m
+}()
+
+func TestNoMSLKeywordsAsNames(t *testing.T) {
+	src := stripComments(Source())
+	toks := regexpTokens.FindAllString(src, -1)
+	types := map[string]bool{"int": true, "uint": true, "float": true, "bool": true, "ulong": true, "ushort": true, "uchar": true, "short": true, "char": true}
+	structs, _ := parseStructs(src)
+	for n := range structs {
+		types[n] = true
+	}
+	for i := 1; i+1 < len(toks); i++ {
+		if !mslTypeWords[toks[i]] || !types[toks[i-1]] {
+			continue
+		}
+		switch toks[i+1] {
+		case ";", ",", ")", "=", "[":
+			t.Errorf("%q declares a name that is an MSL keyword or type (%s %s %s)", toks[i], toks[i-1], toks[i], toks[i+1])
+		}
+	}
+	// The lint would have caught the field this test was written for.
+	if !regexpTokens.MatchString("int half;") {
+		t.Fatal("tokenizer broken")
+	}
+}
+
+var regexpTokens = regexp.MustCompile(`[A-Za-z_]\w*|[^\sA-Za-z_]`)

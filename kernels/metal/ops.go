@@ -369,7 +369,7 @@ func (b *Backend) RoPE(x, positions, invFreq kernels.Tensor) error {
 		Kernel:  "rope",
 		Groups:  [3]int{ceilDiv(total, eltThreads), 1, 1},
 		Threads: [3]int{eltThreads, 1, 1},
-		Args:    []Arg{xa, pa, fa, inline(ropeParams{Rows: int32(t), Heads: int32(heads), Half: int32(half)})},
+		Args:    []Arg{xa, pa, fa, inline(ropeParams{Rows: int32(t), Heads: int32(heads), HalfDim: int32(half)})},
 		Consts:  Consts{X: x.DType},
 	})
 }

@@ -61,19 +61,19 @@ func TestMatMul(t *testing.T) {
 func TestMatMulBothPathsAgree(t *testing.T) {
 	// Every row count from 1 to 12 around the qmv/qmm switch, f32 output.
 	r := rand.New(rand.NewPCG(2, 2))
-	b := emulated(t)
-	e := env{"metal-emulated", b, dtype.BF16}
 	hw := newQuant(r, 0, 40, 256, 4, 64, dtype.BF16)
-	w := hw.upload(t, e)
-	for m := 1; m <= 12; m++ {
-		x := randVals(r, m*hw.k, 1)
-		want, mag := refMatMul(x, m, hw, nil)
-		xt := e.put(t, dtype.BF16, x, m, hw.k)
-		yt := e.put(t, dtype.F32, nil, m, hw.n)
-		if err := b.MatMul(yt, xt, w); err != nil {
-			t.Fatal(err)
+	for _, e := range gpus(t) {
+		w := hw.upload(t, e)
+		for m := 1; m <= 12; m++ {
+			x := randVals(r, m*hw.k, 1)
+			want, mag := refMatMul(x, m, hw, nil)
+			xt := e.put(t, dtype.BF16, x, m, hw.k)
+			yt := e.put(t, dtype.F32, nil, m, hw.n)
+			if err := e.b.MatMul(yt, xt, w); err != nil {
+				t.Fatal(err)
+			}
+			compare(t, name("%s M=%d", e.name, m), e.get(t, yt), want, mag, outTol(dtype.F32))
 		}
-		compare(t, name("M=%d", m), e.get(t, yt), want, mag, outTol(dtype.F32))
 	}
 }
 
@@ -166,19 +166,19 @@ func TestMatMulExpertsFusedViews(t *testing.T) {
 
 func TestMatMulExpertsBadIDGivesZeros(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 5))
-	b := emulated(t)
-	e := env{"metal-emulated", b, dtype.BF16}
 	hw := newQuant(r, 2, 8, 64, 4, 64, dtype.BF16)
-	w := hw.upload(t, e)
-	xt := e.put(t, dtype.BF16, randVals(r, 64, 1), 1, 64)
-	it := e.put(t, dtype.I32, []float64{-1, 2}, 1, 2)
-	yt := e.put(t, dtype.BF16, randVals(r, 16, 1), 1, 2, 8)
-	if err := b.MatMulExperts(yt, xt, w, it); err != nil {
-		t.Fatal(err)
-	}
-	for i, v := range e.get(t, yt) {
-		if v != 0 {
-			t.Fatalf("y[%d] = %v for an out-of-range expert id, want 0", i, v)
+	for _, e := range gpus(t) {
+		w := hw.upload(t, e)
+		xt := e.put(t, dtype.BF16, randVals(r, 64, 1), 1, 64)
+		it := e.put(t, dtype.I32, []float64{-1, 2}, 1, 2)
+		yt := e.put(t, dtype.BF16, randVals(r, 16, 1), 1, 2, 8)
+		if err := e.b.MatMulExperts(yt, xt, w, it); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range e.get(t, yt) {
+			if v != 0 {
+				t.Fatalf("%s: y[%d] = %v for an out-of-range expert id, want 0", e.name, i, v)
+			}
 		}
 	}
 }
@@ -374,15 +374,16 @@ func TestElementwise(t *testing.T) {
 				}
 				compare(t, e.name+" in place", e.get(t, at), want, nil, outTol(e.act))
 			}
-			// Mixed dtypes on the emulated backend: f16 and f32 inputs, f32 output.
-			e := env{"metal-emulated", emulated(t), dtype.BF16}
-			at := e.put(t, dtype.F16, a, n)
-			ct := e.put(t, dtype.F32, c, n)
-			yt := e.put(t, dtype.F32, nil, n)
-			if err := op.run(e.b, yt, at, ct); err != nil {
-				t.Fatal(err)
+			// Mixed dtypes on the Metal backends: f16 and f32 inputs, f32 output.
+			for _, e := range gpus(t) {
+				at := e.put(t, dtype.F16, a, n)
+				ct := e.put(t, dtype.F32, c, n)
+				yt := e.put(t, dtype.F32, nil, n)
+				if err := op.run(e.b, yt, at, ct); err != nil {
+					t.Fatal(err)
+				}
+				compare(t, e.name+" mixed dtypes", e.get(t, yt), want, nil, outTol(dtype.F16))
 			}
-			compare(t, "mixed dtypes", e.get(t, yt), want, nil, outTol(dtype.F16))
 		})
 	}
 }

@@ -16,6 +16,12 @@
 // With AddressSanitizer the buffer arguments are copied to heap blocks of
 // exactly their bound length, so out-of-bounds accesses are reported.
 
+#if defined(__APPLE__)
+// macOS keeps the (deprecated) ucontext routines behind _XOPEN_SOURCE.
+#define _XOPEN_SOURCE 700
+#define _DARWIN_C_SOURCE
+#endif
+
 #include "emu.h"
 
 #include <fcntl.h>

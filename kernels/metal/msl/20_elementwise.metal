@@ -158,7 +158,7 @@ kernel void softmax(
 struct RopeParams {
     int rows;  // T
     int heads; // heads per row
-    int half;  // D/2
+    int half_dim; // D/2
 };
 
 // rope rotates the pairs (i, i+D/2) of x in place by positions[t]·inv_freq[i]
@@ -170,7 +170,7 @@ kernel void rope(
     constant RopeParams& p [[buffer(3)]],
     uint gid [[thread_position_in_grid]])
 {
-    const uint half_d = uint(p.half);
+    const uint half_d = uint(p.half_dim);
     const uint total = uint(p.rows) * uint(p.heads) * half_d;
     if (gid >= total) {
         return;
