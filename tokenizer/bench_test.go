@@ -74,3 +74,36 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEncodeShort encodes one chat-sized message (about 60 bytes).
+func BenchmarkEncodeShort(b *testing.B) {
+	benchmarkEncode(b, "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n")
+}
+
+// BenchmarkDecode decodes the prose benchmark's ids.
+func BenchmarkDecode(b *testing.B) {
+	tok := gemma3(b)
+	text := benchText(proseText, 64<<10)
+	ids := tok.Encode(text, false)
+	b.SetBytes(int64(len(text)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tok.Decode(ids, false)
+	}
+}
+
+// BenchmarkStreamDecode feeds the prose benchmark's ids one at a time.
+func BenchmarkStreamDecode(b *testing.B) {
+	tok := gemma3(b)
+	text := benchText(proseText, 64<<10)
+	ids := tok.Encode(text, false)
+	b.SetBytes(int64(len(text)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := tok.NewStreamDecoder(false)
+		for _, id := range ids {
+			d.Add(id)
+		}
+		d.Flush()
+	}
+}
