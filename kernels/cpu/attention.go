@@ -277,3 +277,33 @@ func checkRing(pos []int32, window, capacity int) error {
 	}
 	return nil
 }
+
+// dotBF16 returns Σ w[i]·x[i] in f32 for a bfloat16 row (a bf16 KV cache).
+func dotBF16(w []uint16, x []float32) float32 {
+	x = x[:len(w)]
+	var s0, s1 float32
+	i := 0
+	for ; i+2 <= len(w); i += 2 {
+		s0 += math.Float32frombits(uint32(w[i])<<16) * x[i]
+		s1 += math.Float32frombits(uint32(w[i+1])<<16) * x[i+1]
+	}
+	if i < len(w) {
+		s0 += math.Float32frombits(uint32(w[i])<<16) * x[i]
+	}
+	return s0 + s1
+}
+
+// dotF16 is dotBF16 for an IEEE half row, tab being f16Table().
+func dotF16(w []uint16, x []float32, tab *[1 << 16]float32) float32 {
+	x = x[:len(w)]
+	var s0, s1 float32
+	i := 0
+	for ; i+2 <= len(w); i += 2 {
+		s0 += tab[w[i]] * x[i]
+		s1 += tab[w[i+1]] * x[i+1]
+	}
+	if i < len(w) {
+		s0 += tab[w[i]] * x[i]
+	}
+	return s0 + s1
+}

@@ -52,7 +52,8 @@ type Backend struct {
 	// scratch for dtype conversions of op arguments (slot-indexed) and for the
 	// per-call tables of the matmuls; grown on demand, reused across calls.
 	conv [numConvSlots][]float32
-	xsum []float32 // per-group sums of x for quantized M=1 products
+	x64  []float64 // matmul input rows, widened
+	xsum []float64 // per-group sums of x for the fused quantized products
 	mm   mmJob     // the one matmul job (no allocation per call)
 	ew   elemJob   // the one elementwise job
 	at   attnJob   // the one attention job
@@ -66,11 +67,12 @@ type Backend struct {
 
 // workerScratch is the private scratch of one worker of the pool.
 type workerScratch struct {
-	gsum  []float32 // per-group Σq·x of one row, or its scales
-	gbias []float32 // a row's biases
-	row   []float32 // dequantized weight rows
-	score []float32 // attention scores
-	acc   []float32 // attention output accumulator
+	gsum   []float64 // per-group Σq·x of one row
+	sc, bi []float32 // a row's scales and biases (and small f32 scratch)
+	q      []float32 // one unpacked row
+	row    []float64 // up to four expanded weight rows
+	score  []float32 // attention scores, router probabilities
+	acc    []float32 // attention output accumulator
 }
 
 // New returns a CPU backend with its worker pool started.
@@ -211,7 +213,7 @@ func (b *Backend) Close() error {
 	for i := range b.conv {
 		b.conv[i] = nil
 	}
-	b.ws, b.xsum = nil, nil
+	b.ws, b.xsum, b.x64 = nil, nil, nil
 	return nil
 }
 
@@ -325,6 +327,14 @@ const (
 func grow(s []float32, n int) []float32 {
 	if cap(s) < n {
 		return make([]float32, n, n+n/4)
+	}
+	return s[:n]
+}
+
+// grow64 is grow for float64 slices.
+func grow64(s []float64, n int) []float64 {
+	if cap(s) < n {
+		return make([]float64, n, n+n/4)
 	}
 	return s[:n]
 }

@@ -2,14 +2,29 @@ package cpu
 
 import "math"
 
-// The hot loops of the matmuls: dot products of one weight row with an f32
-// vector (dense rows in F32, BF16 or F16; quantized rows per bit width), row
+// The hot loops of the matmuls: dot products of one weight row with an input
+// row (dense rows in F32, BF16 or F16; quantized rows per bit width), row
 // dequantization and the per-group combination of quantized partial sums.
 // They are small, self-contained functions so that assembly versions can
 // replace them later.
+//
+// The matmul kernels take the input row widened to float64 and accumulate in
+// float64: in scalar code that costs no more than float32, and it makes the
+// results nearly independent of the summation order (so the M=1 and M>1
+// paths, and any future SIMD kernel, agree to the f32 rounding of the
+// output), which is what a numeric reference wants. Outputs are rounded to
+// f32.
 
-// u8f maps a quantized value (at most 8 bits) to its float: a load is cheaper
+// u8d maps a quantized value (at most 8 bits) to its float: a load is cheaper
 // than an integer-to-float conversion in the unpacking loops.
+var u8d = func() (t [256]float64) {
+	for i := range t {
+		t[i] = float64(i)
+	}
+	return t
+}()
+
+// u8f is u8d in float32, for unpacking.
 var u8f = func() (t [256]float32) {
 	for i := range t {
 		t[i] = float32(i)
@@ -17,7 +32,8 @@ var u8f = func() (t [256]float32) {
 	return t
 }()
 
-// dotF32 returns Σ a[i]·b[i] over len(a) elements (len(b) >= len(a)).
+// dotF32 returns Σ a[i]·b[i] over len(a) elements (len(b) >= len(a)) in f32
+// (attention scores).
 func dotF32(a, b []float32) float32 {
 	b = b[:len(a)]
 	var s0, s1, s2, s3 float32
@@ -36,67 +52,88 @@ func dotF32(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
-// dot4F32 returns the dot products of four rows with x (read once).
-func dot4F32(w0, w1, w2, w3, x []float32) (float32, float32, float32, float32) {
+// dot4 returns the dot products of four rows with x (x read once).
+func dot4(w0, w1, w2, w3, x []float64) (float64, float64, float64, float64) {
 	n := len(x)
 	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
-	var a0, a1, a2, a3, b0, b1, b2, b3 float32
-	i := 0
-	for ; i+2 <= n; i += 2 {
-		x0, x1 := x[i], x[i+1]
-		a0 += w0[i] * x0
-		a1 += w1[i] * x0
-		a2 += w2[i] * x0
-		a3 += w3[i] * x0
-		b0 += w0[i+1] * x1
-		b1 += w1[i+1] * x1
-		b2 += w2[i+1] * x1
-		b3 += w3[i+1] * x1
+	var a0, a1, a2, a3 float64
+	for i, v := range x {
+		a0 += w0[i] * v
+		a1 += w1[i] * v
+		a2 += w2[i] * v
+		a3 += w3[i] * v
 	}
-	if i < n {
-		x0 := x[i]
-		a0 += w0[i] * x0
-		a1 += w1[i] * x0
-		a2 += w2[i] * x0
-		a3 += w3[i] * x0
-	}
-	return a0 + b0, a1 + b1, a2 + b2, a3 + b3
+	return a0, a1, a2, a3
 }
 
-// dotBF16 returns Σ w[i]·x[i] for a bfloat16 row w.
-func dotBF16(w []uint16, x []float32) float32 {
+// dotRow returns Σ w[i]·x[i] for an expanded row.
+func dotRow(w, x []float64) float64 {
 	x = x[:len(w)]
-	var s0, s1, s2, s3 float32
+	var s0, s1 float64
 	i := 0
-	for ; i+8 <= len(w); i += 8 {
-		ww := w[i : i+8 : i+8]
-		xx := x[i : i+8 : i+8]
-		s0 += math.Float32frombits(uint32(ww[0])<<16)*xx[0] + math.Float32frombits(uint32(ww[4])<<16)*xx[4]
-		s1 += math.Float32frombits(uint32(ww[1])<<16)*xx[1] + math.Float32frombits(uint32(ww[5])<<16)*xx[5]
-		s2 += math.Float32frombits(uint32(ww[2])<<16)*xx[2] + math.Float32frombits(uint32(ww[6])<<16)*xx[6]
-		s3 += math.Float32frombits(uint32(ww[3])<<16)*xx[3] + math.Float32frombits(uint32(ww[7])<<16)*xx[7]
+	for ; i+2 <= len(w); i += 2 {
+		s0 += w[i] * x[i]
+		s1 += w[i+1] * x[i+1]
 	}
-	for ; i < len(w); i++ {
-		s0 += math.Float32frombits(uint32(w[i])<<16) * x[i]
+	if i < len(w) {
+		s0 += w[i] * x[i]
 	}
-	return (s0 + s1) + (s2 + s3)
+	return s0 + s1
 }
 
-// dotF16 returns Σ w[i]·x[i] for an IEEE half row w, tab being f16Table().
-func dotF16(w []uint16, x []float32, tab *[1 << 16]float32) float32 {
+// dotRowF32 returns Σ w[i]·x[i] for an f32 row w.
+func dotRowF32(w []float32, x []float64) float64 {
 	x = x[:len(w)]
-	var s0, s1, s2, s3 float32
+	var s0, s1, s2, s3 float64
 	i := 0
 	for ; i+4 <= len(w); i += 4 {
 		ww := w[i : i+4 : i+4]
 		xx := x[i : i+4 : i+4]
-		s0 += tab[ww[0]] * xx[0]
-		s1 += tab[ww[1]] * xx[1]
-		s2 += tab[ww[2]] * xx[2]
-		s3 += tab[ww[3]] * xx[3]
+		s0 += float64(ww[0]) * xx[0]
+		s1 += float64(ww[1]) * xx[1]
+		s2 += float64(ww[2]) * xx[2]
+		s3 += float64(ww[3]) * xx[3]
 	}
 	for ; i < len(w); i++ {
-		s0 += tab[w[i]] * x[i]
+		s0 += float64(w[i]) * x[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// dotRowBF16 returns Σ w[i]·x[i] for a bfloat16 row w.
+func dotRowBF16(w []uint16, x []float64) float64 {
+	x = x[:len(w)]
+	var s0, s1, s2, s3 float64
+	i := 0
+	for ; i+4 <= len(w); i += 4 {
+		ww := w[i : i+4 : i+4]
+		xx := x[i : i+4 : i+4]
+		s0 += float64(math.Float32frombits(uint32(ww[0])<<16)) * xx[0]
+		s1 += float64(math.Float32frombits(uint32(ww[1])<<16)) * xx[1]
+		s2 += float64(math.Float32frombits(uint32(ww[2])<<16)) * xx[2]
+		s3 += float64(math.Float32frombits(uint32(ww[3])<<16)) * xx[3]
+	}
+	for ; i < len(w); i++ {
+		s0 += float64(math.Float32frombits(uint32(w[i])<<16)) * x[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// dotRowF16 returns Σ w[i]·x[i] for an IEEE half row w, tab being f16Table().
+func dotRowF16(w []uint16, x []float64, tab *[1 << 16]float32) float64 {
+	x = x[:len(w)]
+	var s0, s1, s2, s3 float64
+	i := 0
+	for ; i+4 <= len(w); i += 4 {
+		ww := w[i : i+4 : i+4]
+		xx := x[i : i+4 : i+4]
+		s0 += float64(tab[ww[0]]) * xx[0]
+		s1 += float64(tab[ww[1]]) * xx[1]
+		s2 += float64(tab[ww[2]]) * xx[2]
+		s3 += float64(tab[ww[3]]) * xx[3]
+	}
+	for ; i < len(w); i++ {
+		s0 += float64(tab[w[i]]) * x[i]
 	}
 	return (s0 + s1) + (s2 + s3)
 }
@@ -104,60 +141,60 @@ func dotF16(w []uint16, x []float32, tab *[1 << 16]float32) float32 {
 // qdot4 sets gsum[g] = Σ q[i]·x[i] over group g of a 4-bit row (8 values per
 // word, value j of a word in bits [4j, 4j+4)). Two words per iteration (a
 // group has at least four).
-func qdot4(w []uint32, x []float32, gsum []float32, group int) {
+func qdot4(w []uint32, x []float64, gsum []float64, group int) {
 	wpg := group / 8
 	for g := range gsum {
 		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
 		xs := x[g*group : (g+1)*group : (g+1)*group]
-		var s0, s1, s2, s3 float32
+		var s0, s1, s2, s3 float64
 		for j := 0; j+2 <= len(ws); j += 2 {
 			v, u := ws[j], ws[j+1]
 			xx := xs[j*8 : j*8+16 : j*8+16]
-			s0 += u8f[v&15]*xx[0] + u8f[u&15]*xx[8]
-			s1 += u8f[v>>4&15]*xx[1] + u8f[u>>4&15]*xx[9]
-			s2 += u8f[v>>8&15]*xx[2] + u8f[u>>8&15]*xx[10]
-			s3 += u8f[v>>12&15]*xx[3] + u8f[u>>12&15]*xx[11]
-			s0 += u8f[v>>16&15]*xx[4] + u8f[u>>16&15]*xx[12]
-			s1 += u8f[v>>20&15]*xx[5] + u8f[u>>20&15]*xx[13]
-			s2 += u8f[v>>24&15]*xx[6] + u8f[u>>24&15]*xx[14]
-			s3 += u8f[v>>28]*xx[7] + u8f[u>>28]*xx[15]
+			s0 += u8d[v&15]*xx[0] + u8d[u&15]*xx[8]
+			s1 += u8d[v>>4&15]*xx[1] + u8d[u>>4&15]*xx[9]
+			s2 += u8d[v>>8&15]*xx[2] + u8d[u>>8&15]*xx[10]
+			s3 += u8d[v>>12&15]*xx[3] + u8d[u>>12&15]*xx[11]
+			s0 += u8d[v>>16&15]*xx[4] + u8d[u>>16&15]*xx[12]
+			s1 += u8d[v>>20&15]*xx[5] + u8d[u>>20&15]*xx[13]
+			s2 += u8d[v>>24&15]*xx[6] + u8d[u>>24&15]*xx[14]
+			s3 += u8d[v>>28]*xx[7] + u8d[u>>28]*xx[15]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
 }
 
 // qdot8 is qdot4 for 8-bit rows (4 values per word).
-func qdot8(w []uint32, x []float32, gsum []float32, group int) {
+func qdot8(w []uint32, x []float64, gsum []float64, group int) {
 	wpg := group / 4
 	for g := range gsum {
 		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
 		xs := x[g*group : (g+1)*group : (g+1)*group]
-		var s0, s1, s2, s3 float32
+		var s0, s1, s2, s3 float64
 		for j := 0; j+2 <= len(ws); j += 2 {
 			v, u := ws[j], ws[j+1]
 			xx := xs[j*4 : j*4+8 : j*4+8]
-			s0 += u8f[v&255]*xx[0] + u8f[u&255]*xx[4]
-			s1 += u8f[v>>8&255]*xx[1] + u8f[u>>8&255]*xx[5]
-			s2 += u8f[v>>16&255]*xx[2] + u8f[u>>16&255]*xx[6]
-			s3 += u8f[v>>24]*xx[3] + u8f[u>>24]*xx[7]
+			s0 += u8d[v&255]*xx[0] + u8d[u&255]*xx[4]
+			s1 += u8d[v>>8&255]*xx[1] + u8d[u>>8&255]*xx[5]
+			s2 += u8d[v>>16&255]*xx[2] + u8d[u>>16&255]*xx[6]
+			s3 += u8d[v>>24]*xx[3] + u8d[u>>24]*xx[7]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
 }
 
 // qdot2 is qdot4 for 2-bit rows (16 values per word).
-func qdot2(w []uint32, x []float32, gsum []float32, group int) {
+func qdot2(w []uint32, x []float64, gsum []float64, group int) {
 	wpg := group / 16
 	for g := range gsum {
 		ws := w[g*wpg : (g+1)*wpg : (g+1)*wpg]
 		xs := x[g*group : (g+1)*group : (g+1)*group]
-		var s0, s1, s2, s3 float32
+		var s0, s1, s2, s3 float64
 		for j, v := range ws {
 			xx := xs[j*16 : j*16+16 : j*16+16]
-			s0 += u8f[v&3]*xx[0] + u8f[v>>8&3]*xx[4] + u8f[v>>16&3]*xx[8] + u8f[v>>24&3]*xx[12]
-			s1 += u8f[v>>2&3]*xx[1] + u8f[v>>10&3]*xx[5] + u8f[v>>18&3]*xx[9] + u8f[v>>26&3]*xx[13]
-			s2 += u8f[v>>4&3]*xx[2] + u8f[v>>12&3]*xx[6] + u8f[v>>20&3]*xx[10] + u8f[v>>28&3]*xx[14]
-			s3 += u8f[v>>6&3]*xx[3] + u8f[v>>14&3]*xx[7] + u8f[v>>22&3]*xx[11] + u8f[v>>30]*xx[15]
+			s0 += u8d[v&3]*xx[0] + u8d[v>>8&3]*xx[4] + u8d[v>>16&3]*xx[8] + u8d[v>>24&3]*xx[12]
+			s1 += u8d[v>>2&3]*xx[1] + u8d[v>>10&3]*xx[5] + u8d[v>>18&3]*xx[9] + u8d[v>>26&3]*xx[13]
+			s2 += u8d[v>>4&3]*xx[2] + u8d[v>>12&3]*xx[6] + u8d[v>>20&3]*xx[10] + u8d[v>>28&3]*xx[14]
+			s3 += u8d[v>>6&3]*xx[3] + u8d[v>>14&3]*xx[7] + u8d[v>>22&3]*xx[11] + u8d[v>>30]*xx[15]
 		}
 		gsum[g] = (s0 + s1) + (s2 + s3)
 	}
@@ -167,7 +204,7 @@ func qdot2(w []uint32, x []float32, gsum []float32, group int) {
 // straddle words): the row is read as a little-endian bit stream through a
 // 64-bit window. A group always ends on a word boundary (group·bits is a
 // multiple of 32).
-func qdotN(w []uint32, x []float32, gsum []float32, group, bits int) {
+func qdotN(w []uint32, x []float64, gsum []float64, group, bits int) {
 	mask := uint64(1)<<bits - 1
 	nbits := uint(bits)
 	wi := 0
@@ -175,15 +212,15 @@ func qdotN(w []uint32, x []float32, gsum []float32, group, bits int) {
 		xs := x[g*group : (g+1)*group : (g+1)*group]
 		var buf uint64
 		var have uint
-		var s0, s1 float32
+		var s0, s1 float64
 		for i := 0; i+2 <= len(xs); i += 2 {
 			if have < 2*nbits {
 				buf |= uint64(w[wi]) << have
 				wi++
 				have += 32
 			}
-			s0 += u8f[buf&mask] * xs[i]
-			s1 += u8f[buf>>nbits&mask] * xs[i+1]
+			s0 += u8d[buf&mask] * xs[i]
+			s1 += u8d[buf>>nbits&mask] * xs[i+1]
 			buf >>= 2 * nbits
 			have -= 2 * nbits
 		}
@@ -192,7 +229,7 @@ func qdotN(w []uint32, x []float32, gsum []float32, group, bits int) {
 }
 
 // qdot dispatches to the kernel for bits.
-func qdot(bits int, w []uint32, x []float32, gsum []float32, group int) {
+func qdot(bits int, w []uint32, x []float64, gsum []float64, group int) {
 	switch bits {
 	case 4:
 		qdot4(w, x, gsum, group)
@@ -252,47 +289,53 @@ func affine(q []float32, scale, bias []float32, group int) {
 }
 
 // groupSums sets xs[g] = Σ x[i] over group g (xs has len(x)/group entries).
-func groupSums(x []float32, xs []float32, group int) {
+func groupSums(x []float64, xs []float64, group int) {
 	for g := range xs {
-		var s0, s1, s2, s3 float32
+		var s0, s1 float64
 		xx := x[g*group : (g+1)*group : (g+1)*group]
-		for i := 0; i+4 <= len(xx); i += 4 {
+		for i := 0; i+2 <= len(xx); i += 2 {
 			s0 += xx[i]
 			s1 += xx[i+1]
-			s2 += xx[i+2]
-			s3 += xx[i+3]
 		}
-		xs[g] = (s0 + s1) + (s2 + s3)
+		xs[g] = s0 + s1
+	}
+}
+
+// widen sets dst[i] = float64(src[i]).
+func widen(dst []float64, src []float32) {
+	dst = dst[:len(src)]
+	for i, v := range src {
+		dst[i] = float64(v)
 	}
 }
 
 // combineBF16 returns Σ_g scale[g]·gsum[g] + bias[g]·xsum[g] with bf16 scales
 // and biases: the quantized dot w·x = Σ_g scale·Σq·x + bias·Σx.
-func combineBF16(gsum, xsum []float32, scale, bias []uint16) float32 {
+func combineBF16(gsum, xsum []float64, scale, bias []uint16) float64 {
 	scale, bias, xsum = scale[:len(gsum)], bias[:len(gsum)], xsum[:len(gsum)]
-	var s float32
+	var s float64
 	for g, q := range gsum {
-		s += math.Float32frombits(uint32(scale[g])<<16)*q + math.Float32frombits(uint32(bias[g])<<16)*xsum[g]
+		s += float64(math.Float32frombits(uint32(scale[g])<<16))*q + float64(math.Float32frombits(uint32(bias[g])<<16))*xsum[g]
 	}
 	return s
 }
 
 // combineF32 is combineBF16 for f32 scales and biases.
-func combineF32(gsum, xsum []float32, scale, bias []float32) float32 {
+func combineF32(gsum, xsum []float64, scale, bias []float32) float64 {
 	scale, bias, xsum = scale[:len(gsum)], bias[:len(gsum)], xsum[:len(gsum)]
-	var s float32
+	var s float64
 	for g, q := range gsum {
-		s += scale[g]*q + bias[g]*xsum[g]
+		s += float64(scale[g])*q + float64(bias[g])*xsum[g]
 	}
 	return s
 }
 
 // combineF16 is combineBF16 for f16 scales and biases.
-func combineF16(gsum, xsum []float32, scale, bias []uint16, tab *[1 << 16]float32) float32 {
+func combineF16(gsum, xsum []float64, scale, bias []uint16, tab *[1 << 16]float32) float64 {
 	scale, bias, xsum = scale[:len(gsum)], bias[:len(gsum)], xsum[:len(gsum)]
-	var s float32
+	var s float64
 	for g, q := range gsum {
-		s += tab[scale[g]]*q + tab[bias[g]]*xsum[g]
+		s += float64(tab[scale[g]])*q + float64(tab[bias[g]])*xsum[g]
 	}
 	return s
 }

@@ -361,3 +361,60 @@ func TestFixtureDequant(t *testing.T) {
 		}
 	}
 }
+
+// TestFixtureLMHead recomputes the fixtures' logits from their reference
+// final hidden states (after the final norm): logits = 30·tanh(h·Eᵀ/30) with
+// the tied embedding E (bf16, or dequantized MLX affine), through MatMul and
+// Softcap. The references are transformers' float32 results.
+func TestFixtureLMHead(t *testing.T) {
+	b := newBackend(t)
+	for _, name := range []string{"tiny-moe", "tiny-moe-4bit", "tiny-moe-8bit", "tiny-moe-mixed"} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join("..", "..", "testdata", name)
+			model := openST(t, b, filepath.Join(dir, "model.safetensors"))
+			ref := openST(t, b, filepath.Join(dir, "reference.safetensors"))
+			var w *kernels.Weight
+			if e, ok := model.tensors["model.language_model.embed_tokens.weight"]; ok {
+				w = &kernels.Weight{Data: model.tensor(t, "model.language_model.embed_tokens.weight"), N: e.Shape[0], K: e.Shape[1]}
+			} else {
+				bits, group := quantConfig(t, filepath.Join(dir, "config.json"))("language_model.model.embed_tokens")
+				d := model.tensor(t, "language_model.model.embed_tokens.weight")
+				w = &kernels.Weight{
+					Data:   d,
+					Scales: model.tensor(t, "language_model.model.embed_tokens.scales"),
+					Biases: model.tensor(t, "language_model.model.embed_tokens.biases"),
+					Bits:   bits, Group: group, N: d.Shape[0], K: d.Shape[1] * 32 / bits,
+				}
+			}
+			hs := ref.tensor(t, "hidden_states") // [7, T, H]
+			layers, tn, h := hs.Shape[0], hs.Shape[1], hs.Shape[2]
+			last, err := hs.RowRange((layers-1)*tn, layers*tn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := decode(dtype.F32, ref.bytes(t, "logits"))
+			for _, m := range []int{tn, 1} { // the prefill path and the decode path
+				x, err := last.RowRange(0, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				y := tensor(t, b, dtype.F32, nil, m, w.N)
+				if err := b.MatMul(y, x, w); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Softcap(y, y, 30); err != nil {
+					t.Fatal(err)
+				}
+				got := fetch(t, b, y)
+				var worst float64
+				for i := range got {
+					worst = max(worst, math.Abs(got[i]-want[i]))
+				}
+				t.Logf("M=%d: max |logits - reference| = %.3g (hidden %d)", m, worst, h)
+				if worst > 1e-4 {
+					t.Fatalf("M=%d: logits differ from the reference by %.3g", m, worst)
+				}
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/gemmoe/gemmoe/dtype"
 	"github.com/gemmoe/gemmoe/kernels"
@@ -24,7 +25,8 @@ type mmJob struct {
 	n, k, g          int // output rows, input width, groups per row (quantized)
 	bits, group      int
 	wdt, sdt         dtype.DType // data dtype (dense) and scales/biases dtype
-	x, y, xsum       []float32
+	x, xsum          []float64   // input rows widened, per-group sums of x
+	y                []float32
 	segs             []mmSeg
 	pairs            []mmPair
 	f16              *[1 << 16]float32
@@ -56,7 +58,7 @@ func (j *mmJob) rowsOne(seg *mmSeg, p mmPair, r0, r1 int, ws *workerScratch) {
 	yr := j.y[int(p.y)*n : int(p.y)*n+n]
 	if j.bits == 0 {
 		for row := r0; row < r1; row++ {
-			yr[row] = j.denseDot(seg.data[row*j.rowBytes:(row+1)*j.rowBytes], xr)
+			yr[row] = float32(j.denseDot(seg.data[row*j.rowBytes:(row+1)*j.rowBytes], xr))
 		}
 		return
 	}
@@ -65,7 +67,7 @@ func (j *mmJob) rowsOne(seg *mmSeg, p mmPair, r0, r1 int, ws *workerScratch) {
 	xs := j.xsum[int(p.x)*j.g : int(p.x)*j.g+j.g]
 	for row := r0; row < r1; row++ {
 		qdot(j.bits, asU32(seg.data[row*j.rowBytes:(row+1)*j.rowBytes]), xr, gs, j.group)
-		yr[row] = j.combine(gs, xs, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes])
+		yr[row] = float32(j.combine(gs, xs, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes]))
 	}
 }
 
@@ -83,49 +85,55 @@ func (j *mmJob) rowsMany(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScrat
 			w0, w1, w2, w3 := ws.row[:k], ws.row[k:2*k], ws.row[2*k:3*k], ws.row[3*k:4*k]
 			for _, p := range pairs {
 				y := j.y[int(p.y)*n+row : int(p.y)*n+row+4]
-				y[0], y[1], y[2], y[3] = dot4F32(w0, w1, w2, w3, j.x[int(p.x)*k:int(p.x)*k+k])
+				a0, a1, a2, a3 := dot4(w0, w1, w2, w3, j.x[int(p.x)*k:int(p.x)*k+k])
+				y[0], y[1], y[2], y[3] = float32(a0), float32(a1), float32(a2), float32(a3)
 			}
 			continue
 		}
 		for _, p := range pairs {
 			xr := j.x[int(p.x)*k : int(p.x)*k+k]
 			for i := range nb {
-				j.y[int(p.y)*n+row+i] = dotF32(ws.row[i*k:(i+1)*k], xr)
+				j.y[int(p.y)*n+row+i] = float32(dotRow(ws.row[i*k:(i+1)*k], xr))
 			}
 		}
 	}
 }
 
-// expand writes weight row `row` of a segment as f32 values to dst.
-func (j *mmJob) expand(seg *mmSeg, row int, dst []float32, ws *workerScratch) {
+// expand writes weight row `row` of a segment to dst: dequantized in f32
+// (w = scale·q + bias, as MLX computes it), then widened.
+func (j *mmJob) expand(seg *mmSeg, row int, dst []float64, ws *workerScratch) {
 	wrow := seg.data[row*j.rowBytes : (row+1)*j.rowBytes]
 	switch {
 	case j.bits != 0:
-		unpack(j.bits, asU32(wrow), dst)
-		j.affineRow(dst, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes], ws)
+		q := ws.q[:len(dst)]
+		unpack(j.bits, asU32(wrow), q)
+		j.affineRow(q, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes], ws)
+		widen(dst, q)
 	case j.wdt == dtype.BF16:
-		bf16ToF32(dst, asU16(wrow))
+		for i, h := range asU16(wrow)[:len(dst)] {
+			dst[i] = float64(math.Float32frombits(uint32(h) << 16))
+		}
 	case j.wdt == dtype.F16:
 		for i, h := range asU16(wrow)[:len(dst)] {
-			dst[i] = j.f16[h]
+			dst[i] = float64(j.f16[h])
 		}
 	default:
-		copy(dst, asF32(wrow))
+		widen(dst, asF32(wrow))
 	}
 }
 
-func (j *mmJob) denseDot(wrow []byte, x []float32) float32 {
+func (j *mmJob) denseDot(wrow []byte, x []float64) float64 {
 	switch j.wdt {
 	case dtype.BF16:
-		return dotBF16(asU16(wrow), x)
+		return dotRowBF16(asU16(wrow), x)
 	case dtype.F16:
-		return dotF16(asU16(wrow), x, j.f16)
+		return dotRowF16(asU16(wrow), x, j.f16)
 	default:
-		return dotF32(asF32(wrow), x)
+		return dotRowF32(asF32(wrow), x)
 	}
 }
 
-func (j *mmJob) combine(gs, xs []float32, sc, bi []byte) float32 {
+func (j *mmJob) combine(gs, xs []float64, sc, bi []byte) float64 {
 	switch j.sdt {
 	case dtype.BF16:
 		return combineBF16(gs, xs, asU16(sc), asU16(bi))
@@ -139,7 +147,7 @@ func (j *mmJob) combine(gs, xs []float32, sc, bi []byte) float32 {
 // affineRow applies a row's scales and biases (raw bytes of dtype j.sdt) to
 // the unpacked values q.
 func (j *mmJob) affineRow(q []float32, sc, bi []byte, ws *workerScratch) {
-	s, b := ws.gsum[:j.g], ws.gbias[:j.g]
+	s, b := ws.sc[:j.g], ws.bi[:j.g]
 	groupParams(j.sdt, sc, s, j.f16)
 	groupParams(j.sdt, bi, b, j.f16)
 	affine(q, s, b, j.group)
@@ -207,7 +215,9 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.b = b
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
-	j.x, j.y = x, y
+	b.x64 = grow64(b.x64, len(x))
+	widen(b.x64, x)
+	j.x, j.y = b.x64, y
 	j.wdt = w.Data.DType
 	j.segs, j.pairs = j.segs[:0], j.pairs[:0]
 	if w.Data.DType == dtype.F16 || w.Scales.DType == dtype.F16 {
@@ -220,8 +230,8 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 		j.gBytes = j.g * w.Scales.DType.Size()
 		for i := range b.ws {
 			ws := &b.ws[i]
-			ws.gsum = grow(ws.gsum, j.g)
-			ws.gbias = grow(ws.gbias, j.g)
+			ws.gsum = grow64(ws.gsum, j.g)
+			ws.sc, ws.bi = grow(ws.sc, j.g), grow(ws.bi, j.g)
 		}
 	} else {
 		j.g, j.sdt = 0, dtype.Invalid
@@ -237,7 +247,7 @@ func (b *Backend) sums(j *mmJob, rows int) {
 	if j.bits == 0 {
 		return
 	}
-	b.xsum = grow(b.xsum, rows*j.g)
+	b.xsum = grow64(b.xsum, rows*j.g)
 	j.xsum = b.xsum
 	for r := range rows {
 		groupSums(j.x[r*j.k:(r+1)*j.k], j.xsum[r*j.g:(r+1)*j.g], j.group)
@@ -247,7 +257,8 @@ func (b *Backend) sums(j *mmJob, rows int) {
 // growRows makes sure each worker can expand four rows of width k.
 func (b *Backend) growRows(k int) {
 	for i := range b.ws {
-		b.ws[i].row = grow(b.ws[i].row, max(4*k, len(b.ws[i].row)))
+		b.ws[i].row = grow64(b.ws[i].row, max(4*k, len(b.ws[i].row)))
+		b.ws[i].q = grow(b.ws[i].q, max(k, len(b.ws[i].q)))
 	}
 }
 

@@ -288,11 +288,11 @@ func TestUnpackRepack(t *testing.T) {
 				}
 			}
 			// The fused per-group sums with x = 1 are the sums of the values.
-			ones := make([]float32, k)
+			ones := make([]float64, k)
 			for i := range ones {
 				ones[i] = 1
 			}
-			gs := make([]float32, k/32)
+			gs := make([]float64, k/32)
 			qdot(bits, words, ones, gs, 32)
 			for g := range gs {
 				var s int

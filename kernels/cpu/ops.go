@@ -261,9 +261,8 @@ func (b *Backend) RoPE(x, positions, invFreq kernels.Tensor) error {
 	if _, err := b.raw(x, "RoPE: x", true); err != nil {
 		return err
 	}
-	cs := b.ws[0].gsum // scratch: cos then sin
-	cs = grow(cs, d)
-	b.ws[0].gsum = cs
+	cs := grow(b.ws[0].sc, d) // scratch: cos then sin
+	b.ws[0].sc = cs
 	for ti, p := range pos {
 		fp := float32(p)
 		for i, f := range freq {
@@ -386,11 +385,11 @@ func (b *Backend) Embed(y kernels.Tensor, table *kernels.Weight, ids kernels.Ten
 			g := n / table.Group
 			gb := g * table.Scales.DType.Size()
 			rb := n * table.Bits / 8
-			ws.gsum, ws.gbias = grow(ws.gsum, g), grow(ws.gbias, g)
+			ws.sc, ws.bi = grow(ws.sc, g), grow(ws.bi, g)
 			unpack(table.Bits, asU32(data[row*rb:(row+1)*rb]), yr)
-			groupParams(table.Scales.DType, scales[row*gb:(row+1)*gb], ws.gsum, f16)
-			groupParams(table.Scales.DType, biases[row*gb:(row+1)*gb], ws.gbias, f16)
-			affine(yr, ws.gsum, ws.gbias, table.Group)
+			groupParams(table.Scales.DType, scales[row*gb:(row+1)*gb], ws.sc, f16)
+			groupParams(table.Scales.DType, biases[row*gb:(row+1)*gb], ws.bi, f16)
+			affine(yr, ws.sc, ws.bi, table.Group)
 		}
 		if scale != 1 {
 			for c := range yr {
