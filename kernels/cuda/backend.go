@@ -61,7 +61,7 @@ type Backend struct {
 	act      dtype.DType
 	cacheDir string
 	mods     map[string]*cuda.Module
-	fns      map[string]*cuda.Function
+	fns      map[fnKey]*cuda.Function
 	occ      map[occKey]int
 	args     *cuda.Args
 	wrapped  []cuda.DevicePtr
@@ -71,6 +71,8 @@ type Backend struct {
 	held      []cuda.DevicePtr // pool blocks freed during a capture
 
 	compiles, cacheHits int // kernel modules built / read from the disk cache
+
+	mvKernel string // benchmarks: force this matrix-vector kernel variant
 }
 
 type occKey struct {
@@ -126,7 +128,7 @@ func New(opts ...Option) (*Backend, error) {
 	}
 	b := &Backend{
 		ctx: ctx, props: props, act: c.act, cacheDir: c.cacheDir,
-		mods: map[string]*cuda.Module{}, fns: map[string]*cuda.Function{}, occ: map[occKey]int{},
+		mods: map[string]*cuda.Module{}, fns: map[fnKey]*cuda.Function{}, occ: map[occKey]int{},
 		args: new(cuda.Args),
 	}
 	b.libs, _ = cuda.LoadedLibraries()

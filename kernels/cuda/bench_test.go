@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gemmoe/gemmoe/cuda"
 	"github.com/gemmoe/gemmoe/dtype"
@@ -66,7 +67,10 @@ func (g *gpuTimer) elapsed() (float64, error) {
 	return float64(ms), err
 }
 
-// timeLoop runs f b.N times between events (after warm-up) and reports the
+// timeLoop measures f, which enqueues one call on the device, two ways:
+// host_us/op is the wall time to enqueue a call (the GPU running behind),
+// and the device time per call comes from CUDA events around b.N replays of
+// a graph holding 20 calls, so launch gaps do not count. It reports the
 // bytes each call moves as GB/s and as the fraction of the DRAM peak.
 func timeLoop(b *testing.B, be *Backend, bytesPerCall float64, f func(i int) error) {
 	for i := range 5 {
@@ -77,11 +81,40 @@ func timeLoop(b *testing.B, be *Backend, bytesPerCall float64, f func(i int) err
 	if err := be.Sync(); err != nil {
 		b.Fatal(err)
 	}
+	const hostCalls = 200
+	t0 := time.Now()
+	for i := range hostCalls {
+		if err := f(i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	host := time.Since(t0)
+	if err := be.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	const reps = 20
+	if err := be.BeginCapture(); err != nil {
+		b.Fatal(err)
+	}
+	for i := range reps {
+		if err := f(i); err != nil {
+			be.EndCapture()
+			b.Fatal(err)
+		}
+	}
+	g, err := be.EndCapture()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer g.Close()
+	if err := g.Launch(); err != nil {
+		b.Fatal(err)
+	}
 	tm := newTimer(b, be)
 	b.ResetTimer()
 	tm.mark(tm.start)
-	for i := range b.N {
-		if err := f(i); err != nil {
+	for range b.N {
+		if err := g.Launch(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -91,8 +124,9 @@ func timeLoop(b *testing.B, be *Backend, bytesPerCall float64, f func(i int) err
 		b.Fatal(err)
 	}
 	b.StopTimer()
-	sec := ms / 1e3 / float64(b.N)
+	sec := ms / 1e3 / float64(b.N*reps)
 	gbs := bytesPerCall / sec / 1e9
+	b.ReportMetric(host.Seconds()*1e6/hostCalls, "host_us/op")
 	b.ReportMetric(sec*1e6, "us/call")
 	b.ReportMetric(gbs, "GB/s")
 	if peak := be.props.DRAMPeakGBs(); peak > 0 {
@@ -180,6 +214,32 @@ func BenchmarkQMV(b *testing.B) {
 	}
 }
 
+// BenchmarkQMVVariants times each 4- and 8-bit matrix-vector kernel variant
+// (rows per warp, pipeline depth) on the LM head and a mid-size projection.
+func BenchmarkQMVVariants(b *testing.B) {
+	for _, c := range []struct {
+		bits, N, K int
+		kernels    []string
+	}{
+		{4, 262144, 2816, []string{"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r4_d3", "qmv4_r2_d4"}},
+		{8, 262144, 2816, []string{"qmv8_r1", "qmv8_r2", "qmv8_r4", "qmv8_r4_d3"}},
+		{4, 8192, 2816, []string{"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r2_d4"}},
+	} {
+		for _, k := range c.kernels {
+			b.Run(fmt.Sprintf("%s_%dx%d", k, c.N, c.K), func(b *testing.B) {
+				be := benchBackend(b)
+				l2 := max(be.props.L2Bytes, 50<<20)
+				ws, one := benchWeights(b, be, 0, c.N, c.K, c.bits, 64, 4*l2)
+				x := put(b, be, dtype.BF16, randn(rand.New(rand.NewPCG(1, 1)), c.K, 1), 1, c.K)
+				y, _ := be.Alloc(dtype.BF16, 1, c.N)
+				be.mvKernel = k
+				defer func() { be.mvKernel = "" }()
+				timeLoop(b, be, float64(one+2*c.K+2*c.N), func(i int) error { return be.MatMul(y, x, ws[i%len(ws)]) })
+			})
+		}
+	}
+}
+
 // BenchmarkExpertMV: the 8-of-128 expert matvec of one decode token, the
 // ids on the device (a fresh random set per call).
 func BenchmarkExpertMV(b *testing.B) {
@@ -253,6 +313,13 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 		y, _ := be.Alloc(dtype.BF16, M, 8, 704)
 		timeLoop(b, be, float64(one), func(int) error { return be.MatMulExperts(y, x, ws[0], idt) })
 	})
+}
+
+// BenchmarkHostOverhead: the host cost of one small op (bind, checks, launch).
+func BenchmarkHostOverhead(b *testing.B) {
+	be := benchBackend(b)
+	x, _ := be.Alloc(dtype.BF16, 1, 2816)
+	timeLoop(b, be, 4*2816, func(int) error { return be.Scale(x, x, 1.0001) })
 }
 
 // BenchmarkAttentionDecode: one query row over 8192 cached positions

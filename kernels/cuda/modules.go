@@ -116,9 +116,11 @@ func writeCache(path string, image []byte) {
 	}
 }
 
+type fnKey struct{ mod, name string }
+
 // fn returns kernel name of module mod.
 func (b *Backend) fn(mod, name string) (*cuda.Function, error) {
-	key := mod + "/" + name
+	key := fnKey{mod, name}
 	if f, ok := b.fns[key]; ok {
 		return f, nil
 	}

@@ -127,11 +127,14 @@ func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P
 	case w.Quantized() && (w.Bits == 4 || w.Bits == 8) && aligned(int64(K)*int64(w.Bits)/8):
 		e := 128 / w.Bits
 		pl.smem = (K/e)*(e+4)*4 + (K/e)*2*4
-		pl.kernel = fmt.Sprintf("qmv%d_r", w.Bits)
+		pl.kernel = "qmv4_r"
+		if w.Bits == 8 {
+			pl.kernel = "qmv8_r"
+		}
 	case !w.Quantized() && aligned(int64(K)*int64(w.Data.DType.Size())) && K%(16/w.Data.DType.Size()) == 0:
 		e := 16 / w.Data.DType.Size()
 		pl.smem = (K / e) * (e + 4) * 4
-		pl.kernel = "dmv_" + map[dtype.DType]string{dtype.F32: "f32", dtype.BF16: "bf16", dtype.F16: "f16"}[w.Data.DType]
+		pl.kernel = map[dtype.DType]string{dtype.F32: "dmv_f32", dtype.BF16: "dmv_bf16", dtype.F16: "dmv_f16"}[w.Data.DType]
 		pl.rows = 2
 	default:
 		pl.kernel = "mv_generic"
@@ -141,12 +144,17 @@ func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P
 	if pl.smem > b.props.MaxSharedOptin {
 		return pl, false
 	}
+	if b.mvKernel != "" && pl.rows == 0 { // benchmarks: force a variant
+		pl.kernel = b.mvKernel
+		pl.rows = int(b.mvKernel[6] - '0')
+		return pl, true
+	}
 	if pl.rows == 0 { // quantized fast kernels come in 1, 2 and 4 rows per warp
 		pl.rows = 4
 		for pl.rows > 1 && ceilDiv(w.N, QMVWarps*pl.rows)*P < 2*b.props.SMs {
 			pl.rows /= 2
 		}
-		pl.kernel += fmt.Sprint(pl.rows)
+		pl.kernel += [...]string{1: "1", 2: "2", 4: "4"}[pl.rows]
 	}
 	return pl, true
 }

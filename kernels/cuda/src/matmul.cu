@@ -63,16 +63,45 @@ __device__ __forceinline__ Pair pair_of(int p, const void* W, const void* S, con
 
 __device__ __forceinline__ float f_of(u32 bits) { return __uint_as_float(bits); }
 
+// ldg16 loads 16 bytes of streamed weights (read once: no L1 allocation; the
+// L2 fetches 256 bytes ahead).
+__device__ __forceinline__ uint4 ldg16(const void* p) {
+    uint4 v;
+#if __CUDA_ARCH__ >= 800
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+#else
+    v = __ldg((const uint4*)p);
+#endif
+    return v;
+}
+
+// raw16or32 loads a scale or bias as raw bits (converted later by rawf).
+__device__ __forceinline__ u32 ldraw(const char* p, i64 i, int dt) {
+    return dt == DT_F32 ? __ldg((const u32*)p + i) : (u32)__ldg((const u16*)p + i);
+}
+
+__device__ __forceinline__ float rawf(u32 v, int dt) {
+    if (dt == DT_BF16) return __uint_as_float(v << 16);
+    if (dt == DT_F32) return __uint_as_float(v);
+    return h2f((u16)v);
+}
+
 // qmv_fast: BITS = 4 or 8, rows 16-byte aligned, group a multiple of the 16-byte
 // chunk (32 values at 4 bits, 16 at 8 bits). Each lane takes whole chunks
-// (one 16-byte load per row), the warp R rows at once, double-buffered.
+// (one 16-byte load per row), the warp R rows at once. The warp walks a flat
+// sequence of steps (row group, chunk iteration) and keeps DEPTH-1 steps of
+// loads (weights, scales, biases) in flight ahead of the one it computes,
+// across row-group boundaries, so the reduction at the end of a row group
+// never leaves the memory system idle.
 //
 // 4 bits: nibble q is moved to bit 15 (even) or 19 (odd) of the float
 // 1.0 = 0x3f800000, which gives f = 1 + q/256 or 1 + q/16 exactly with one
 // shift and one LOP3; then sum(q·x) = 256·(Σf·x − Σx) [even] + 16·(…) [odd],
 // with the chunk's x sums precomputed. 8 bits: byte q becomes 2^23 + q by a
 // byte permute and is recovered exactly by one subtraction.
-template <int BITS, int R>
+template <int BITS, int R, int DEPTH>
 __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xdt, const void* W, const void* S,
                                          const void* B, int sdt, int N, int K, int group, const int* ids, int nexp,
                                          int xdiv, i64 wstride, i64 gstride) {
@@ -83,7 +112,39 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
     const int C = K / E;
     float* xsum = smem + C * (E + PAD);
     const int p = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     Pair pr = pair_of(p, W, S, B, ids, nexp, xdiv, wstride, gstride);
+    const i64 rowBytes = (i64)K * BITS / 8;
+    const int G = K / group;
+    const int nIter = (C + 31) / 32;
+    const int NG = (N + R - 1) / R; // row groups
+    const int rg0 = blockIdx.x * QMV_WARPS + warp, rgStride = gridDim.x * QMV_WARPS;
+    const int nrg = rg0 < NG ? (NG - 1 - rg0) / rgStride + 1 : 0;
+    const int steps = nrg * nIter;
+
+    uint4 wb[DEPTH][R];
+    u32 sb[DEPTH][R], bb[DEPTH][R];
+    int lq = 0, lit = 0; // load cursor: row group index q (rg = rg0 + q·rgStride), chunk iteration
+    auto issue = [&](uint4* w, u32* sv, u32* bv) {
+        int rg = rg0 + lq * rgStride;
+        int c = lane + 32 * lit;
+        if (c < C) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int row = min(rg * R + r, N - 1);
+                w[r] = ldg16(pr.W + row * rowBytes + (i64)c * 16);
+                i64 gi = (i64)row * G + (c * E) / group;
+                sv[r] = ldraw(pr.S, gi, sdt);
+                bv[r] = ldraw(pr.B, gi, sdt);
+            }
+        }
+        if (++lit == nIter) { lit = 0; lq++; }
+    };
+    // Start the weight loads before staging x: they do not depend on it.
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; d++)
+        if (d < steps) issue(wb[d], sb[d], bb[d]);
+
     stage_x<E, PAD, BITS == 4>(xs, xsum, x, pr.xrow * K, xdt, K);
     if (BITS == 8) { // plain chunk sums for the bias term
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -93,32 +154,15 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
         }
         __syncthreads();
     }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const i64 rowWords = (i64)K * BITS / 32;
-    const int G = K / group;
-    for (int rg = blockIdx.x * QMV_WARPS + warp; rg * R < N; rg += gridDim.x * QMV_WARPS) {
-        int rows[R];
-        const uint4* wr[R];
+
+    float acc[R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            rows[r] = min(rg * R + r, N - 1);
-            wr[r] = (const uint4*)(pr.W + rows[r] * rowWords * 4);
-        }
-        float acc[R];
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = 0.f;
-        uint4 cur[R], nxt[R];
-        int c = lane;
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    int cq = 0, cit = 0; // compute cursor
+    for (int s = 0; s < steps; s++) {
+        if (s + DEPTH - 1 < steps) issue(wb[DEPTH - 1], sb[DEPTH - 1], bb[DEPTH - 1]);
+        const int c = lane + 32 * cit;
         if (c < C) {
-#pragma unroll
-            for (int r = 0; r < R; r++) cur[r] = __ldg(wr[r] + c);
-        }
-        for (; c < C; c += 32) {
-            if (c + 32 < C) {
-#pragma unroll
-                for (int r = 0; r < R; r++) nxt[r] = __ldg(wr[r] + c + 32);
-            }
-            const int g = (c * E) / group;
             const float* xc = xs + c * (E + PAD);
             if (BITS == 4) {
                 float a15[R], a19[R];
@@ -130,7 +174,7 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
                     float4 x1 = *(const float4*)(xc + 8 * j + 4);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        u32 w = j == 0 ? cur[r].x : j == 1 ? cur[r].y : j == 2 ? cur[r].z : cur[r].w;
+                        u32 w = j == 0 ? wb[0][r].x : j == 1 ? wb[0][r].y : j == 2 ? wb[0][r].z : wb[0][r].w;
                         u32 s0 = w << 15, s1 = w << 7, s2 = w >> 1, s3 = w >> 9;
                         a15[r] = fmaf(f_of((s0 & 0x78000u) | 0x3f800000u), x0.x, a15[r]);
                         a19[r] = fmaf(f_of((s0 & 0x780000u) | 0x3f800000u), x0.y, a19[r]);
@@ -145,10 +189,9 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
                 const float xe = xsum[2 * c], xo = xsum[2 * c + 1];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    i64 gi = (i64)rows[r] * G + g;
-                    float s = ldf(pr.S, gi, sdt), b = ldf(pr.B, gi, sdt);
+                    float sc = rawf(sb[0][r], sdt), bi = rawf(bb[0][r], sdt);
                     float d = 256.f * (a15[r] - xe) + 16.f * (a19[r] - xo);
-                    acc[r] = fmaf(s, d, fmaf(b, xe + xo, acc[r]));
+                    acc[r] = fmaf(sc, d, fmaf(bi, xe + xo, acc[r]));
                 }
             } else {
                 float a[R];
@@ -159,7 +202,7 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
                     float4 xv = *(const float4*)(xc + 4 * j);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        u32 w = j == 0 ? cur[r].x : j == 1 ? cur[r].y : j == 2 ? cur[r].z : cur[r].w;
+                        u32 w = j == 0 ? wb[0][r].x : j == 1 ? wb[0][r].y : j == 2 ? wb[0][r].z : wb[0][r].w;
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7650)) - 8388608.f, xv.x, a[r]);
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7651)) - 8388608.f, xv.y, a[r]);
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7652)) - 8388608.f, xv.z, a[r]);
@@ -169,23 +212,32 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
                 const float xs_ = xsum[2 * c];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    i64 gi = (i64)rows[r] * G + g;
-                    float s = ldf(pr.S, gi, sdt), b = ldf(pr.B, gi, sdt);
-                    acc[r] = fmaf(s, a[r], fmaf(b, xs_, acc[r]));
+                    float sc = rawf(sb[0][r], sdt), bi = rawf(bb[0][r], sdt);
+                    acc[r] = fmaf(sc, a[r], fmaf(bi, xs_, acc[r]));
                 }
             }
-#pragma unroll
-            for (int r = 0; r < R; r++) cur[r] = nxt[r];
         }
+        // Rotate the pipeline.
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
-        if (lane < R) {
-            float v = acc[0];
+        for (int d = 0; d < DEPTH - 1; d++)
 #pragma unroll
-            for (int r = 1; r < R; r++)
-                if (lane == r) v = acc[r];
-            int row = rg * R + lane;
-            if (row < N) stf(y, (i64)p * N + row, ydt, pr.ok ? v : __int_as_float(0x7fc00000));
+            for (int r = 0; r < R; r++) { wb[d][r] = wb[d + 1][r]; sb[d][r] = sb[d + 1][r]; bb[d][r] = bb[d + 1][r]; }
+        if (++cit == nIter) { // row group done: reduce and store
+            cit = 0;
+            const int rg = rg0 + cq * rgStride;
+            cq++;
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+            if (lane < R) {
+                float v = acc[0];
+#pragma unroll
+                for (int r = 1; r < R; r++)
+                    if (lane == r) v = acc[r];
+                int row = rg * R + lane;
+                if (row < N) stf(y, (i64)p * N + row, ydt, pr.ok ? v : __int_as_float(0x7fc00000));
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = 0.f;
         }
     }
 }
@@ -195,12 +247,16 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
         int group, const int *ids, int nexp, int xdiv, i64 wstride, i64 gstride
 #define QMV_PASS y, ydt, x, xdt, W, S, B, sdt, N, K, group, ids, nexp, xdiv, wstride, gstride
 
-extern "C" __global__ void __launch_bounds__(256) qmv4_r1(QMV_ARGS) { qmv_fast<4, 1>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r2(QMV_ARGS) { qmv_fast<4, 2>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r4(QMV_ARGS) { qmv_fast<4, 4>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r1(QMV_ARGS) { qmv_fast<8, 1>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r2(QMV_ARGS) { qmv_fast<8, 2>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r4(QMV_ARGS) { qmv_fast<8, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r1(QMV_ARGS) { qmv_fast<4, 1, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r2(QMV_ARGS) { qmv_fast<4, 2, 3>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r4(QMV_ARGS) { qmv_fast<4, 4, 2>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r1(QMV_ARGS) { qmv_fast<8, 1, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r2(QMV_ARGS) { qmv_fast<8, 2, 3>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r4(QMV_ARGS) { qmv_fast<8, 4, 2>(QMV_PASS); }
+// Deeper pipelines (more bytes in flight per warp) for comparison in benchmarks.
+extern "C" __global__ void __launch_bounds__(256) qmv4_r4_d3(QMV_ARGS) { qmv_fast<4, 4, 3>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r4_d3(QMV_ARGS) { qmv_fast<8, 4, 3>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r2_d4(QMV_ARGS) { qmv_fast<4, 2, 4>(QMV_PASS); }
 
 // dmv: dense matrix-vector, 16-byte loads of W (type WT: 0 f32, 1 bf16, 2 f16).
 template <int WT, int R>
