@@ -107,7 +107,7 @@ func build(spec *fileSpec) (*Tokenizer, error) {
 
 	// Merges. Resolving 515k merges to ids is three map lookups each and
 	// dominated by cache misses, so it runs on all cores.
-	resolved, err := resolveMerges(spec.merges, str, vocab, len(b.contPrefix))
+	resolved, err := resolveMerges(spec.merges, spec.mergeArena, vocab, len(b.contPrefix))
 	if err != nil {
 		return nil, err
 	}
@@ -199,14 +199,12 @@ func singleRune(s string) (rune, bool) {
 	return r, n > 0 && n == len(s) && !(r == utf8.RuneError && n == 1)
 }
 
-// resolveMerges returns the ids (a, b, merged) of every merge.
-func resolveMerges(merges [][2]span, str func(span) string, vocab map[string]int32, prefixLen int) ([][3]int32, error) {
+// resolveMerges returns the ids (a, b, merged) of every merge; arena holds
+// the merges' pieces.
+func resolveMerges(merges [][2]span, arena []byte, vocab map[string]int32, prefixLen int) ([][3]int32, error) {
 	out := make([][3]int32, len(merges))
 	const chunk = 1 << 15
-	workers := min(runtime.GOMAXPROCS(0), (len(merges)+chunk-1)/chunk)
-	if workers < 1 {
-		workers = 1
-	}
+	workers := max(1, min(runtime.GOMAXPROCS(0), (len(merges)+chunk-1)/chunk))
 	errs := make([]error, workers)
 	per := (len(merges) + workers - 1) / workers
 	var wg sync.WaitGroup
@@ -217,13 +215,15 @@ func resolveMerges(merges [][2]span, str func(span) string, vocab map[string]int
 			defer wg.Done()
 			var cat []byte
 			for rank := lo; rank < hi; rank++ {
-				a, b := str(merges[rank][0]), str(merges[rank][1])
-				aID, ok := vocab[a]
+				sa, sb := merges[rank][0], merges[rank][1]
+				a, b := arena[sa.off:sa.off+sa.n], arena[sb.off:sb.off+sb.n]
+				// vocab[string(bytes)] does not allocate.
+				aID, ok := vocab[string(a)]
 				if !ok {
 					errs[w] = fmt.Errorf("model.merges[%d]: %q is not in the vocabulary", rank, a)
 					return
 				}
-				bID, ok := vocab[b]
+				bID, ok := vocab[string(b)]
 				if !ok {
 					errs[w] = fmt.Errorf("model.merges[%d]: %q is not in the vocabulary", rank, b)
 					return

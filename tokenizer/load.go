@@ -120,7 +120,7 @@ type modelJSON struct {
 	IgnoreMerges            bool     `json:"ignore_merges"`
 }
 
-// span is a byte range in the string arena.
+// span is a byte range in a string arena.
 type span struct{ off, n uint32 }
 
 // fileSpec is tokenizer.json after the first pass.
@@ -131,9 +131,10 @@ type fileSpec struct {
 	model                           modelJSON
 	haveModel, haveVocab, haveMerge bool
 
-	arena  []byte // unescaped vocab and merge strings
-	vocab  []vocabEntry
-	merges [][2]span
+	arena      []byte // unescaped vocabulary pieces
+	mergeArena []byte // unescaped merge pieces (only needed while building)
+	vocab      []vocabEntry
+	merges     [][2]span
 }
 
 type vocabEntry struct {
@@ -159,7 +160,7 @@ func scan(data []byte) (*fileSpec, error) {
 		}
 		return nil, s.errorf("not a JSON object (does not start with '{')")
 	}
-	spec := &fileSpec{arena: make([]byte, 0, len(data)/8)}
+	spec := &fileSpec{arena: make([]byte, 0, len(data)/16), mergeArena: make([]byte, 0, len(data)/6)}
 	rawInto := func(dst *json.RawMessage) error {
 		b, err := s.raw()
 		*dst = b
@@ -247,17 +248,18 @@ func strconvQuote(dst []byte, key string) []byte {
 	return append(dst, b...)
 }
 
-func (spec *fileSpec) addString(s *scanner) (span, error) {
-	off := len(spec.arena)
+// addString appends the next JSON string to arena and returns its span.
+func addString(s *scanner, arena *[]byte) (span, error) {
+	off := len(*arena)
 	var err error
-	spec.arena, err = s.appendString(spec.arena)
+	*arena, err = s.appendString(*arena)
 	if err != nil {
 		return span{}, err
 	}
-	if len(spec.arena) > 1<<32-1 {
+	if len(*arena) > 1<<32-1 {
 		return span{}, s.errorf("strings too large")
 	}
-	return span{uint32(off), uint32(len(spec.arena) - off)}, nil
+	return span{uint32(off), uint32(len(*arena) - off)}, nil
 }
 
 func scanVocab(s *scanner, spec *fileSpec) error {
@@ -276,7 +278,7 @@ func scanVocab(s *scanner, spec *fileSpec) error {
 		return nil
 	}
 	for {
-		sp, err := spec.addString(s)
+		sp, err := addString(s, &spec.arena)
 		if err != nil {
 			return err
 		}
@@ -310,13 +312,13 @@ func scanMerges(s *scanner, spec *fileSpec) error {
 		switch s.peek() {
 		case '"':
 			// Legacy form: "a b", exactly one space; "#version" lines skipped.
-			sp, err := spec.addString(s)
+			sp, err := addString(s, &spec.mergeArena)
 			if err != nil {
 				return err
 			}
-			line := spec.arena[sp.off : sp.off+sp.n]
+			line := spec.mergeArena[sp.off : sp.off+sp.n]
 			if bytes.HasPrefix(line, []byte("#version")) {
-				spec.arena = spec.arena[:sp.off]
+				spec.mergeArena = spec.mergeArena[:sp.off]
 				return nil
 			}
 			sep := bytes.IndexByte(line, ' ')
@@ -335,7 +337,7 @@ func scanMerges(s *scanner, spec *fileSpec) error {
 				if j >= 2 {
 					return fmt.Errorf("tokenizer.json: model.merges[%d] has more than two pieces", i)
 				}
-				sp, err := spec.addString(s)
+				sp, err := addString(s, &spec.mergeArena)
 				pair[j] = sp
 				n++
 				return err
