@@ -29,6 +29,8 @@ func TestMatMul(t *testing.T) {
 		{6, 32, dtype.BF16, 12, 576}, {6, 64, dtype.F16, 20, 128},
 		{8, 128, dtype.BF16, 20, 384}, {8, 64, dtype.F32, 7, 192},
 		{0, 0, dtype.BF16, 20, 300}, {0, 0, dtype.F32, 12, 64}, {0, 0, dtype.F16, 9, 100},
+		// Gemma 4 26B-A4B widths: hidden 2816 (5.5 blocks of 512), expert 704.
+		{4, 64, dtype.BF16, 24, 2816}, {8, 64, dtype.BF16, 16, 2816}, {4, 64, dtype.BF16, 24, 704},
 	}
 	rowsFor := []int{1, 3, 9, 33}
 	for i, c := range cases {
@@ -568,6 +570,8 @@ func TestAttention(t *testing.T) {
 		{"sliding_prefill", kernels.AttentionParams{Heads: 2, KVHeads: 1, HeadDim: 48, Window: 3, Scale: 1}, 8, []float64{5, 6, 7}},
 		{"head512", kernels.AttentionParams{Heads: 2, KVHeads: 1, HeadDim: 512, Scale: 1}, 8, []float64{6}},
 		{"one_key", kernels.AttentionParams{Heads: 1, KVHeads: 1, HeadDim: 32, Scale: 1}, 4, []float64{0}},
+		{"long_window", kernels.AttentionParams{Heads: 2, KVHeads: 1, HeadDim: 64, Window: 1024, Scale: 1}, 1024, []float64{1500}},
+		{"long_full", kernels.AttentionParams{Heads: 2, KVHeads: 2, HeadDim: 64, Scale: 1}, 700, []float64{699}},
 	}
 	for _, c := range cases {
 		kvcols := c.p.KVHeads * c.p.HeadDim
