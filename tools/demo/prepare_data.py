@@ -107,8 +107,22 @@ def list_files(src):
     return files, sorted(skipped_generated)
 
 
-def train_tokenizer(train_texts, vocab_size, limit_alphabet):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+def choose_alphabet(train_texts, limit_alphabet):
+    """The limit_alphabet most frequent characters (after " "->"▁"), ties by code point; always
+    with "\n", "\t", "▁". Others are byte-fallback pieces."""
+    import collections
+
+    cnt = collections.Counter()
+    for t in train_texts:
+        cnt.update(t.replace(" ", "▁"))
+    ranked = [c for c, _ in sorted(cnt.items(), key=lambda kv: (-kv[1], ord(kv[0])))]
+    must = ["\n", "\t", "▁"]
+    chosen = must + [c for c in ranked if c not in must][: limit_alphabet - len(must)]
+    return sorted(chosen, key=ord)
+
+
+def train_tokenizer(train_texts, vocab_size, alphabet):
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     n_learned = vocab_size - NUM_RESERVED - len(BYTE_PIECES)
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
@@ -119,8 +133,10 @@ def train_tokenizer(train_texts, vocab_size, limit_alphabet):
         min_frequency=2,
         show_progress=False,
         special_tokens=[],
-        limit_alphabet=limit_alphabet,
-        initial_alphabet=["\n", "\t", "▁"],
+        # the alphabet is given in full (the trainer's own limit_alphabet breaks frequency ties
+        # differently from run to run); every given character is kept
+        limit_alphabet=len(alphabet),
+        initial_alphabet=list(alphabet),
     )
     tok.train_from_iterator(train_texts, trainer=trainer, length=len(train_texts))
     trained = json.loads(tok.to_str())
@@ -183,6 +199,9 @@ def main():
     ap.add_argument("--out", default="demo-build")
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--limit-alphabet", type=int, default=160)
+    ap.add_argument("--alphabet", default=os.path.join(HERE, "alphabet.json"),
+                    help="JSON list of the base characters (the one the demo was trained with); "
+                         "'' to choose the --limit-alphabet most frequent ones")
     ap.add_argument("--max-files", type=int, default=0, help="testing only: use the first N files")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -198,7 +217,12 @@ def main():
     print(f"{goversion}; {len(files)} files ({len(skipped_generated)} generated skipped): "
           f"{len(train)} train, {len(held)} held out", flush=True)
 
-    tj = train_tokenizer([t for _, t in train], args.vocab_size, args.limit_alphabet)
+    if args.alphabet and not args.max_files:
+        with open(args.alphabet, encoding="utf-8") as f:
+            alphabet = json.load(f)
+    else:
+        alphabet = choose_alphabet([t for _, t in train], args.limit_alphabet)
+    tj = train_tokenizer([t for _, t in train], args.vocab_size, alphabet)
     tok_path = os.path.join(args.out, "tokenizer.json")
     with open(tok_path, "w", encoding="utf-8") as f:
         json.dump(tj, f, ensure_ascii=False, indent=1)
@@ -234,6 +258,10 @@ def main():
             bad += 1
     print(f"held-out round-trip failures: {bad}", flush=True)
 
+    def sha256(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
     meta = {
         "go_version": goversion,
         "goroot_src": "$(go env GOROOT)/src",
@@ -245,10 +273,11 @@ def main():
         "document_format": "<bos>=2 + tokens + <eos>=1 per file, files in sorted path order",
         "token_files": "raw little-endian uint16",
         "vocab_size": args.vocab_size,
-        "limit_alphabet": args.limit_alphabet,
+        "alphabet_size": len(alphabet),
         "train_split_regex": TRAIN_SPLIT_REGEX,
         "heldout_roundtrip_failures": bad,
         **stats,
+        "sha256": {fn: sha256(os.path.join(args.out, fn)) for fn in ("tokenizer.json", "train.u16", "heldout.u16")},
     }
     with open(os.path.join(args.out, "data_meta.json"), "w") as f:
         json.dump(meta, f, indent=1)

@@ -267,7 +267,6 @@ def main():
     acc_loss = acc_aux = 0.0
     acc_n = 0
     t_train0 = time.time()
-    step_times = []
     stop_reason = "steps"
     step = 0
     model.train()
@@ -365,52 +364,15 @@ def main():
         a, b = ref.model.layers[i].self_attn, model.model.layers[i].self_attn
         assert (a.head_dim, a.k_proj.out_features, a.v_proj is None, a.sliding_window) == \
             (b.head_dim, b.k_proj.out_features, b.v_proj is None, b.sliding_window), i
-    loads = []
+    sys.path.insert(0, HERE)
+    from evaluate import reference as build_reference
 
-    def load_hook(mod, inp, out):
-        loads.append(torch.bincount(out[2].reshape(-1), minlength=config.num_experts).cpu())
-
-    hooks = [l.router.register_forward_hook(load_hook) for l in ref.model.layers]
-    nll_ref = evaluate(ref, held_dev, args.seq, n_eval, 16, device, None)
-    L = len(ref.model.layers)
-    per_layer = [sum(loads[i::L]) for i in range(L)]
-    expert_load = [[round(float(c) / float(t.sum()), 4) for c in t] for t in per_layer]
-    for h in hooks:
-        h.remove()
-
-    # one fixed short window: the start of the first held-out file (begins with <bos>)
-    W = args.ref_window
-    win = held_np[: W + 1].astype(np.int64)
-    x = torch.from_numpy(win[:-1])[None].to(device)
-    with torch.no_grad():
-        logits = ref(input_ids=x).logits[0].float()
-    logp = torch.log_softmax(logits, -1)
-    tgt = torch.from_numpy(win[1:]).to(device)
-    nll_tok = (-logp.gather(1, tgt[:, None])[:, 0]).cpu().tolist()
-    top2 = logits.topk(2, -1)
-    # greedy continuation with transformers' own KV cache, float32
-    P = min(96, W)  # prompt + generated = 160 > sliding_window 128: the ring buffer matters
-    prompt = torch.from_numpy(win[:P])[None].to(device)
-    with torch.no_grad():
-        g = ref.generate(prompt, max_new_tokens=64, do_sample=False, output_scores=True,
-                         return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
-    greedy = g.sequences[0, P:].cpu().tolist()
-    margins = [float((s[0].topk(2).values[0] - s[0].topk(2).values[1]).item()) for s in g.scores]
-
-    reference = {
-        "what": "transformers 5.17 Gemma4ForCausalLM, the saved bf16 weights run in float32 with eager "
-                "attention on " + str(device) + " (torch " + torch.__version__ + ")",
-        "heldout": {"windows": n_eval, "window_len": args.seq,
-                    "rule": "window i: inputs heldout.u16[i*seq:(i+1)*seq], targets shifted by one",
-                    "tokens_scored": n_eval * args.seq, "mean_nll": nll_ref, "ppl": math.exp(nll_ref)},
-        "window": {"input_ids": win[:-1].tolist(), "target_ids": win[1:].tolist(), "nll": nll_tok,
-                   "mean_nll": float(np.mean(nll_tok)), "ppl": float(math.exp(np.mean(nll_tok))),
-                   "argmax": top2.indices[:, 0].cpu().tolist(),
-                   "top1_logit": top2.values[:, 0].cpu().tolist(),
-                   "top1_margin_min": float((top2.values[:, 0] - top2.values[:, 1]).min())},
-        "greedy": {"prompt_ids": win[:P].tolist(), "tokens": greedy, "min_margin": min(margins),
-                   "text": tok.decode(win[:P].tolist() + greedy, skip_special_tokens=False)},
-    }
+    reference = build_reference(ref, held_np, tok, args.seq, n_eval, args.ref_window, device,
+                                "transformers 5.17 Gemma4ForCausalLM, the saved bf16 weights run in float32 "
+                                "with eager attention")
+    nll_ref = reference["heldout"]["mean_nll"]
+    expert_load = reference["expert_load"]
+    margins = [reference["greedy"]["min_margin"]]
     with open(os.path.join(args.out, "reference.json"), "w") as f:
         json.dump(reference, f)
 
