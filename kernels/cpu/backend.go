@@ -70,7 +70,8 @@ type workerScratch struct {
 	gsum   []float64 // per-group Σq·x of one row
 	sc, bi []float32 // a row's scales and biases (and small f32 scratch)
 	q      []float32 // one unpacked row
-	row    []float64 // up to four expanded weight rows
+	row    []float64 // a block of expanded weight rows
+	acc64  []float64 // the block's sums per input row
 	score  []float32 // attention scores, router probabilities
 	acc    []float32 // attention output accumulator
 }

@@ -52,10 +52,12 @@ func dotF32(a, b []float32) float32 {
 	return (s0 + s1) + (s2 + s3)
 }
 
-// dot4 returns the dot products of four rows with x (x read once).
-func dot4(w0, w1, w2, w3, x []float64) (float64, float64, float64, float64) {
+// dot4 adds to acc[r] the dot product of x with columns [kc, kc+len(x)) of
+// row r of an expanded block of 4 rows of width k (x is read once; four
+// accumulators keep everything in registers).
+func dot4(rows []float64, k, kc int, x, acc []float64) {
 	n := len(x)
-	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
+	w0, w1, w2, w3 := rows[kc:][:n], rows[k+kc:][:n], rows[2*k+kc:][:n], rows[3*k+kc:][:n]
 	var a0, a1, a2, a3 float64
 	for i, v := range x {
 		a0 += w0[i] * v
@@ -63,7 +65,11 @@ func dot4(w0, w1, w2, w3, x []float64) (float64, float64, float64, float64) {
 		a2 += w2[i] * v
 		a3 += w3[i] * v
 	}
-	return a0, a1, a2, a3
+	acc = acc[:4]
+	acc[0] += a0
+	acc[1] += a1
+	acc[2] += a2
+	acc[3] += a3
 }
 
 // dotRow returns Σ w[i]·x[i] for an expanded row.

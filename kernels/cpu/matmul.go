@@ -71,29 +71,43 @@ func (j *mmJob) rowsOne(seg *mmSeg, p mmPair, r0, r1 int, ws *workerScratch) {
 	}
 }
 
-// rowsMany computes rows [r0, r1) of a segment for several input rows: blocks
-// of four weight rows are expanded to f32 once, then multiplied with every
-// input row (each x row is read once per block).
+// Blocking of the multi-input path: blockRows weight rows are expanded at a
+// time and multiplied with every input row blockK columns at a time, so that
+// the block's slice of weights (4·512 float64, 16 KiB) stays in the L1 cache
+// while the input rows stream past.
+const blockRows, blockK = 4, 512
+
+// rowsMany computes rows [r0, r1) of a segment for several input rows: each
+// block of weight rows is expanded to float64 once, then multiplied with every
+// input row.
 func (j *mmJob) rowsMany(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScratch) {
 	k, n := j.k, j.n
-	for row := r0; row < r1; row += 4 {
-		nb := min(4, r1-row)
+	for row := r0; row < r1; row += blockRows {
+		nb := min(blockRows, r1-row)
 		for i := range nb {
 			j.expand(seg, row+i, ws.row[i*k:(i+1)*k], ws)
 		}
-		if nb == 4 {
-			w0, w1, w2, w3 := ws.row[:k], ws.row[k:2*k], ws.row[2*k:3*k], ws.row[3*k:4*k]
+		if nb < blockRows {
 			for _, p := range pairs {
-				y := j.y[int(p.y)*n+row : int(p.y)*n+row+4]
-				a0, a1, a2, a3 := dot4(w0, w1, w2, w3, j.x[int(p.x)*k:int(p.x)*k+k])
-				y[0], y[1], y[2], y[3] = float32(a0), float32(a1), float32(a2), float32(a3)
+				xr := j.x[int(p.x)*k : int(p.x)*k+k]
+				for i := range nb {
+					j.y[int(p.y)*n+row+i] = float32(dotRow(ws.row[i*k:(i+1)*k], xr))
+				}
 			}
 			continue
 		}
-		for _, p := range pairs {
-			xr := j.x[int(p.x)*k : int(p.x)*k+k]
-			for i := range nb {
-				j.y[int(p.y)*n+row+i] = float32(dotRow(ws.row[i*k:(i+1)*k], xr))
+		acc := ws.acc64[:len(pairs)*blockRows]
+		clear(acc)
+		for kc := 0; kc < k; kc += blockK {
+			ke := min(k, kc+blockK)
+			for pi, p := range pairs {
+				dot4(ws.row, k, kc, j.x[int(p.x)*k+kc:int(p.x)*k+ke], acc[pi*blockRows:(pi+1)*blockRows])
+			}
+		}
+		for pi, p := range pairs {
+			y := j.y[int(p.y)*n+row : int(p.y)*n+row+blockRows]
+			for i, a := range acc[pi*blockRows : (pi+1)*blockRows] {
+				y[i] = float32(a)
 			}
 		}
 	}
@@ -254,10 +268,12 @@ func (b *Backend) sums(j *mmJob, rows int) {
 	}
 }
 
-// growRows makes sure each worker can expand four rows of width k.
-func (b *Backend) growRows(k int) {
+// growRows makes sure each worker can expand a block of rows of width k and
+// accumulate it for up to pairs input rows.
+func (b *Backend) growRows(k, pairs int) {
 	for i := range b.ws {
-		b.ws[i].row = grow64(b.ws[i].row, max(4*k, len(b.ws[i].row)))
+		b.ws[i].row = grow64(b.ws[i].row, max(blockRows*k, len(b.ws[i].row)))
+		b.ws[i].acc64 = grow64(b.ws[i].acc64, max(blockRows*pairs, len(b.ws[i].acc64)))
 		b.ws[i].q = grow(b.ws[i].q, max(k, len(b.ws[i].q)))
 	}
 }
@@ -315,7 +331,7 @@ func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
 	if m == 1 {
 		b.sums(j, 1)
 	} else {
-		b.growRows(w.K)
+		b.growRows(w.K, m)
 	}
 	b.dispatch(j)
 	b.flush(y, yv)
@@ -428,7 +444,11 @@ func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kern
 			seg.p1 = p
 			j.segs = append(j.segs, seg)
 		}
-		b.growRows(w.K)
+		maxPairs := 0
+		for _, e := range b.expUsed {
+			maxPairs = max(maxPairs, int(b.expCount[e]))
+		}
+		b.growRows(w.K, maxPairs)
 	}
 	if j.bits != 0 {
 		if perSlot {
