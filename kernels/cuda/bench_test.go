@@ -221,9 +221,10 @@ func BenchmarkQMVVariants(b *testing.B) {
 		bits, N, K int
 		kernels    []string
 	}{
-		{4, 262144, 2816, []string{"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r4_d3", "qmv4_r2_d4"}},
-		{8, 262144, 2816, []string{"qmv8_r1", "qmv8_r2", "qmv8_r4", "qmv8_r4_d3"}},
-		{4, 8192, 2816, []string{"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r2_d4"}},
+		{4, 262144, 2816, []string{"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r8"}},
+		{8, 262144, 2816, []string{"qmv8_r1", "qmv8_r2", "qmv8_r4", "qmv8_r8"}},
+		{4, 8192, 2816, []string{"qmv4_r1", "qmv4_r2", "qmv4_r4"}},
+		{8, 8192, 2816, []string{"qmv8_r1", "qmv8_r2", "qmv8_r4"}},
 	} {
 		for _, k := range c.kernels {
 			b.Run(fmt.Sprintf("%s_%dx%d", k, c.N, c.K), func(b *testing.B) {
@@ -243,8 +244,20 @@ func BenchmarkQMVVariants(b *testing.B) {
 // BenchmarkExpertMV: the 8-of-128 expert matvec of one decode token, the
 // ids on the device (a fresh random set per call).
 func BenchmarkExpertMV(b *testing.B) {
-	for _, c := range []struct{ bits, N, K int }{{4, 704, 2816}, {4, 2816, 704}, {8, 704, 2816}} {
-		b.Run(fmt.Sprintf("q%d_128x%dx%d_top8", c.bits, c.N, c.K), func(b *testing.B) {
+	type tc struct {
+		bits, N, K int
+		kernel     string // "" = the backend's choice
+	}
+	var tcs []tc
+	for _, c := range []tc{{4, 704, 2816, ""}, {4, 2816, 704, ""}, {8, 704, 2816, ""}, {8, 2816, 704, ""}} {
+		tcs = append(tcs, c)
+		for _, r := range []string{"1", "2", "4"} {
+			c.kernel = fmt.Sprintf("qmv%d_r%s", c.bits, r)
+			tcs = append(tcs, c)
+		}
+	}
+	for _, c := range tcs {
+		b.Run(fmt.Sprintf("q%d_128x%dx%d_top8%s", c.bits, c.N, c.K, strings.TrimPrefix(c.kernel, fmt.Sprintf("qmv%d", c.bits))), func(b *testing.B) {
 			be := benchBackend(b)
 			const E, k, sets = 128, 8, 64
 			ws, one := benchWeights(b, be, E, c.N, c.K, c.bits, 64, 0)
@@ -264,6 +277,8 @@ func BenchmarkExpertMV(b *testing.B) {
 			x := put(b, be, dtype.BF16, randn(r, c.K, 1), 1, c.K)
 			y, _ := be.Alloc(dtype.BF16, 1, k, c.N)
 			perExpert := float64(one / E)
+			be.mvKernel = c.kernel
+			defer func() { be.mvKernel = "" }()
 			timeLoop(b, be, k*perExpert, func(i int) error { return be.MatMulExperts(y, x, w, views[i%sets]) })
 		})
 	}

@@ -124,7 +124,8 @@ func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P
 	}
 	var pl mvPlan
 	switch {
-	case w.Quantized() && (w.Bits == 4 || w.Bits == 8) && aligned(int64(K)*int64(w.Bits)/8):
+	case w.Quantized() && (w.Bits == 4 || w.Bits == 8) && aligned(int64(K)*int64(w.Bits)/8) &&
+		int64(w.N)*int64(K)*int64(w.Bits)/8 < 1<<32: // the kernel uses 32-bit offsets
 		e := 128 / w.Bits
 		pl.smem = (K/e)*(e+4)*4 + (K/e)*2*4
 		pl.kernel = "qmv4_r"

@@ -85,16 +85,23 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
             if (j < nk) {
                 int slot = (kb + j) % cap;
                 const char* krow = (const char*)kc + ((i64)slot * KD + (i64)kvh * D) * C::ES;
-                for (int d = 0; d < D; d += C::V) {
-                    float kf[C::V];
-                    C::load(krow + (i64)d * C::ES, kf);
+                // Four 16-byte loads in flight per thread.
+                for (int d0 = 0; d0 < D; d0 += 4 * C::V) {
+                    float kf[4][C::V];
 #pragma unroll
-                    for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
-                        int g = 2 * gi + half;
-                        if (g < G) {
-                            const float* qq = qs + g * D + d;
+                    for (int u = 0; u < 4; u++)
+                        if (d0 + u * C::V < D) C::load(krow + (i64)(d0 + u * C::V) * C::ES, kf[u]);
 #pragma unroll
-                            for (int v = 0; v < C::V; v++) dot[gi] = fmaf(qq[v], kf[v], dot[gi]);
+                    for (int u = 0; u < 4; u++) {
+                        if (d0 + u * C::V >= D) break;
+#pragma unroll
+                        for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
+                            int g = 2 * gi + half;
+                            if (g < G) {
+                                const float* qq = qs + g * D + d0 + u * C::V;
+#pragma unroll
+                                for (int v = 0; v < C::V; v++) dot[gi] = fmaf(qq[v], kf[u][v], dot[gi]);
+                            }
                         }
                     }
                 }
@@ -134,21 +141,31 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
                 for (int i = 0; i < ND; i++) acc[g][i] *= a;
             }
         }
-        for (int j = 0; j < nk; j++) {
-            int slot = (kb + j) % cap;
-            i64 vbase = (i64)slot * KD + (i64)kvh * D;
-            float v[ND];
+        // Eight keys' V loads in flight per thread.
+        for (int j0 = 0; j0 < nk; j0 += 8) {
+            float v[8][ND];
 #pragma unroll
-            for (int i = 0; i < ND; i++) {
-                int d = tid + ATT_THREADS * i;
-                v[i] = d < D ? C::one(vc, vbase + d) : 0.f;
+            for (int u = 0; u < 8; u++) {
+                int j = j0 + u;
+                if (j < nk) {
+                    i64 vbase = (i64)((kb + j) % cap) * KD + (i64)kvh * D;
+#pragma unroll
+                    for (int i = 0; i < ND; i++) {
+                        int d = tid + ATT_THREADS * i;
+                        v[u][i] = d < D ? C::one(vc, vbase + d) : 0.f;
+                    }
+                }
             }
 #pragma unroll
-            for (int g = 0; g < GMAX; g++) {
-                if (g < G) {
-                    float pj = S[g * ATT_CH + j];
+            for (int u = 0; u < 8; u++) {
+                if (j0 + u >= nk) break;
 #pragma unroll
-                    for (int i = 0; i < ND; i++) acc[g][i] = fmaf(pj, v[i], acc[g][i]);
+                for (int g = 0; g < GMAX; g++) {
+                    if (g < G) {
+                        float pj = S[g * ATT_CH + j0 + u];
+#pragma unroll
+                        for (int i = 0; i < ND; i++) acc[g][i] = fmaf(pj, v[u][i], acc[g][i]);
+                    }
                 }
             }
         }

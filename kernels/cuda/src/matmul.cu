@@ -14,25 +14,91 @@
 
 #define QMV_WARPS 8
 
-// stage_x copies x row xr (length K, type xdt) into shared memory as f32,
-// chunked: element i at (i/E)·(E+PAD) + i%E. With SUMS it also stores each
-// chunk's sum of even and odd elements (4-bit kernel) at xsum[2c], xsum[2c+1].
-template <int E, int PAD, bool SUMS>
+// stage_x copies x row xoff.. (length K, type xdt) into shared memory as
+// f32, chunked: element i at (i/E)·(E+PAD) + i%E. SUMS = 4 (4-bit kernel):
+// odd elements are stored divided by 16, and xsum[2c] = 256·Σeven + 16·Σodd,
+// xsum[2c+1] = Σ of chunk c. SUMS = 8: xsum[2c+1] = Σ of chunk c. A 16-byte
+// aligned row is read with 16-byte loads, four in flight per thread.
+template <int E, int PAD, int SUMS>
 __device__ __forceinline__ void stage_x(float* xs, float* xsum, const void* x, i64 xoff, int xdt, int K) {
+    const int esz = xdt == DT_F32 ? 4 : 2;
+    const char* xr = (const char*)x + xoff * esz;
+    const int VE = 16 / esz; // elements per 16-byte vector
+    if (((size_t)xr & 15) == 0 && (K % VE) == 0 && (!SUMS || E % VE == 0)) {
+        const int nvec = K / VE;
+        const int VPC = E / VE; // vectors per chunk (SUMS only)
+        for (int base = 0; base < nvec; base += 4 * blockDim.x) {
+            uint4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int idx = base + u * blockDim.x + threadIdx.x;
+                if (idx < nvec) v[u] = __ldg((const uint4*)xr + idx);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int idx = base + u * blockDim.x + threadIdx.x;
+                float se = 0.f, so = 0.f;
+                if (idx < nvec) {
+                    float f[8];
+                    u32 w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+                    if (xdt == DT_F32) {
+#pragma unroll
+                        for (int k = 0; k < 4; k++) f[k] = __uint_as_float(w[k]);
+                    } else if (xdt == DT_BF16) {
+#pragma unroll
+                        for (int k = 0; k < 4; k++) { f[2 * k] = __uint_as_float(w[k] << 16); f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u); }
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < 4; k++) { f[2 * k] = h2f((u16)(w[k] & 0xffffu)); f[2 * k + 1] = h2f((u16)(w[k] >> 16)); }
+                    }
+#pragma unroll
+                    for (int k = 0; k < 8; k++) {
+                        if (k < VE) {
+                            int e = idx * VE + k;
+                            if (k & 1) so += f[k]; else se += f[k];
+                            xs[(e / E) * (E + PAD) + e % E] = (SUMS == 4 && (k & 1)) ? f[k] * 0.0625f : f[k];
+                        }
+                    }
+                }
+                if (SUMS) { // the VPC vectors of a chunk sit in consecutive lanes
+                    for (int o = VPC / 2; o > 0; o >>= 1) {
+                        se += __shfl_xor_sync(0xffffffffu, se, o);
+                        so += __shfl_xor_sync(0xffffffffu, so, o);
+                    }
+                    if (idx < nvec && (idx % VPC) == 0) {
+                        xsum[2 * (idx / VPC)] = 256.f * se + 16.f * so;
+                        xsum[2 * (idx / VPC) + 1] = se + so;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        return;
+    }
     for (int i = threadIdx.x; i < K; i += blockDim.x) xs[(i / E) * (E + PAD) + i % E] = ldf(x, xoff + i, xdt);
     if (SUMS) {
         __syncthreads();
         int C = K / E;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
             float a = 0.f, b = 0.f;
-            const float* xc = xs + c * (E + PAD);
-#pragma unroll
-            for (int e = 0; e < E; e += 2) { a += xc[e]; b += xc[e + 1]; }
-            xsum[2 * c] = a;
-            xsum[2 * c + 1] = b;
+            float* xc = xs + c * (E + PAD);
+            for (int e = 0; e < E; e += 2) {
+                a += xc[e];
+                b += xc[e + 1];
+                if (SUMS == 4) xc[e + 1] *= 0.0625f;
+            }
+            xsum[2 * c] = 256.f * a + 16.f * b;
+            xsum[2 * c + 1] = a + b;
         }
     }
     __syncthreads();
+}
+
+// nib returns the float whose bits are (s & mask) | 0x3f800000, in one LOP3.
+__device__ __forceinline__ float nib(u32 s, u32 mask) {
+    u32 r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(s), "r"(mask), "r"(0x3f800000u));
+    return __uint_as_float(r);
 }
 
 struct Pair {
@@ -89,19 +155,20 @@ __device__ __forceinline__ float rawf(u32 v, int dt) {
 }
 
 // qmv_fast: BITS = 4 or 8, rows 16-byte aligned, group a multiple of the 16-byte
-// chunk (32 values at 4 bits, 16 at 8 bits). Each lane takes whole chunks
-// (one 16-byte load per row), the warp R rows at once. The warp walks a flat
-// sequence of steps (row group, chunk iteration) and keeps DEPTH-1 steps of
-// loads (weights, scales, biases) in flight ahead of the one it computes,
-// across row-group boundaries, so the reduction at the end of a row group
-// never leaves the memory system idle.
+// chunk (32 values at 4 bits, 16 at 8 bits), the matrix under 4 GiB. Each
+// lane takes whole chunks (one 16-byte load per row), the warp R rows at
+// once. The warp walks a flat sequence of steps (row group, chunk
+// iteration) and keeps the next step's loads (weights, scales, biases) in
+// flight while it computes one, across row-group boundaries, so the
+// reduction at the end of a row group never leaves the memory system idle.
 //
 // 4 bits: nibble q is moved to bit 15 (even) or 19 (odd) of the float
 // 1.0 = 0x3f800000, which gives f = 1 + q/256 or 1 + q/16 exactly with one
-// shift and one LOP3; then sum(q·x) = 256·(Σf·x − Σx) [even] + 16·(…) [odd],
-// with the chunk's x sums precomputed. 8 bits: byte q becomes 2^23 + q by a
-// byte permute and is recovered exactly by one subtraction.
-template <int BITS, int R, int DEPTH>
+// shift (per two nibbles) and one LOP3. With odd x staged as x/16, one
+// accumulator a = Σ f·x' per chunk gives Σq·x = 256·a − (256·Σeven + 16·Σodd).
+// 8 bits: byte q becomes 2^23 + q by a byte permute and is recovered exactly
+// by one subtraction.
+template <int BITS, int R>
 __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xdt, const void* W, const void* S,
                                          const void* B, int sdt, int N, int K, int group, const int* ids, int nexp,
                                          int xdiv, i64 wstride, i64 gstride) {
@@ -114,114 +181,110 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
     const int p = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     Pair pr = pair_of(p, W, S, B, ids, nexp, xdiv, wstride, gstride);
-    const i64 rowBytes = (i64)K * BITS / 8;
+    const u32 rowBytes = (u32)K * BITS / 8;
     const int G = K / group;
+    const int sesz = sdt == DT_F32 ? 4 : 2;
+    const u32 srowBytes = (u32)G * sesz;
     const int nIter = (C + 31) / 32;
-    const int NG = (N + R - 1) / R; // row groups
+    const int gshift = __ffs(group) - 1; // group is 32, 64 or 128
+    const int NG = (N + R - 1) / R;      // row groups
     const int rg0 = blockIdx.x * QMV_WARPS + warp, rgStride = gridDim.x * QMV_WARPS;
     const int nrg = rg0 < NG ? (NG - 1 - rg0) / rgStride + 1 : 0;
     const int steps = nrg * nIter;
 
-    uint4 wb[DEPTH][R];
-    u32 sb[DEPTH][R], bb[DEPTH][R];
+    uint4 wb[2][R];
+    u32 sb[2][R], bb[2][R];
     int lq = 0, lit = 0; // load cursor: row group index q (rg = rg0 + q·rgStride), chunk iteration
-    auto issue = [&](uint4* w, u32* sv, u32* bv) {
-        int rg = rg0 + lq * rgStride;
-        int c = lane + 32 * lit;
-        if (c < C) {
+    u32 wofs[R], sofs[R]; // byte offsets of the current load row group's rows
+    auto issue = [&](int slot) {
+        if (lit == 0) {
+            int rg = rg0 + lq * rgStride;
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                int row = min(rg * R + r, N - 1);
-                w[r] = ldg16(pr.W + row * rowBytes + (i64)c * 16);
-                i64 gi = (i64)row * G + (c * E) / group;
-                sv[r] = ldraw(pr.S, gi, sdt);
-                bv[r] = ldraw(pr.B, gi, sdt);
+                u32 row = (u32)min(rg * R + r, N - 1);
+                wofs[r] = row * rowBytes;
+                sofs[r] = row * srowBytes;
+            }
+        }
+        int c = lane + 32 * lit;
+        if (c < C) {
+            u32 go = (u32)((c * E) >> gshift) * sesz;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                wb[slot][r] = ldg16(pr.W + wofs[r] + (u32)c * 16);
+                const char* sp = pr.S + sofs[r] + go;
+                const char* bp = pr.B + sofs[r] + go;
+                if (sesz == 4) {
+                    sb[slot][r] = __ldg((const u32*)sp);
+                    bb[slot][r] = __ldg((const u32*)bp);
+                } else {
+                    sb[slot][r] = __ldg((const u16*)sp);
+                    bb[slot][r] = __ldg((const u16*)bp);
+                }
             }
         }
         if (++lit == nIter) { lit = 0; lq++; }
     };
-    // Start the weight loads before staging x: they do not depend on it.
-#pragma unroll
-    for (int d = 0; d < DEPTH - 1; d++)
-        if (d < steps) issue(wb[d], sb[d], bb[d]);
-
-    stage_x<E, PAD, BITS == 4>(xs, xsum, x, pr.xrow * K, xdt, K);
-    if (BITS == 8) { // plain chunk sums for the bias term
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            float a = 0.f;
-            for (int e = 0; e < E; e++) a += xs[c * (E + PAD) + e];
-            xsum[2 * c] = a;
-        }
-        __syncthreads();
-    }
+    // Start the first loads before staging x: they do not depend on it.
+    if (steps > 0) issue(0);
+    stage_x<E, PAD, BITS>(xs, xsum, x, pr.xrow * K, xdt, K);
 
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     int cq = 0, cit = 0; // compute cursor
-    for (int s = 0; s < steps; s++) {
-        if (s + DEPTH - 1 < steps) issue(wb[DEPTH - 1], sb[DEPTH - 1], bb[DEPTH - 1]);
+    auto compute = [&](int slot) {
         const int c = lane + 32 * cit;
         if (c < C) {
             const float* xc = xs + c * (E + PAD);
-            if (BITS == 4) {
-                float a15[R], a19[R];
+            const float k1 = xsum[2 * c], xt = xsum[2 * c + 1];
+            float a[R];
 #pragma unroll
-                for (int r = 0; r < R; r++) { a15[r] = 0.f; a19[r] = 0.f; }
+            for (int r = 0; r < R; r++) a[r] = 0.f;
+            if (BITS == 4) {
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     float4 x0 = *(const float4*)(xc + 8 * j);
                     float4 x1 = *(const float4*)(xc + 8 * j + 4);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        u32 w = j == 0 ? wb[0][r].x : j == 1 ? wb[0][r].y : j == 2 ? wb[0][r].z : wb[0][r].w;
+                        u32 w = j == 0 ? wb[slot][r].x : j == 1 ? wb[slot][r].y : j == 2 ? wb[slot][r].z : wb[slot][r].w;
                         u32 s0 = w << 15, s1 = w << 7, s2 = w >> 1, s3 = w >> 9;
-                        a15[r] = fmaf(f_of((s0 & 0x78000u) | 0x3f800000u), x0.x, a15[r]);
-                        a19[r] = fmaf(f_of((s0 & 0x780000u) | 0x3f800000u), x0.y, a19[r]);
-                        a15[r] = fmaf(f_of((s1 & 0x78000u) | 0x3f800000u), x0.z, a15[r]);
-                        a19[r] = fmaf(f_of((s1 & 0x780000u) | 0x3f800000u), x0.w, a19[r]);
-                        a15[r] = fmaf(f_of((s2 & 0x78000u) | 0x3f800000u), x1.x, a15[r]);
-                        a19[r] = fmaf(f_of((s2 & 0x780000u) | 0x3f800000u), x1.y, a19[r]);
-                        a15[r] = fmaf(f_of((s3 & 0x78000u) | 0x3f800000u), x1.z, a15[r]);
-                        a19[r] = fmaf(f_of((s3 & 0x780000u) | 0x3f800000u), x1.w, a19[r]);
+                        a[r] = fmaf(nib(s0, 0x78000u), x0.x, a[r]);
+                        a[r] = fmaf(nib(s0, 0x780000u), x0.y, a[r]);
+                        a[r] = fmaf(nib(s1, 0x78000u), x0.z, a[r]);
+                        a[r] = fmaf(nib(s1, 0x780000u), x0.w, a[r]);
+                        a[r] = fmaf(nib(s2, 0x78000u), x1.x, a[r]);
+                        a[r] = fmaf(nib(s2, 0x780000u), x1.y, a[r]);
+                        a[r] = fmaf(nib(s3, 0x78000u), x1.z, a[r]);
+                        a[r] = fmaf(nib(s3, 0x780000u), x1.w, a[r]);
                     }
                 }
-                const float xe = xsum[2 * c], xo = xsum[2 * c + 1];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    float sc = rawf(sb[0][r], sdt), bi = rawf(bb[0][r], sdt);
-                    float d = 256.f * (a15[r] - xe) + 16.f * (a19[r] - xo);
-                    acc[r] = fmaf(sc, d, fmaf(bi, xe + xo, acc[r]));
+                    float sc = rawf(sb[slot][r], sdt), bi = rawf(bb[slot][r], sdt);
+                    acc[r] = fmaf(sc, fmaf(256.f, a[r], -k1), fmaf(bi, xt, acc[r]));
                 }
             } else {
-                float a[R];
-#pragma unroll
-                for (int r = 0; r < R; r++) a[r] = 0.f;
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     float4 xv = *(const float4*)(xc + 4 * j);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        u32 w = j == 0 ? wb[0][r].x : j == 1 ? wb[0][r].y : j == 2 ? wb[0][r].z : wb[0][r].w;
+                        u32 w = j == 0 ? wb[slot][r].x : j == 1 ? wb[slot][r].y : j == 2 ? wb[slot][r].z : wb[slot][r].w;
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7650)) - 8388608.f, xv.x, a[r]);
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7651)) - 8388608.f, xv.y, a[r]);
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7652)) - 8388608.f, xv.z, a[r]);
                         a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7653)) - 8388608.f, xv.w, a[r]);
                     }
                 }
-                const float xs_ = xsum[2 * c];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    float sc = rawf(sb[0][r], sdt), bi = rawf(bb[0][r], sdt);
-                    acc[r] = fmaf(sc, a[r], fmaf(bi, xs_, acc[r]));
+                    float sc = rawf(sb[slot][r], sdt), bi = rawf(bb[slot][r], sdt);
+                    acc[r] = fmaf(sc, a[r], fmaf(bi, xt, acc[r]));
                 }
             }
         }
-        // Rotate the pipeline.
-#pragma unroll
-        for (int d = 0; d < DEPTH - 1; d++)
-#pragma unroll
-            for (int r = 0; r < R; r++) { wb[d][r] = wb[d + 1][r]; sb[d][r] = sb[d + 1][r]; bb[d][r] = bb[d + 1][r]; }
         if (++cit == nIter) { // row group done: reduce and store
             cit = 0;
             const int rg = rg0 + cq * rgStride;
@@ -239,6 +302,15 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
 #pragma unroll
             for (int r = 0; r < R; r++) acc[r] = 0.f;
         }
+    };
+    // Ping-pong: load step s+1 into one slot while computing step s from the other.
+    for (int s = 0; s < steps; s += 2) {
+        if (s + 1 < steps) issue(1);
+        compute(0);
+        if (s + 1 < steps) {
+            if (s + 2 < steps) issue(0);
+            compute(1);
+        }
     }
 }
 
@@ -247,16 +319,14 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
         int group, const int *ids, int nexp, int xdiv, i64 wstride, i64 gstride
 #define QMV_PASS y, ydt, x, xdt, W, S, B, sdt, N, K, group, ids, nexp, xdiv, wstride, gstride
 
-extern "C" __global__ void __launch_bounds__(256) qmv4_r1(QMV_ARGS) { qmv_fast<4, 1, 4>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r2(QMV_ARGS) { qmv_fast<4, 2, 3>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r4(QMV_ARGS) { qmv_fast<4, 4, 2>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r1(QMV_ARGS) { qmv_fast<8, 1, 4>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r2(QMV_ARGS) { qmv_fast<8, 2, 3>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r4(QMV_ARGS) { qmv_fast<8, 4, 2>(QMV_PASS); }
-// Deeper pipelines (more bytes in flight per warp) for comparison in benchmarks.
-extern "C" __global__ void __launch_bounds__(256) qmv4_r4_d3(QMV_ARGS) { qmv_fast<4, 4, 3>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r4_d3(QMV_ARGS) { qmv_fast<8, 4, 3>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r2_d4(QMV_ARGS) { qmv_fast<4, 2, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r1(QMV_ARGS) { qmv_fast<4, 1>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r2(QMV_ARGS) { qmv_fast<4, 2>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r4(QMV_ARGS) { qmv_fast<4, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv4_r8(QMV_ARGS) { qmv_fast<4, 8>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r1(QMV_ARGS) { qmv_fast<8, 1>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r2(QMV_ARGS) { qmv_fast<8, 2>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r4(QMV_ARGS) { qmv_fast<8, 4>(QMV_PASS); }
+extern "C" __global__ void __launch_bounds__(256) qmv8_r8(QMV_ARGS) { qmv_fast<8, 8>(QMV_PASS); }
 
 // dmv: dense matrix-vector, 16-byte loads of W (type WT: 0 f32, 1 bf16, 2 f16).
 template <int WT, int R>
@@ -269,7 +339,7 @@ __device__ __forceinline__ void dmv(void* y, int ydt, const void* x, int xdt, co
     const int C = K / E;
     const int p = blockIdx.y;
     Pair pr = pair_of(p, W, W, W, ids, nexp, xdiv, wstride, 0);
-    stage_x<E, PAD, false>(xs, nullptr, x, pr.xrow * K, xdt, K);
+    stage_x<E, PAD, 0>(xs, nullptr, x, pr.xrow * K, xdt, K);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const i64 rowBytes = (i64)K * (WT == 0 ? 4 : 2);
     for (int rg = blockIdx.x * QMV_WARPS + warp; rg * R < N; rg += gridDim.x * QMV_WARPS) {
@@ -350,7 +420,7 @@ extern "C" __global__ void __launch_bounds__(256) mv_generic(void* y, int ydt, c
     float* smem = dyn_smem;
     const int p = blockIdx.y;
     Pair pr = pair_of(p, W, S, B, ids, nexp, xdiv, wstride, gstride);
-    stage_x<1, 0, false>(smem, nullptr, x, pr.xrow * K, xdt, K);
+    stage_x<1, 0, 0>(smem, nullptr, x, pr.xrow * K, xdt, K);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int n = blockIdx.x * QMV_WARPS + warp; n < N; n += gridDim.x * QMV_WARPS) {
         float acc = 0.f;
