@@ -2,6 +2,8 @@ package tokenizer
 
 import (
 	"math/bits"
+	"slices"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -79,6 +81,58 @@ type bpeModel struct {
 	ignoreMerges bool
 	contPrefix   string // continuing_subword_prefix
 	wordSuffix   string // end_of_word_suffix
+
+	// splitAt is a character before which a word may be cut into chunks
+	// that are merged separately ("▁" for Gemma), or 0. joinBefore lists
+	// the characters that some piece has right before splitAt; see
+	// encodeWord.
+	splitAt    rune
+	joinBefore []rune
+}
+
+// wordSep is the character Gemma's normalizer puts in place of spaces.
+const wordSep = '▁'
+
+// setupWordSplit enables cutting words before wordSep when that is exact
+// (see encodeWord): wordSep must be a piece, pieces must be plain
+// substrings of the text (no continuing_subword_prefix or
+// end_of_word_suffix), ignore_merges must be off, and few characters may
+// precede wordSep inside a piece (for Gemma only "▁" and ">").
+func (m *bpeModel) setupWordSplit(pieces func(yield func(string) bool)) {
+	if m.charID == nil || m.ignoreMerges || m.charID[wordSep] < 0 {
+		return
+	}
+	var join []rune
+	for p := range pieces {
+		for off := 0; ; {
+			i := strings.IndexRune(p[off:], wordSep)
+			if i < 0 {
+				break
+			}
+			if off+i > 0 {
+				r, _ := utf8.DecodeLastRuneInString(p[:off+i])
+				if !slices.Contains(join, r) {
+					if join = append(join, r); len(join) > 32 {
+						return
+					}
+				}
+			}
+			off += i + utf8.RuneLen(wordSep)
+		}
+	}
+	m.splitAt, m.joinBefore = wordSep, join
+}
+
+// canSplitAfter reports whether a word may be cut between left and a
+// following wordSep: the last character of left must be a piece of its own
+// and no piece may contain it followed by wordSep.
+func (m *bpeModel) canSplitAfter(left string) bool {
+	r, n := utf8.DecodeLastRuneInString(left)
+	if n == 0 || slices.Contains(m.joinBefore, r) {
+		return false
+	}
+	_, ok := m.lookupChar(left, len(left)-n, n, r)
+	return ok && !(r == utf8.RuneError && n == 1)
 }
 
 // symbol is one node of the doubly linked list of a word being merged.
@@ -111,6 +165,7 @@ type bpeScratch struct {
 	syms  []symbol
 	heap  []mergeItem
 	cache *pairCache
+	words wordCache
 }
 
 // pairCache is a small direct-mapped cache in front of the merge table.
@@ -234,12 +289,77 @@ func (m *bpeModel) lookupChar(w string, i, size int, r rune) (int32, bool) {
 	return id, ok
 }
 
-// encodeWord appends the ids of one pre-tokenized word to dst. It follows
+// encodeWord appends the ids of one pre-tokenized word to dst.
+//
+// Gemma has no pre-tokenizer split, so a word is a whole line of text. It
+// is cut into chunks before each "▁" (a space) whose preceding character c
+// is a piece of its own and never followed by "▁" inside any piece. That is
+// exact: every symbol BPE forms has a piece that ends with the piece of its
+// last character and starts with that of its first, so a symbol crossing
+// the cut would be a piece containing c"▁", and there is none. The chunks
+// (mostly words with their leading space) are then merged separately, and
+// short ones are remembered in a per-goroutine cache.
+func (m *bpeModel) encodeWord(dst []int32, w string, sc *bpeScratch) []int32 {
+	if m.splitAt == 0 {
+		return m.encodeChunk(dst, w, sc)
+	}
+	start := 0
+	for off := 0; off < len(w); {
+		j := strings.IndexRune(w[off:], m.splitAt)
+		if j < 0 {
+			break
+		}
+		i := off + j
+		off = i + utf8.RuneLen(m.splitAt)
+		if i > start && m.canSplitAfter(w[start:i]) {
+			dst = m.encodeCached(dst, w[start:i], sc)
+			start = i
+		}
+	}
+	return m.encodeCached(dst, w[start:], sc)
+}
+
+// maxCachedChunk and maxCachedChunks bound the word cache.
+const (
+	maxCachedChunk  = 64
+	maxCachedChunks = 8192
+)
+
+// wordCache remembers the ids of short chunks.
+type wordCache struct {
+	m   map[string]span // chunk → ids[off : off+n]
+	ids []int32
+}
+
+// noWordCache turns the word cache off (for benchmarks of the merge loop).
+var noWordCache = false
+
+// encodeCached is encodeChunk through the scratch's word cache.
+func (m *bpeModel) encodeCached(dst []int32, chunk string, sc *bpeScratch) []int32 {
+	if len(chunk) > maxCachedChunk || noWordCache {
+		return m.encodeChunk(dst, chunk, sc)
+	}
+	wc := &sc.words
+	if sp, ok := wc.m[chunk]; ok {
+		return append(dst, wc.ids[sp.off:sp.off+sp.n]...)
+	}
+	n0 := len(dst)
+	dst = m.encodeChunk(dst, chunk, sc)
+	if wc.m == nil || len(wc.m) >= maxCachedChunks {
+		wc.m = make(map[string]span, 256)
+		wc.ids = wc.ids[:0]
+	}
+	wc.m[strings.Clone(chunk)] = span{uint32(len(wc.ids)), uint32(len(dst) - n0)}
+	wc.ids = append(wc.ids, dst[n0:]...)
+	return dst
+}
+
+// encodeChunk appends the ids of one chunk of a word to dst. It follows
 // Hugging Face's BPE::merge_word and Word::merge_all exactly: characters
 // (or their <0xNN> byte pieces, or a fused <unk>) become symbols, then the
 // adjacent pair with the lowest merge rank is merged, leftmost first, until
 // no pair has a merge. Each merge costs O(log n) on the heap.
-func (m *bpeModel) encodeWord(dst []int32, w string, sc *bpeScratch) []int32 {
+func (m *bpeModel) encodeChunk(dst []int32, w string, sc *bpeScratch) []int32 {
 	if w == "" {
 		return dst
 	}

@@ -105,6 +105,14 @@ func build(spec *fileSpec) (*Tokenizer, error) {
 		}
 	}
 
+	b.setupWordSplit(func(yield func(string) bool) {
+		for _, e := range spec.vocab {
+			if !yield(str(e.piece)) {
+				return
+			}
+		}
+	})
+
 	// Merges. Resolving 515k merges to ids is three map lookups each and
 	// dominated by cache misses, so it runs on all cores.
 	resolved, err := resolveMerges(spec.merges, spec.mergeArena, vocab, len(b.contPrefix))
