@@ -44,9 +44,10 @@ func (r Rope) InvFreq(d int) []float32 {
 	}
 	out := make([]float32, half)
 	for i := 0; i < rot; i++ {
-		// PyTorch: 1 / theta ** (arange(0, d, 2).float() / d), in float32.
+		// As PyTorch computes it: 1 / theta ** (arange(0, d, 2).float() / d),
+		// each step rounded to float32.
 		exp := float32(2*i) / float32(d)
-		out[i] = float32(1 / math.Pow(r.Theta, float64(exp)))
+		out[i] = 1 / float32(math.Pow(r.Theta, float64(exp)))
 	}
 	return out
 }
