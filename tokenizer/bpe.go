@@ -298,7 +298,7 @@ func (m *bpeModel) lookupChar(w string, i, size int, r rune) (int32, bool) {
 // last character and starts with that of its first, so a symbol crossing
 // the cut would be a piece containing c"▁", and there is none. The chunks
 // (mostly words with their leading space) are then merged separately, and
-// short ones are remembered in a per-goroutine cache.
+// short ones are remembered in the scratch's word cache.
 func (m *bpeModel) encodeWord(dst []int32, w string, sc *bpeScratch) []int32 {
 	if m.splitAt == 0 {
 		return m.encodeChunk(dst, w, sc)
