@@ -41,8 +41,8 @@ func (j *mmJob) run(w, lo, hi int) {
 		seg := &j.segs[s]
 		end := min(hi, (s+1)*n)
 		pairs := j.pairs[seg.p0:seg.p1]
-		if len(pairs) == 1 {
-			j.rowsOne(seg, pairs[0], r-s*n, end-s*n, ws)
+		if len(pairs) == 1 || (j.bits != 0 && len(pairs) <= fusedMaxPairs) {
+			j.rowsFused(seg, pairs, r-s*n, end-s*n, ws)
 		} else {
 			j.rowsMany(seg, pairs, r-s*n, end-s*n, ws)
 		}
@@ -50,24 +50,35 @@ func (j *mmJob) run(w, lo, hi int) {
 	}
 }
 
-// rowsOne computes rows [r0, r1) of a segment for its single input row: the
-// fused kernels read each weight row once, straight from the weights.
-func (j *mmJob) rowsOne(seg *mmSeg, p mmPair, r0, r1 int, ws *workerScratch) {
+// fusedMaxPairs is the most input rows for which a quantized weight row is
+// reduced straight from its packed words once per input row rather than
+// dequantized once (expanding costs about as much as a few fused products in
+// scalar Go).
+const fusedMaxPairs = 6
+
+// rowsFused computes rows [r0, r1) of a segment for each of its input rows
+// with the fused kernels, which read the weight rows straight from the
+// weights.
+func (j *mmJob) rowsFused(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScratch) {
 	k, n := j.k, j.n
-	xr := j.x[int(p.x)*k : int(p.x)*k+k]
-	yr := j.y[int(p.y)*n : int(p.y)*n+n]
 	if j.bits == 0 {
 		for row := r0; row < r1; row++ {
-			yr[row] = float32(j.denseDot(seg.data[row*j.rowBytes:(row+1)*j.rowBytes], xr))
+			wrow := seg.data[row*j.rowBytes : (row+1)*j.rowBytes]
+			for _, p := range pairs {
+				j.y[int(p.y)*n+row] = float32(j.denseDot(wrow, j.x[int(p.x)*k:int(p.x)*k+k]))
+			}
 		}
 		return
 	}
 	// Per-group Σq·x, then scale·Σq·x + bias·Σx.
 	gs := ws.gsum[:j.g]
-	xs := j.xsum[int(p.x)*j.g : int(p.x)*j.g+j.g]
 	for row := r0; row < r1; row++ {
-		qdot(j.bits, asU32(seg.data[row*j.rowBytes:(row+1)*j.rowBytes]), xr, gs, j.group)
-		yr[row] = float32(j.combine(gs, xs, seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes]))
+		wrow := asU32(seg.data[row*j.rowBytes : (row+1)*j.rowBytes])
+		sc, bi := seg.scales[row*j.gBytes:(row+1)*j.gBytes], seg.biases[row*j.gBytes:(row+1)*j.gBytes]
+		for _, p := range pairs {
+			qdot(j.bits, wrow, j.x[int(p.x)*k:int(p.x)*k+k], gs, j.group)
+			j.y[int(p.y)*n+row] = float32(j.combine(gs, j.xsum[int(p.x)*j.g:int(p.x)*j.g+j.g], sc, bi))
+		}
 	}
 }
 
@@ -328,9 +339,8 @@ func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
 	for r := range m {
 		j.pairs = append(j.pairs, mmPair{int32(r), int32(r)})
 	}
-	if m == 1 {
-		b.sums(j, 1)
-	} else {
+	b.sums(j, m)
+	if m > 1 {
 		b.growRows(w.K, m)
 	}
 	b.dispatch(j)

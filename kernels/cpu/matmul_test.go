@@ -21,7 +21,7 @@ func TestMatMulDense(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	shapes := [][3]int{{1, 1, 1}, {1, 7, 13}, {3, 33, 65}, {5, 17, 100}, {1, 64, 96}, {2, 9, 257}}
 	for _, wdt := range []dtype.DType{dtype.F32, dtype.BF16, dtype.F16} {
-		for _, io := range []dtype.DType{dtype.F32, dtype.BF16} {
+		for _, io := range []dtype.DType{dtype.F32, dtype.BF16, dtype.F16} {
 			for _, s := range shapes {
 				m, n, k := s[0], s[1], s[2]
 				t.Run(fmt.Sprintf("%s/io%s/%dx%dx%d", wdt, io, m, n, k), func(t *testing.T) {
@@ -35,8 +35,11 @@ func TestMatMulDense(t *testing.T) {
 					}
 					want, mag := refMatMul(x, w, nil, m, n, k)
 					rel := mmRel
-					if io == dtype.BF16 {
+					switch io {
+					case dtype.BF16:
 						rel = 1.0 / 128 // the output is rounded to bf16
+					case dtype.F16:
+						rel = 1.0 / 1024
 					}
 					within(t, "y", fetch(t, b, yt), want, mag, rel, 1e-30)
 				})
@@ -51,7 +54,7 @@ func TestMatMulQuantized(t *testing.T) {
 	for _, bits := range []int{2, 3, 4, 5, 6, 8} {
 		for _, group := range []int{32, 64, 128} {
 			for si, sdt := range []dtype.DType{dtype.BF16, dtype.F16, dtype.F32} {
-				for _, m := range []int{1, 3} {
+				for _, m := range []int{1, 3, 9} { // 9 > fusedMaxPairs: the dequantizing path
 					n, k := 13+si, group*(2+si)
 					t.Run(fmt.Sprintf("q%d/g%d/%s/M%d", bits, group, sdt, m), func(t *testing.T) {
 						qm := randQMat(r, n, k, bits, group, sdt)
@@ -165,7 +168,7 @@ func TestMatMulExperts(t *testing.T) {
 			k = 75
 		}
 		w, dense, abs := expertsCase(t, b, r, e, n, k, c.bits, c.group, c.wdt)
-		for _, m := range []int{1, 5} {
+		for _, m := range []int{1, 5, 16} { // M=16: some experts get more than fusedMaxPairs rows
 			for _, perSlot := range []bool{false, true} {
 				const slots = 3
 				t.Run(fmt.Sprintf("q%d/g%d/%s/M%d/perSlot=%v", c.bits, c.group, c.wdt, m, perSlot), func(t *testing.T) {

@@ -5,8 +5,10 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gemmoe/gemmoe/dtype"
 	"github.com/gemmoe/gemmoe/kernels"
@@ -448,5 +450,62 @@ func TestPoolNoLeak(t *testing.T) {
 	}
 	if n := runtime.NumGoroutine(); n > before {
 		t.Fatalf("%d goroutines after Close, want %d", n, before)
+	}
+}
+
+// TestBuffers checks Alloc (zeroed, aligned), WrapHost (zero copy, read-only),
+// Upload/Download, views by offset and Free.
+func TestBuffers(t *testing.T) {
+	b := newBackend(t)
+	if b.Name() != "cpu" || b.ActivationDType() != dtype.F32 {
+		t.Fatalf("Name %q, ActivationDType %s", b.Name(), b.ActivationDType())
+	}
+	x, err := b.Alloc(dtype.BF16, 3, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Buf.Len() != 30 {
+		t.Fatalf("Len %d, want 30", x.Buf.Len())
+	}
+	raw, _ := b.raw(x, "x", false)
+	if uintptr(unsafe.Pointer(&raw[0]))%8 != 0 {
+		t.Fatal("Alloc memory is not 8-byte aligned")
+	}
+	for _, v := range fetch(t, b, x) {
+		if v != 0 {
+			t.Fatal("Alloc memory is not zeroed")
+		}
+	}
+	host := make([]byte, 64)
+	buf, err := b.WrapHost(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := kernels.Tensor{Buf: buf, Offset: 8, DType: dtype.F32, Shape: []int{2}}
+	copy(host[8:], encode(dtype.F32, []float64{1.5, -2}))
+	if got := fetch(t, b, view); got[0] != 1.5 || got[1] != -2 {
+		t.Fatalf("WrapHost view reads %v (not zero copy?)", got)
+	}
+	y := tensor(t, b, dtype.F32, nil, 2)
+	if err := b.Scale(view, y, 1); err == nil {
+		t.Fatal("writing into a WrapHost buffer: no error")
+	}
+	if err := b.Add(y, view, view); err != nil {
+		t.Fatal(err)
+	}
+	if got := fetch(t, b, y); got[0] != 3 || got[1] != -4 {
+		t.Fatalf("Add of the wrapped view: %v", got)
+	}
+	b.Free(y)
+	b.Free(y) // twice is fine
+	b.Free(view)
+	if err := b.Download(make([]byte, 8), y); err == nil || !strings.Contains(err.Error(), "freed") {
+		t.Fatalf("Download after Free: %v", err)
+	}
+	if got := fetch(t, b, view); got[0] != 1.5 { // Free of a wrapped buffer does nothing
+		t.Fatalf("wrapped view after Free: %v", got)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
 	}
 }
