@@ -24,6 +24,8 @@ type Backend struct {
 	bufs   map[*buffer]bool
 	closed bool
 
+	// act is the activation dtype the backend asks for (BF16 by default).
+	act dtype.DType
 	// tiledMinRows is the number of rows from which MatMul uses the tiled
 	// kernel (qmm) instead of the matrix-vector kernel (qmv).
 	tiledMinRows int
@@ -48,14 +50,27 @@ func (b *buffer) Len() int64 { return b.mem.Len() }
 func NewWithExecutor(e Executor) *Backend { return newBackend(e) }
 
 func newBackend(e Executor) *Backend {
-	return &Backend{exec: e, bufs: map[*buffer]bool{}, tiledMinRows: 8}
+	return &Backend{exec: e, bufs: map[*buffer]bool{}, act: dtype.BF16, tiledMinRows: 8}
 }
 
 // Name returns "metal" or "metal-emulated".
 func (b *Backend) Name() string { return b.exec.Name() }
 
-// ActivationDType returns BF16.
-func (b *Backend) ActivationDType() dtype.DType { return dtype.BF16 }
+// ActivationDType returns the element type the backend wants activations in:
+// BF16 unless SetActivationDType chose another.
+func (b *Backend) ActivationDType() dtype.DType { return b.act }
+
+// SetActivationDType makes ActivationDType return dt (F32, F16 or BF16).
+// Every kernel reads and writes any of the three, so F32 activations give the
+// Metal kernels without bf16 rounding between ops (for accuracy checks).
+// Call it before the model allocates its activations.
+func (b *Backend) SetActivationDType(dt dtype.DType) error {
+	if !dt.IsFloat() {
+		return fmt.Errorf("%s: activation dtype %s (want F32, F16 or BF16)", b.Name(), dt)
+	}
+	b.act = dt
+	return nil
+}
 
 func (b *Backend) live() error {
 	if b.closed {
