@@ -5,6 +5,7 @@ package metal
 import (
 	"bufio"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,15 +19,16 @@ import (
 )
 
 // emulator runs dispatches in a runner process. Device memory is files
-// mapped by both processes (in /dev/shm where it exists), so a dispatch
-// sends only its description through the runner's stdin.
+// mapped by both processes (in /dev/shm where it has room, else the
+// temporary directory) and unlinked once mapped, so a dispatch sends only its
+// description through the runner's stdin and nothing is left behind.
 type emulator struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	out    *bufio.Reader
 	stderr *tailBuffer
-	dir    string
+	dirs   []string // where buffer files are made, in order of preference
 	nextID int64
 	mems   map[*emuMem]bool
 	broken error
@@ -36,7 +38,6 @@ type emulator struct {
 type emuMem struct {
 	e    *emulator
 	id   int64
-	path string
 	n    int64
 	data []byte // the mapping (at least one byte)
 }
@@ -67,34 +68,49 @@ func (t *tailBuffer) String() string {
 }
 
 func startEmulator(bin string) (*emulator, error) {
-	base := os.TempDir()
+	e := &emulator{mems: map[*emuMem]bool{}, stderr: &tailBuffer{}}
 	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() && unix.Access("/dev/shm", unix.W_OK) == nil {
-		base = "/dev/shm"
+		e.dirs = append(e.dirs, "/dev/shm")
 	}
-	dir, err := os.MkdirTemp(base, "gemmoe-metal-emu-")
-	if err != nil {
-		return nil, fmt.Errorf("metal-emulated: buffer directory: %w", err)
-	}
-	e := &emulator{dir: dir, mems: map[*emuMem]bool{}, stderr: &tailBuffer{}}
+	e.dirs = append(e.dirs, os.TempDir())
 	e.cmd = exec.Command(bin)
 	e.cmd.Stderr = e.stderr
 	e.cmd.Env = append(os.Environ(), "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0")
-	e.stdin, err = e.cmd.StdinPipe()
-	if err != nil {
-		os.RemoveAll(dir)
+	var err error
+	if e.stdin, err = e.cmd.StdinPipe(); err != nil {
 		return nil, fmt.Errorf("metal-emulated: %w", err)
 	}
 	stdout, err := e.cmd.StdoutPipe()
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, fmt.Errorf("metal-emulated: %w", err)
 	}
 	e.out = bufio.NewReader(stdout)
 	if err := e.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
 		return nil, fmt.Errorf("metal-emulated: starting the runner: %w", err)
 	}
 	return e, nil
+}
+
+// bufferFile creates a file of size bytes with its space reserved (so a full
+// file system gives an error here, not a SIGBUS when the mapping is
+// written), trying each buffer directory in turn.
+func (e *emulator) bufferFile(id, size int64) (*os.File, error) {
+	var errs []error
+	for _, dir := range e.dirs {
+		path := filepath.Join(dir, fmt.Sprintf("gemmoe-metal-emu-%d-%d", os.Getpid(), id))
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err = reserve(f, size); err == nil {
+			return f, nil
+		}
+		f.Close()
+		os.Remove(path)
+		errs = append(errs, fmt.Errorf("%s: reserving %d bytes: %w", path, size, err))
+	}
+	return nil, fmt.Errorf("metal-emulated: no room for a %d-byte buffer: %v", size, errors.Join(errs...))
 }
 
 func (e *emulator) Name() string { return "metal-emulated" }
@@ -143,25 +159,21 @@ func (e *emulator) Alloc(n int64) (Memory, error) {
 		return nil, e.broken
 	}
 	e.nextID++
-	m := &emuMem{e: e, id: e.nextID, n: n, path: filepath.Join(e.dir, strconv.FormatInt(e.nextID, 10))}
+	m := &emuMem{e: e, id: e.nextID, n: n}
 	size := max(n, 1)
-	f, err := os.OpenFile(m.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := e.bufferFile(m.id, size)
 	if err != nil {
-		return nil, fmt.Errorf("metal-emulated: %w", err)
+		return nil, err
 	}
+	// Once both processes map the file, its name is not needed.
+	defer os.Remove(f.Name())
 	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		os.Remove(m.path)
-		return nil, fmt.Errorf("metal-emulated: %w", err)
-	}
 	m.data, err = unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		os.Remove(m.path)
 		return nil, fmt.Errorf("metal-emulated: mapping %d bytes: %w", size, err)
 	}
-	if _, err := e.call(fmt.Sprintf("map %d %d %s", m.id, size, m.path)); err != nil {
+	if _, err := e.call(fmt.Sprintf("map %d %d %s", m.id, size, f.Name())); err != nil {
 		_ = unix.Munmap(m.data)
-		os.Remove(m.path)
 		return nil, fmt.Errorf("metal-emulated: %w", err)
 	}
 	e.mems[m] = true
@@ -193,7 +205,6 @@ func (e *emulator) Free(mem Memory) {
 	}
 	_ = unix.Munmap(m.data)
 	m.data = nil
-	os.Remove(m.path)
 }
 
 // command returns the runner command of d.
@@ -281,5 +292,5 @@ func (e *emulator) Close() error {
 		m.data = nil
 	}
 	e.mems = map[*emuMem]bool{}
-	return os.RemoveAll(e.dir)
+	return nil
 }
