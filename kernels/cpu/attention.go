@@ -38,34 +38,42 @@ func (b *Backend) cache(t kernels.Tensor, what string, width int, write bool) (c
 	return c, nil
 }
 
-// dot returns q·row(slot)[off:off+len(q)].
+// dot returns q·row(slot)[off:off+len(q)], accumulated in float64.
 func (c *cacheView) dot(slot, off int, q []float32, f16 *[1 << 16]float32) float32 {
 	i := slot*c.width + off
+	var acc float64
 	switch c.dt {
 	case dtype.F32:
-		return dotF32(c.f32[i:i+len(q)], q)
+		for d, v := range c.f32[i : i+len(q)] {
+			acc += float64(v) * float64(q[d])
+		}
 	case dtype.BF16:
-		return dotBF16(c.u16[i:i+len(q)], q)
+		for d, v := range c.u16[i : i+len(q)] {
+			acc += float64(math.Float32frombits(uint32(v)<<16)) * float64(q[d])
+		}
 	default:
-		return dotF16(c.u16[i:i+len(q)], q, f16)
+		for d, v := range c.u16[i : i+len(q)] {
+			acc += float64(f16[v]) * float64(q[d])
+		}
 	}
+	return float32(acc)
 }
 
-// axpy adds a·row(slot)[off:off+len(acc)] to acc.
-func (c *cacheView) axpy(slot, off int, a float32, acc []float32, f16 *[1 << 16]float32) {
+// axpy adds p·row(slot)[off:off+len(acc)] to acc.
+func (c *cacheView) axpy(slot, off int, p float64, acc []float64, f16 *[1 << 16]float32) {
 	i := slot*c.width + off
 	switch c.dt {
 	case dtype.F32:
 		for d, v := range c.f32[i : i+len(acc)] {
-			acc[d] += a * v
+			acc[d] += p * float64(v)
 		}
 	case dtype.BF16:
 		for d, v := range c.u16[i : i+len(acc)] {
-			acc[d] += a * math.Float32frombits(uint32(v)<<16)
+			acc[d] += p * float64(math.Float32frombits(uint32(v)<<16))
 		}
 	default:
 		for d, v := range c.u16[i : i+len(acc)] {
-			acc[d] += a * f16[v]
+			acc[d] += p * float64(f16[v])
 		}
 	}
 }
@@ -156,15 +164,15 @@ func (j *attnJob) run(w, lo, hi int) {
 			scores[i] = e
 			sum += float64(e)
 		}
+		// Normalized probabilities times V, accumulated in float64.
 		acc := ws.acc[:hd]
 		clear(acc)
 		for i, e := range scores {
-			j.v.axpy((first+i)%j.v.slots, off, e, acc, j.f16)
+			j.v.axpy((first+i)%j.v.slots, off, float64(e)/sum, acc, j.f16)
 		}
-		inv := float32(1 / sum)
 		o := j.out[(t*heads+h)*hd : (t*heads+h+1)*hd]
 		for d, a := range acc {
-			o[d] = a * inv
+			o[d] = float32(a)
 		}
 	}
 }
@@ -174,7 +182,7 @@ func (j *attnJob) run(w, lo, hi int) {
 // attends to the keys at positions max(0, pos-Window+1)..pos (Window 0: 0..pos),
 // read from slots pos mod Capacity; query head h uses KV head
 // h/(Heads/KVHeads). Scores are q·k·Scale; the softmax is in f32 with a
-// float64 sum. It is an error if a needed position cannot be in the cache:
+// float64 sum, and the outputs accumulate in float64. It is an error if a needed position cannot be in the cache:
 // more positions than Capacity, or a slot that a later position of the same
 // call has taken (a prefill chunk of T queries on a sliding layer needs
 // Capacity ≥ Window+T-1).
@@ -228,7 +236,7 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	}
 	for i := range b.ws {
 		b.ws[i].score = grow(b.ws[i].score, max(kc.slots, len(b.ws[i].score)))
-		b.ws[i].acc = grow(b.ws[i].acc, max(p.HeadDim, len(b.ws[i].acc)))
+		b.ws[i].acc = grow64(b.ws[i].acc, max(p.HeadDim, len(b.ws[i].acc)))
 	}
 	j := &b.at
 	*j = attnJob{b: b, p: p, q: qv, out: ov, pos: pos, k: kc, v: vc}

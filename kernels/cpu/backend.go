@@ -73,7 +73,7 @@ type workerScratch struct {
 	row    []float64 // a block of expanded weight rows
 	acc64  []float64 // the block's sums per input row
 	score  []float32 // attention scores, router probabilities
-	acc    []float32 // attention output accumulator
+	acc    []float64 // attention output accumulator
 }
 
 // New returns a CPU backend with its worker pool started.
