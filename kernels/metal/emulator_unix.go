@@ -272,6 +272,18 @@ func (e *emulator) kernels() (map[string]int, error) {
 	return out, nil
 }
 
+// setReverse makes the runner run threads and threadgroups last to first.
+func (e *emulator) setReverse(rev bool) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	o := "forward"
+	if rev {
+		o = "reverse"
+	}
+	_, err := e.call("order " + o)
+	return err
+}
+
 func (e *emulator) Sync() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -72,3 +72,15 @@ kernel void planted_ok(
     threadgroup_barrier(mem_flags::mem_threadgroup);
     y[gid] = s + t[tid ^ 1];
 }
+
+// planted_race: each thread reads its left neighbour's threadgroup value
+// without a barrier, so the result depends on the schedule.
+kernel void planted_race(
+    device const float* x [[buffer(0)]],
+    device float* y [[buffer(1)]],
+    uint tid [[thread_index_in_threadgroup]])
+{
+    threadgroup float t[64];
+    t[tid] = x[tid];
+    y[tid] = t[(tid + 63) % 64];
+}

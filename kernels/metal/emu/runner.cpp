@@ -12,6 +12,7 @@
 //   unmap ID              unmap it
 //   run KERNEL GX GY GZ TX TY TZ NC {IDX VAL}*NC NA {b ID OFF LEN | i HEX}*NA
 //   list                  the kernels and their buffer counts
+//   order forward|reverse the order threads and threadgroups are run in
 //   quit
 // With AddressSanitizer the buffer arguments are copied to heap blocks of
 // exactly their bound length, so out-of-bounds accesses are reported.
@@ -149,6 +150,10 @@ bool failed;
 std::string errmsg;
 KernelFn cur_fn;
 void** cur_bufs;
+// reverse runs the ready threads of a threadgroup last to first (and the
+// threadgroups of a grid too): a kernel that races on threadgroup memory
+// (a missing barrier) gives different results in the two orders.
+bool reverse;
 #ifdef EMU_ASAN
 const void* sched_bottom;
 size_t sched_size;
@@ -430,8 +435,8 @@ bool run_group(const uint3& g, const uint3& tg, const uint3& ngroups) {
     for (;;) {
         bool progress = false;
         int done = 0;
-        for (int i = 0; i < nthreads; i++) {
-            Fiber& f = fibers[i];
+        for (int k = 0; k < nthreads; k++) {
+            Fiber& f = fibers[reverse ? nthreads - 1 - k : k];
             if (f.st == DONE) {
                 done++;
                 continue;
@@ -645,9 +650,10 @@ void cmd_run(Toks& tk) {
     uint3 ng{uint(d[0]), uint(d[1]), uint(d[2])};
     uint3 tg{uint(d[3]), uint(d[4]), uint(d[5])};
     bool ok = true;
-    for (uint z = 0; z < ng.z && ok; z++) {
-        for (uint y = 0; y < ng.y && ok; y++) {
-            for (uint x = 0; x < ng.x && ok; x++) {
+    for (uint zi = 0; zi < ng.z && ok; zi++) {
+        for (uint yi = 0; yi < ng.y && ok; yi++) {
+            for (uint xi = 0; xi < ng.x && ok; xi++) {
+                uint x = reverse ? ng.x - 1 - xi : xi, y = reverse ? ng.y - 1 - yi : yi, z = reverse ? ng.z - 1 - zi : zi;
                 if (!run_group(uint3(x, y, z), tg, ng)) {
                     char b[96];
                     snprintf(b, sizeof b, "%s threadgroup (%u,%u,%u): ", name.c_str(), x, y, z);
@@ -750,6 +756,14 @@ int main() {
                 s += " " + std::string(kernels[k].name) + ":" + std::to_string(kernels[k].nbuf);
             }
             reply_ok(s.c_str());
+        } else if (cmd == "order") {
+            std::string o = tk.str();
+            if (o == "forward" || o == "reverse") {
+                reverse = o == "reverse";
+                reply_ok();
+            } else {
+                reply_err("order must be forward or reverse");
+            }
         } else if (cmd == "quit") {
             reply_ok();
             return 0;
