@@ -621,3 +621,23 @@ func TestMoECombine(t *testing.T) {
 		compare(t, e.name, e.get(t, yt), want, mag, outTol(e.act))
 	}
 }
+
+func TestRouterTopKNaNLogits(t *testing.T) {
+	// NaN logits give unspecified experts but must not write out of bounds
+	// (the emulator runs the kernel natively: a wild write would crash it).
+	logits := make([]float64, 16)
+	for i := range logits {
+		logits[i] = math.NaN()
+	}
+	for _, e := range gpus(t) {
+		lt := e.put(t, dtype.F32, logits, 1, 16)
+		it := e.put(t, dtype.I32, nil, 1, 4)
+		wt := e.put(t, dtype.F32, nil, 1, 4)
+		if err := e.b.RouterTopK(wt, it, lt, kernels.Tensor{}, 4); err != nil {
+			t.Fatalf("%s: %v", e.name, err)
+		}
+		if err := e.b.Sync(); err != nil {
+			t.Fatalf("%s: %v", e.name, err)
+		}
+	}
+}

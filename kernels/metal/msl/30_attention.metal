@@ -160,7 +160,7 @@ kernel void router_topk(
         }
         const float gv = simd_max(bv);
         const int gi = simd_min(bv == gv ? bi : 0x7fffffff);
-        if (uint(gi) % 32 == lane) {
+        if (gi != 0x7fffffff && uint(gi) % 32 == lane) { // (none left only with NaN logits)
             v[uint(gi) / 32] = -1.0f;
         }
         if (uint(r) == lane) {
