@@ -18,7 +18,10 @@ import (
 	"github.com/gemmoe/gemmoe/kernels"
 )
 
-// Backend implements kernels.Backend with the Metal kernels.
+// Backend implements kernels.Backend with the Metal kernels. Ops are
+// validated on the host and enqueued; on Metal they run when Sync (or an
+// Upload or Download) ends the step's command buffer, in the emulator at once.
+// Like every kernels.Backend it is used by one goroutine at a time.
 type Backend struct {
 	exec   Executor
 	bufs   map[*buffer]bool
