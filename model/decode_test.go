@@ -191,3 +191,34 @@ func TestSeededSampling(t *testing.T) {
 		t.Fatalf("seeds 7 and 8 gave the same %d tokens", len(a))
 	}
 }
+
+// TestFullCacheGrows: with a growth step of 8 positions the full layer's
+// cache is reallocated several times over 48 tokens, and the logits stay
+// those of a cache that never grows.
+func TestFullCacheGrows(t *testing.T) {
+	ref := readReference(t, filepath.Join("..", "testdata", "tiny-moe"))
+	want := forwardInChunks(t, "tiny-moe", ref.inputIDs, 5)
+	m, _ := open(t, "tiny-moe", model.Options{Chunk: 5, CacheGrow: 8})
+	s, err := m.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	before := s.CacheBytes()
+	var got [][]float32
+	for start := 0; start < len(ref.inputIDs); start += 5 {
+		l, err := s.ForwardAll(context.Background(), ref.inputIDs[start:min(start+5, len(ref.inputIDs))], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, l...)
+	}
+	if s.CacheBytes() <= before {
+		t.Fatalf("the full cache did not grow: %d bytes before, %d after", before, s.CacheBytes())
+	}
+	for r := range got {
+		if d := maxAbsDiff(got[r], want[r]); d != 0 {
+			t.Fatalf("row %d differs by %g after the cache grew", r, d)
+		}
+	}
+}
