@@ -206,9 +206,17 @@ func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.We
 	if w.Quantized() {
 		sdt = int(w.Scales.DType)
 	}
+	fast := 0
+	if x.DType == dtype.BF16 && xp%16 == 0 && w.K%8 == 0 {
+		fast |= 1 // 16-byte loads of bf16 x rows
+	}
+	if (w.Bits == 4 || w.Bits == 8) && data%16 == 0 && wstride%16 == 0 {
+		fast |= 2 // vector loads and exact fast dequantization of W
+	}
 	a := b.args.Reset()
 	a.Ptr(yp).I32(int(y.DType)).Ptr(xp).I32(int(x.DType)).Ptr(data).I32(int(w.Data.DType)).Ptr(sc).Ptr(bi).I32(sdt).
-		I32(w.Bits).I32(M).I32(w.N).I32(w.K).I32(max(w.Group, 1)).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride)
+		I32(w.Bits).I32(M).I32(w.N).I32(w.K).I32(max(w.Group, 1)).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride).
+		I32(fast)
 	return b.launch("matmul", name, cuda.Dim3{X: gx, Y: gy, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
 }
 

@@ -53,6 +53,8 @@ func TestMatMulQuantized(t *testing.T) {
 		tc{4, 32, 1, 77, 256, dtype.F32, 0},      // f32 scales
 		tc{4, 64, 1, 50, 256, dtype.BF16, 4},     // unaligned data: generic path
 		tc{8, 128, 1, 50, 512, dtype.BF16, 8},    // unaligned data: generic path
+		tc{4, 64, 5, 50, 256, dtype.BF16, 4},     // unaligned data: generic GEMM loader
+		tc{8, 64, 9, 40, 256, dtype.F16, 12},     // unaligned data: generic GEMM loader
 		tc{4, 64, 2, 64, 2816, dtype.BF16, 0},    // M=2 GEMM
 		tc{4, 64, 130, 200, 2816, dtype.BF16, 0}, // prefill GEMM, 3 M tiles
 	)
@@ -69,6 +71,79 @@ func TestMatMulQuantized(t *testing.T) {
 				t.Fatal(err)
 			}
 			check(t, name("MatMul q", c), be, get(t, be.be, yt), want)
+		}
+	}
+}
+
+// qmvVariants lists every 4- and 8-bit matrix-vector kernel variant.
+var qmvVariants = map[int][]string{
+	4: {"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r8", "qmv4_r1_d4", "qmv4_r2_d3", "qmv4_r2_d4", "qmv4_r4_d3", "qmv4_r4_lb3"},
+	8: {"qmv8_r1", "qmv8_r2", "qmv8_r4", "qmv8_r8", "qmv8_r1_d4", "qmv8_r2_d3", "qmv8_r2_d4", "qmv8_r4_d3", "qmv8_r4_lb3"},
+}
+
+// TestQMVVariants checks every matrix-vector kernel variant (the backend
+// picks one by shape) on plain and expert products, bf16/f16/f32 scales.
+func TestQMVVariants(t *testing.T) {
+	f32, bf := gpus(t)
+	r := rand.New(rand.NewPCG(31, 32))
+	type tc struct {
+		bits, group, N, K, E, k, M int
+		sdt                        dtype.DType
+	}
+	var tcs []tc
+	for _, bits := range []int{4, 8} {
+		tcs = append(tcs,
+			tc{bits, 32, 100, 384, 0, 0, 1, dtype.BF16},
+			tc{bits, 128, 77, 2816, 0, 0, 1, dtype.F16},
+			tc{bits, 64, 1000, 704, 0, 0, 1, dtype.F32},
+			tc{bits, 64, 96, 2816, 8, 3, 1, dtype.BF16},
+			tc{bits, 64, 130, 704, 8, 4, 2, dtype.BF16},
+		)
+	}
+	for _, c := range tcs {
+		qw := newQWeight(r, c.E, c.N, c.K, c.bits, c.group, c.sdt)
+		ids := make([]int32, c.M*max(c.k, 1))
+		for i := range ids {
+			ids[i] = int32(r.IntN(max(c.E, 1)))
+		}
+		x := randn(r, c.M*c.K, 1)
+		for _, be := range []beCase{{"cuda-f32", f32, dtype.F32, tolF32}, {"cuda-bf16", bf, dtype.BF16, tolBF16}} {
+			w := qw.upload(t, be.be, false, 0)
+			xr := roundAll(x, be.act)
+			P, xdiv := c.M, 1
+			if c.E > 0 {
+				P, xdiv = c.M*c.k, c.k
+			}
+			xp := make([]float32, P*c.K)
+			for p := range P {
+				copy(xp[p*c.K:], xr[p/xdiv*c.K:(p/xdiv+1)*c.K])
+			}
+			want := matmulRef(xp, P, c.N, c.K, func(p, n, k int) float64 {
+				if c.E > 0 {
+					return qw.at(int(ids[p]), n, k)
+				}
+				return qw.at(0, n, k)
+			})
+			xt := put(t, be.be, be.act, xr, c.M, c.K)
+			var idt kernels.Tensor
+			if c.E > 0 {
+				idt = putRaw(t, be.be, dtype.I32, i32bytes(ids), c.M, c.k)
+			}
+			for _, k := range qmvVariants[c.bits] {
+				be.be.(*Backend).mvKernel = k
+				yt := poisoned(t, be.be, be.act, P, c.N)
+				var err error
+				if c.E > 0 {
+					err = be.be.MatMulExperts(yt, xt, w, idt)
+				} else {
+					err = be.be.MatMul(yt, xt, w)
+				}
+				be.be.(*Backend).mvKernel = ""
+				if err != nil {
+					t.Fatal(err)
+				}
+				check(t, name("QMV ", k, c), be, get(t, be.be, yt), want)
+			}
 		}
 	}
 }

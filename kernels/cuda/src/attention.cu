@@ -85,22 +85,29 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
             if (j < nk) {
                 int slot = (kb + j) % cap;
                 const char* krow = (const char*)kc + ((i64)slot * KD + (i64)kvh * D) * C::ES;
-                // Four 16-byte loads in flight per thread.
+                // Four 16-byte loads in flight per thread: the loads are
+                // unconditional (clamped index) so they issue together.
                 for (int d0 = 0; d0 < D; d0 += 4 * C::V) {
                     float kf[4][C::V];
 #pragma unroll
-                    for (int u = 0; u < 4; u++)
-                        if (d0 + u * C::V < D) C::load(krow + (i64)(d0 + u * C::V) * C::ES, kf[u]);
+                    for (int u = 0; u < 4; u++) C::load(krow + (i64)min(d0 + u * C::V, D - C::V) * C::ES, kf[u]);
 #pragma unroll
                     for (int u = 0; u < 4; u++) {
-                        if (d0 + u * C::V >= D) break;
+                        if (d0 + u * C::V < D) {
 #pragma unroll
-                        for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
-                            int g = 2 * gi + half;
-                            if (g < G) {
-                                const float* qq = qs + g * D + d0 + u * C::V;
+                            for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
+                                int g = 2 * gi + half;
+                                if (g < G) {
+                                    const float4* qq = (const float4*)(qs + g * D + d0 + u * C::V);
 #pragma unroll
-                                for (int v = 0; v < C::V; v++) dot[gi] = fmaf(qq[v], kf[u][v], dot[gi]);
+                                    for (int v4 = 0; v4 < C::V / 4; v4++) {
+                                        float4 qv = qq[v4];
+                                        dot[gi] = fmaf(qv.x, kf[u][4 * v4], dot[gi]);
+                                        dot[gi] = fmaf(qv.y, kf[u][4 * v4 + 1], dot[gi]);
+                                        dot[gi] = fmaf(qv.z, kf[u][4 * v4 + 2], dot[gi]);
+                                        dot[gi] = fmaf(qv.w, kf[u][4 * v4 + 3], dot[gi]);
+                                    }
+                                }
                             }
                         }
                     }
@@ -141,24 +148,18 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
                 for (int i = 0; i < ND; i++) acc[g][i] *= a;
             }
         }
-        // Eight keys' V loads in flight per thread.
+        // Eight keys' V loads in flight per thread, unconditional (clamped
+        // key and column; keys past nk have p = 0 from phase 2).
         for (int j0 = 0; j0 < nk; j0 += 8) {
             float v[8][ND];
 #pragma unroll
             for (int u = 0; u < 8; u++) {
-                int j = j0 + u;
-                if (j < nk) {
-                    i64 vbase = (i64)((kb + j) % cap) * KD + (i64)kvh * D;
+                i64 vbase = (i64)((kb + min(j0 + u, nk - 1)) % cap) * KD + (i64)kvh * D;
 #pragma unroll
-                    for (int i = 0; i < ND; i++) {
-                        int d = tid + ATT_THREADS * i;
-                        v[u][i] = d < D ? C::one(vc, vbase + d) : 0.f;
-                    }
-                }
+                for (int i = 0; i < ND; i++) v[u][i] = C::one(vc, vbase + min(tid + ATT_THREADS * i, D - 1));
             }
 #pragma unroll
             for (int u = 0; u < 8; u++) {
-                if (j0 + u >= nk) break;
 #pragma unroll
                 for (int g = 0; g < GMAX; g++) {
                     if (g < G) {

@@ -158,9 +158,11 @@ __device__ __forceinline__ float rawf(u32 v, int dt) {
 // chunk (32 values at 4 bits, 16 at 8 bits), the matrix under 4 GiB. Each
 // lane takes whole chunks (one 16-byte load per row), the warp R rows at
 // once. The warp walks a flat sequence of steps (row group, chunk
-// iteration) and keeps the next step's loads (weights, scales, biases) in
-// flight while it computes one, across row-group boundaries, so the
-// reduction at the end of a row group never leaves the memory system idle.
+// iteration) and keeps the loads (weights, scales, biases) of the next
+// DEPTH-1 steps in flight while it computes one, across row-group
+// boundaries, so the reduction at the end of a row group never leaves the
+// memory system idle. The ring of DEPTH load slots is indexed with
+// compile-time constants (the step loop is unrolled by DEPTH).
 //
 // 4 bits: nibble q is moved to bit 15 (even) or 19 (odd) of the float
 // 1.0 = 0x3f800000, which gives f = 1 + q/256 or 1 + q/16 exactly with one
@@ -168,7 +170,7 @@ __device__ __forceinline__ float rawf(u32 v, int dt) {
 // accumulator a = Σ f·x' per chunk gives Σq·x = 256·a − (256·Σeven + 16·Σodd).
 // 8 bits: byte q becomes 2^23 + q by a byte permute and is recovered exactly
 // by one subtraction.
-template <int BITS, int R>
+template <int BITS, int R, int DEPTH>
 __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xdt, const void* W, const void* S,
                                          const void* B, int sdt, int N, int K, int group, const int* ids, int nexp,
                                          int xdiv, i64 wstride, i64 gstride) {
@@ -192,8 +194,8 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
     const int nrg = rg0 < NG ? (NG - 1 - rg0) / rgStride + 1 : 0;
     const int steps = nrg * nIter;
 
-    uint4 wb[2][R];
-    u32 sb[2][R], bb[2][R];
+    uint4 wb[DEPTH][R];
+    u32 sb[DEPTH][R], bb[DEPTH][R];
     int lq = 0, lit = 0; // load cursor: row group index q (rg = rg0 + q·rgStride), chunk iteration
     u32 wofs[R], sofs[R]; // byte offsets of the current load row group's rows
     auto issue = [&](int slot) {
@@ -226,7 +228,9 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
         if (++lit == nIter) { lit = 0; lq++; }
     };
     // Start the first loads before staging x: they do not depend on it.
-    if (steps > 0) issue(0);
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; d++)
+        if (d < steps) issue(d);
     stage_x<E, PAD, BITS>(xs, xsum, x, pr.xrow * K, xdt, K);
 
     float acc[R];
@@ -303,13 +307,15 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
             for (int r = 0; r < R; r++) acc[r] = 0.f;
         }
     };
-    // Ping-pong: load step s+1 into one slot while computing step s from the other.
-    for (int s = 0; s < steps; s += 2) {
-        if (s + 1 < steps) issue(1);
-        compute(0);
-        if (s + 1 < steps) {
-            if (s + 2 < steps) issue(0);
-            compute(1);
+    // Step s+d computes slot d and first issues step s+d+DEPTH-1 into the
+    // slot that step s+d-1 freed.
+    for (int s = 0; s < steps; s += DEPTH) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            if (s + d < steps) {
+                if (s + d + DEPTH - 1 < steps) issue((d + DEPTH - 1) % DEPTH);
+                compute(d);
+            }
         }
     }
 }
@@ -319,14 +325,29 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
         int group, const int *ids, int nexp, int xdiv, i64 wstride, i64 gstride
 #define QMV_PASS y, ydt, x, xdt, W, S, B, sdt, N, K, group, ids, nexp, xdiv, wstride, gstride
 
-extern "C" __global__ void __launch_bounds__(256) qmv4_r1(QMV_ARGS) { qmv_fast<4, 1>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r2(QMV_ARGS) { qmv_fast<4, 2>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r4(QMV_ARGS) { qmv_fast<4, 4>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv4_r8(QMV_ARGS) { qmv_fast<4, 8>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r1(QMV_ARGS) { qmv_fast<8, 1>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r2(QMV_ARGS) { qmv_fast<8, 2>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r4(QMV_ARGS) { qmv_fast<8, 4>(QMV_PASS); }
-extern "C" __global__ void __launch_bounds__(256) qmv8_r8(QMV_ARGS) { qmv_fast<8, 8>(QMV_PASS); }
+// Variants: rows per warp R and pipeline depth (the backend picks one by
+// shape; benchmarks and tests run them all). _lb3 caps registers for three
+// blocks per SM.
+#define QMV_KERNEL(NAME, BITS, R, DEPTH, MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(QMV_ARGS) { qmv_fast<BITS, R, DEPTH>(QMV_PASS); }
+QMV_KERNEL(qmv4_r1, 4, 1, 2, 4)
+QMV_KERNEL(qmv4_r2, 4, 2, 2, 4)
+QMV_KERNEL(qmv4_r4, 4, 4, 2, 2)
+QMV_KERNEL(qmv4_r8, 4, 8, 2, 1)
+QMV_KERNEL(qmv4_r1_d4, 4, 1, 4, 3)
+QMV_KERNEL(qmv4_r2_d3, 4, 2, 3, 3)
+QMV_KERNEL(qmv4_r2_d4, 4, 2, 4, 2)
+QMV_KERNEL(qmv4_r4_d3, 4, 4, 3, 2)
+QMV_KERNEL(qmv4_r4_lb3, 4, 4, 2, 3)
+QMV_KERNEL(qmv8_r1, 8, 1, 2, 4)
+QMV_KERNEL(qmv8_r2, 8, 2, 2, 4)
+QMV_KERNEL(qmv8_r4, 8, 4, 2, 2)
+QMV_KERNEL(qmv8_r8, 8, 8, 2, 1)
+QMV_KERNEL(qmv8_r1_d4, 8, 1, 4, 3)
+QMV_KERNEL(qmv8_r2_d3, 8, 2, 3, 3)
+QMV_KERNEL(qmv8_r2_d4, 8, 2, 4, 2)
+QMV_KERNEL(qmv8_r4_d3, 8, 4, 3, 2)
+QMV_KERNEL(qmv8_r4_lb3, 8, 4, 2, 3)
 
 // dmv: dense matrix-vector, 16-byte loads of W (type WT: 0 f32, 1 bf16, 2 f16).
 template <int WT, int R>
@@ -465,7 +486,7 @@ template <bool TC>
 __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, const void* W, int wdt,
                                      const void* S, const void* B, int sdt, int bits, int M, int N, int K,
                                      int group, const int* perm, const int* tiles, int xdiv, i64 wstride,
-                                     i64 gstride) {
+                                     i64 gstride, int fast) {
     __shared__ __align__(16) char sm[TC ? 2 * BM * LDS_BF * 2 : 2 * BM * LDS_F * 4];
     __shared__ int rowx[BM], rowy[BM];
     Tile t;
@@ -514,10 +535,25 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
 
     for (int k0 = 0; k0 < K; k0 += BK) {
         float xv[16], wv[16];
+        u32 xraw[8];
+        // fast & 1: bf16 x rows 16-byte aligned (tensor-core path copies the raw bits).
+        const bool xfast = TC && (fast & 1) && k0 + lc + 16 <= K;
+        if (xfast) {
+            if (xr >= 0) {
+                const uint4* xp = (const uint4*)((const u16*)x + (i64)xr * K + k0 + lc);
+                uint4 a = __ldg(xp), b2 = __ldg(xp + 1);
+                xraw[0] = a.x; xraw[1] = a.y; xraw[2] = a.z; xraw[3] = a.w;
+                xraw[4] = b2.x; xraw[5] = b2.y; xraw[6] = b2.z; xraw[7] = b2.w;
+            } else {
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            int k = k0 + lc + j;
-            xv[j] = (xr >= 0 && k < K) ? ldf(x, (i64)xr * K + k, xdt) : 0.f;
+                for (int j = 0; j < 8; j++) xraw[j] = 0;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                int k = k0 + lc + j;
+                xv[j] = (xr >= 0 && k < K) ? ldf(x, (i64)xr * K + k, xdt) : 0.f;
+            }
         }
         if (wn < N && k0 + lc < K) {
             if (bits == 0) {
@@ -532,22 +568,41 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
                 int kk = k0 + lc;
                 i64 gi = (i64)wn * (K / group) + kk / group;
                 float s = ldf(Sp, gi, sdt), b = ldf(Bp, gi, sdt);
-                u32 bit = (u32)kk * bits;
-                const u32* wp = row + (bit >> 5);
-                u32 off = bit & 31;
-                u64 win = (u64)(wp[0] >> off);
-                int have = 32 - off; // valid bits in win
-                int nextw = 1;
-                const u32 mask = (1u << bits) - 1u;
+                if ((fast & 2) && bits == 4) { // 8 aligned bytes; 2^23 + q is exact
+                    uint2 q2 = __ldg((const uint2*)(row + kk / 8));
 #pragma unroll
-                for (int j = 0; j < 16; j++) {
-                    if (have < bits) { // refill: append the next word above the remaining bits
-                        win |= (u64)wp[nextw++] << have;
-                        have += 32;
+                    for (int j = 0; j < 8; j++) {
+                        wv[j] = fmaf(s, __uint_as_float(0x4b000000u | ((q2.x >> (4 * j)) & 15u)) - 8388608.f, b);
+                        wv[8 + j] = fmaf(s, __uint_as_float(0x4b000000u | ((q2.y >> (4 * j)) & 15u)) - 8388608.f, b);
                     }
-                    wv[j] = s * (float)((u32)win & mask) + b;
-                    win >>= bits;
-                    have -= bits;
+                } else if ((fast & 2) && bits == 8) {
+                    uint4 q4 = __ldg((const uint4*)(row + kk / 4));
+                    u32 qw[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        wv[4 * j] = fmaf(s, __uint_as_float(__byte_perm(qw[j], 0x4b000000u, 0x7650)) - 8388608.f, b);
+                        wv[4 * j + 1] = fmaf(s, __uint_as_float(__byte_perm(qw[j], 0x4b000000u, 0x7651)) - 8388608.f, b);
+                        wv[4 * j + 2] = fmaf(s, __uint_as_float(__byte_perm(qw[j], 0x4b000000u, 0x7652)) - 8388608.f, b);
+                        wv[4 * j + 3] = fmaf(s, __uint_as_float(__byte_perm(qw[j], 0x4b000000u, 0x7653)) - 8388608.f, b);
+                    }
+                } else {
+                    u32 bit = (u32)kk * bits;
+                    const u32* wp = row + (bit >> 5);
+                    u32 off = bit & 31;
+                    u64 win = (u64)(wp[0] >> off);
+                    int have = 32 - off; // valid bits in win
+                    int nextw = 1;
+                    const u32 mask = (1u << bits) - 1u;
+#pragma unroll
+                    for (int j = 0; j < 16; j++) {
+                        if (have < bits) { // refill: append the next word above the remaining bits
+                            win |= (u64)wp[nextw++] << have;
+                            have += 32;
+                        }
+                        wv[j] = s * (float)((u32)win & mask) + b;
+                        win >>= bits;
+                        have -= bits;
+                    }
                 }
             }
         } else {
@@ -562,7 +617,7 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
             u32* wd = (u32*)(ws + lr * LDS_BF + lc);
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                xd[j] = pack_bf2(xv[2 * j], xv[2 * j + 1]);
+                xd[j] = xfast ? xraw[j] : pack_bf2(xv[2 * j], xv[2 * j + 1]);
                 wd[j] = pack_bf2(wv[2 * j], wv[2 * j + 1]);
             }
         } else {
@@ -655,8 +710,8 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
 #define GEMM_ARGS                                                                                            \
     void *y, int ydt, const void *x, int xdt, const void *W, int wdt, const void *S, const void *B, int sdt, \
         int bits, int M, int N, int K, int group, const int *perm, const int *tiles, int xdiv, i64 wstride,  \
-        i64 gstride
-#define GEMM_PASS y, ydt, x, xdt, W, wdt, S, B, sdt, bits, M, N, K, group, perm, tiles, xdiv, wstride, gstride
+        i64 gstride, int fast
+#define GEMM_PASS y, ydt, x, xdt, W, wdt, S, B, sdt, bits, M, N, K, group, perm, tiles, xdiv, wstride, gstride, fast
 
 extern "C" __global__ void __launch_bounds__(128) gemm_tc(GEMM_ARGS) { gemm<true>(GEMM_PASS); }
 extern "C" __global__ void __launch_bounds__(128) gemm_f32(GEMM_ARGS) { gemm<false>(GEMM_PASS); }
