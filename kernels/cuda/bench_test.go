@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -390,4 +391,153 @@ func BenchmarkAttentionDecode(b *testing.B) {
 	pos := putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
 	p := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Scale: 1}
 	timeLoop(b, be, 2*P*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
+}
+
+// BenchmarkDecodeLayer runs the ops of one Gemma 4 26B-A4B decode layer
+// (4-bit weights, group 64, bf16 activations; 8-bit router; attention over
+// 4096 cached positions) for 8 layers with distinct weights, once issued op
+// by op and once replayed as one CUDA graph. It reports device time per
+// layer; 30 layers plus the LM head make a token.
+func BenchmarkDecodeLayer(b *testing.B) {
+	be := benchBackend(b)
+	r := rand.New(rand.NewPCG(5, 5))
+	const (
+		L, Hd, H, KVH, D, I, E, k, Ie, P = 8, 2816, 16, 8, 256, 2112, 128, 8, 704, 4096
+	)
+	type layer struct {
+		q, kw, v, o, gate, up, down, router *kernels.Weight
+		eg, eu, ed                          *kernels.Weight
+		kc, vc                              kernels.Tensor
+	}
+	q4 := func(N, K int) *kernels.Weight {
+		ws, _ := makeBenchWeights(b, be, 0, N, K, 4, 64, 0)
+		return ws[0]
+	}
+	layers := make([]layer, L)
+	for i := range layers {
+		l := &layers[i]
+		l.q, l.kw, l.v, l.o = q4(H*D, Hd), q4(KVH*D, Hd), q4(KVH*D, Hd), q4(Hd, H*D)
+		l.gate, l.up, l.down = q4(I, Hd), q4(I, Hd), q4(Hd, I)
+		rw, _ := makeBenchWeights(b, be, 0, E, Hd, 8, 64, 0)
+		l.router = rw[0]
+		eg, _ := makeBenchWeights(b, be, E, Ie, Hd, 4, 64, 0)
+		eu, _ := makeBenchWeights(b, be, E, Ie, Hd, 4, 64, 0)
+		ed, _ := makeBenchWeights(b, be, E, Hd, Ie, 4, 64, 0)
+		l.eg, l.eu, l.ed = eg[0], eu[0], ed[0]
+		l.kc = put(b, be, dtype.BF16, randn(r, P*KVH*D, 1), P, KVH*D)
+		l.vc = put(b, be, dtype.BF16, randn(r, P*KVH*D, 1), P, KVH*D)
+	}
+	alloc := func(dt dtype.DType, shape ...int) kernels.Tensor {
+		t, err := be.Alloc(dt, shape...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return t
+	}
+	h := put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
+	xn, a, o := alloc(dtype.BF16, 1, Hd), alloc(dtype.BF16, 1, H*D), alloc(dtype.BF16, 1, Hd)
+	qv, kv, vv := alloc(dtype.BF16, 1, H*D), alloc(dtype.BF16, 1, KVH*D), alloc(dtype.BF16, 1, KVH*D)
+	g, u, m := alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, Hd)
+	logits, ids, wts := alloc(dtype.F32, 1, E), alloc(dtype.I32, 1, k), alloc(dtype.F32, 1, k)
+	eg, eu, ed, ec := alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Hd), alloc(dtype.BF16, 1, Hd)
+	pos := putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
+	inv := make([]float32, D/2)
+	for i := range inv {
+		inv[i] = float32(math.Pow(1e4, -2*float64(i)/D))
+	}
+	invf := put(b, be, dtype.F32, inv, D/2)
+	ap := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Window: 1024, Scale: 1}
+	step := func(l *layer) error {
+		q3, _ := qv.Reshape(1, H, D)
+		k3, _ := kv.Reshape(1, KVH, D)
+		for _, f := range []func() error{
+			func() error { return be.RMSNorm(xn, h, kernels.Tensor{}, 1e-6) },
+			func() error { return be.MatMul(qv, xn, l.q) },
+			func() error { return be.MatMul(kv, xn, l.kw) },
+			func() error { return be.MatMul(vv, xn, l.v) },
+			func() error { return be.RoPE(q3, pos, invf) },
+			func() error { return be.RoPE(k3, pos, invf) },
+			func() error { return be.StoreKV(l.kc, kv, pos) },
+			func() error { return be.StoreKV(l.vc, vv, pos) },
+			func() error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) },
+			func() error { return be.MatMul(o, a, l.o) },
+			func() error { return be.Add(h, h, o) },
+			func() error { return be.RMSNorm(xn, h, kernels.Tensor{}, 1e-6) },
+			func() error { return be.MatMul(g, xn, l.gate) },
+			func() error { return be.MatMul(u, xn, l.up) },
+			func() error { return be.GeluTanhMul(g, g, u) },
+			func() error { return be.MatMul(m, g, l.down) },
+			func() error { return be.MatMul(logits, xn, l.router) },
+			func() error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) },
+			func() error { return be.MatMulExperts(eg, xn, l.eg, ids) },
+			func() error { return be.MatMulExperts(eu, xn, l.eu, ids) },
+			func() error { return be.GeluTanhMul(eg, eg, eu) },
+			func() error { return be.MatMulExperts(ed, eg, l.ed, ids) },
+			func() error { return be.MoECombine(ec, ed, wts) },
+			func() error { return be.Add(m, m, ec) },
+			func() error { return be.Add(h, h, m) },
+			func() error { return be.RMSNorm(h, h, kernels.Tensor{}, 1e-6) }, // keeps h bounded
+		} {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	all := func() error {
+		for i := range layers {
+			if err := step(&layers[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := all(); err != nil {
+		b.Fatal(err)
+	}
+	be.Sync()
+	// Direct launches: device time per layer (events) and host time per op.
+	tm := newTimer(b, be)
+	t0 := time.Now()
+	tm.mark(tm.start)
+	if err := all(); err != nil {
+		b.Fatal(err)
+	}
+	tm.mark(tm.end)
+	host := time.Since(t0)
+	direct, err := tm.elapsed()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := be.BeginCapture(); err != nil {
+		b.Fatal(err)
+	}
+	if err := all(); err != nil {
+		be.EndCapture()
+		b.Fatal(err)
+	}
+	gr, err := be.EndCapture()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer gr.Close()
+	gr.Launch()
+	b.ResetTimer()
+	tm.mark(tm.start)
+	for range b.N {
+		if err := gr.Launch(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tm.mark(tm.end)
+	graphMs, err := tm.elapsed()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	perLayer := graphMs * 1e3 / float64(b.N*L)
+	b.ReportMetric(direct*1e3/L, "direct_us/layer")
+	b.ReportMetric(host.Seconds()*1e6/(L*26), "host_us/op")
+	b.ReportMetric(perLayer, "graph_us/layer")
+	b.ReportMetric(1e6/(30*perLayer), "tok/s_30layers_no_head")
 }
