@@ -26,7 +26,9 @@ type Spec struct {
 	Eps                          float32
 }
 
-// Scratch holds the block's activations for up to Rows tokens.
+// Scratch holds the block's activations for up to Rows tokens. The router
+// works in F32 whatever the activation type (near-tied routing would flip
+// under bf16 rounding).
 type Scratch struct {
 	Rows                             int
 	normed, rx, logits, weights, ids kernels.Tensor
@@ -43,8 +45,8 @@ func NewScratch(b kernels.Backend, rows int, s Spec) (*Scratch, error) {
 		shape []int
 	}{
 		{&sc.normed, dt, []int{rows, s.Hidden}},
-		{&sc.rx, dt, []int{rows, s.Hidden}},
-		{&sc.logits, dt, []int{rows, s.Experts}},
+		{&sc.rx, dtype.F32, []int{rows, s.Hidden}},
+		{&sc.logits, dtype.F32, []int{rows, s.Experts}},
 		{&sc.weights, dtype.F32, []int{rows, s.TopK}},
 		{&sc.ids, dtype.I32, []int{rows, s.TopK}},
 		{&sc.gate, dt, []int{rows, s.TopK, s.Width}},
