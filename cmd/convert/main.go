@@ -71,7 +71,9 @@ func run(ctx context.Context, args []string, log io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res.summary(log, o)
+	if o.log != nil {
+		res.summary(o.log, o)
+	}
 	return nil
 }
 
