@@ -34,10 +34,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @torch.no_grad()
-def heldout_nll(model, tokens_dev, seq, n_windows, batch, device):
+def heldout_nll(model, tokens_dev, seq, n_windows, batch, device, progress=False):
     """Mean NLL (nats/token) over windows 0..n_windows-1, float32."""
-    total, count = 0.0, 0
+    import time
+
+    total, count, t0 = 0.0, 0, time.time()
     for b0 in range(0, n_windows, batch):
+        if progress and b0:
+            print(f"  {b0}/{n_windows} windows, {time.time() - t0:.0f}s", flush=True)
         starts = torch.arange(b0, min(b0 + batch, n_windows), device=device) * seq
         idx = starts[:, None] + torch.arange(seq + 1, device=device)[None, :]
         xy = tokens_dev[idx].long()
@@ -49,7 +53,7 @@ def heldout_nll(model, tokens_dev, seq, n_windows, batch, device):
 
 
 @torch.no_grad()
-def reference(ref, held_np, tok, seq, n_eval, ref_window, device, what, batch=16):
+def reference(ref, held_np, tok, seq, n_eval, ref_window, device, what, batch=16, progress=False):
     """The reference dict for a float32 stock model `ref` (already on `device`, eval mode)."""
     num_experts = ref.config.num_experts
     loads = []
@@ -59,7 +63,7 @@ def reference(ref, held_np, tok, seq, n_eval, ref_window, device, what, batch=16
 
     hooks = [l.router.register_forward_hook(load_hook) for l in ref.model.layers]
     held_dev = torch.from_numpy(held_np.astype(np.int32)).to(device)
-    nll = heldout_nll(ref, held_dev, seq, n_eval, batch, device)
+    nll = heldout_nll(ref, held_dev, seq, n_eval, batch, device, progress)
     L = len(ref.model.layers)
     per_layer = [sum(loads[i::L]) for i in range(L)]
     expert_load = [[round(float(c) / float(t.sum()), 4) for c in t] for t in per_layer]
@@ -134,6 +138,7 @@ def main():
     ap.add_argument("--ref-window", type=int, default=256)
     ap.add_argument("--max-windows", type=int, default=0, help="0: all held-out windows")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,7 +153,8 @@ def main():
     if args.max_windows:
         n = min(n, args.max_windows)
     model, what = load_model(args.model, torch.device("cpu"))
-    ref = reference(model, held, tok, args.seq, n, args.ref_window, torch.device("cpu"), what)
+    ref = reference(model, held, tok, args.seq, n, args.ref_window, torch.device("cpu"), what,
+                    batch=args.batch, progress=True)
     out = args.out or os.path.join(args.model, "reference.json")
     with open(out, "w") as f:
         json.dump(ref, f)
