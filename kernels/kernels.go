@@ -268,3 +268,22 @@ type Backend interface {
 	// the caches (see AttentionParams), softmax in f32.
 	Attention(out, q, kCache, vCache, positions Tensor, p AttentionParams) error
 }
+
+// Graph is a recorded sequence of enqueued ops that can be replayed.
+type Graph interface {
+	// Launch enqueues one replay.
+	Launch() error
+	// Close releases the graph.
+	Close() error
+}
+
+// Capturer is implemented by backends that can record the ops enqueued
+// between BeginCapture and EndCapture into a Graph instead of running them
+// (CUDA graphs). A recorded step replays the same kernels on the same
+// tensors: inputs that change per step (token ids, positions) live in
+// tensors written with Upload before each Launch, and Upload, Download and
+// Sync are not allowed during a capture.
+type Capturer interface {
+	BeginCapture() error
+	EndCapture() (Graph, error)
+}

@@ -27,6 +27,9 @@ type Options struct {
 	ContextLength int
 	// CacheGrow is the growth step of full-attention caches in positions (default 1024).
 	CacheGrow int
+	// NoGraphs turns off recording the decode step as a graph on backends
+	// that support it (kernels.Capturer); each op is then launched every step.
+	NoGraphs bool
 }
 
 // layer is one decoder layer's weights on the backend.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/gemmoe/gemmoe/attention"
 	"github.com/gemmoe/gemmoe/dtype"
@@ -29,6 +30,11 @@ type Session struct {
 	final, logits       kernels.Tensor // [1, hidden], [1, vocab]
 	ids, pos            kernels.Tensor // I32 [Chunk]
 	host                []byte         // reused host staging
+	stage               [2][]byte      // staging for ids and positions
+	posv                []int32        // positions of the current step
+	shape1, shape2      []int          // reused shape storage for the ids and positions views
+	graph               kernels.Graph  // the recorded decode step (Capturer backends)
+	graphKey, keyBuf    []int          // cache capacities the graph was recorded with
 }
 
 // NewSession makes an empty session with its caches and scratch.
@@ -44,6 +50,8 @@ func (m *Model) NewSession() (*Session, error) {
 func (s *Session) alloc() error {
 	m, b, cfg := s.m, s.m.Backend, s.m.Config
 	C, H := m.opts.Chunk, cfg.HiddenSize
+	s.posv = make([]int32, C)
+	s.shape1, s.shape2 = make([]int, 1), make([]int, 1)
 	s.caches = make([]*attention.Cache, len(m.layers))
 	specs := make([]attention.Spec, len(m.layers))
 	for i, l := range m.layers {
@@ -116,6 +124,10 @@ func (s *Session) alloc() error {
 // Close releases the session's caches and scratch.
 func (s *Session) Close() {
 	b := s.m.Backend
+	if s.graph != nil {
+		s.graph.Close()
+		s.graph = nil
+	}
 	for _, c := range s.own {
 		c.Free(b)
 	}
@@ -232,7 +244,9 @@ func (s *Session) forward(ctx context.Context, tokens []int32, trace *Trace, emi
 }
 
 // step runs one chunk through the model. skipLogits: no logits wanted for
-// this chunk; lastOnly: only the chunk's last row's logits.
+// this chunk; lastOnly: only the chunk's last row's logits. A one-token
+// step without a trace is recorded once as a graph on backends that can
+// (CUDA) and replayed afterwards, so decode costs one launch per token.
 func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), skipLogits, lastOnly bool) error {
 	m := s.m
 	m.mu <- struct{}{}
@@ -240,17 +254,16 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 	b, cfg := m.Backend, m.Config
 	T, H := len(tokens), cfg.HiddenSize
 	p0 := len(s.tokens)
-	posv := make([]int32, T)
-	for i := range posv {
-		posv[i] = int32(p0 + i)
+	for i := range T {
+		s.posv[i] = int32(p0 + i)
 	}
-	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = []int{T, cols}; return t }
 	ids, pos := s.ids, s.pos
-	ids.Shape, pos.Shape = []int{T}, []int{T}
-	if err := b.Upload(ids, i32Bytes(tokens)); err != nil {
+	ids.Shape, pos.Shape = s.shape1[:1], s.shape2[:1]
+	ids.Shape[0], pos.Shape[0] = T, T
+	if err := b.Upload(ids, s.i32Bytes(0, tokens)); err != nil {
 		return err
 	}
-	if err := b.Upload(pos, i32Bytes(posv)); err != nil {
+	if err := b.Upload(pos, s.i32Bytes(1, s.posv[:T])); err != nil {
 		return err
 	}
 	for _, c := range s.own {
@@ -258,8 +271,102 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 			return err
 		}
 	}
-	h := rows(s.h, H)
-	if err := b.Embed(h, &m.embed, ids, float32(math.Sqrt(float64(H)))); err != nil {
+	s.tokens = append(s.tokens, tokens...)
+	if T == 1 && trace == nil && !skipLogits {
+		if err := s.decode(ids, pos); err != nil {
+			s.tokens = s.tokens[:p0]
+			return err
+		}
+		v, err := s.read(s.logits)
+		if err != nil {
+			return err
+		}
+		emit(p0, v)
+		return nil
+	}
+	h := s.h
+	h.Shape = []int{T, H}
+	if err := s.layers(h, ids, pos, trace); err != nil {
+		s.tokens = s.tokens[:p0]
+		return err
+	}
+	if skipLogits {
+		return b.Sync()
+	}
+	first := 0
+	if lastOnly {
+		first = T - 1
+	}
+	for r := first; r < T; r++ {
+		if err := s.head(h, r); err != nil {
+			return err
+		}
+		v, err := s.read(s.logits)
+		if err != nil {
+			return err
+		}
+		emit(p0+r, v)
+	}
+	return nil
+}
+
+// decode runs one token (ids and positions already uploaded) through the
+// layers and the head, replaying a recorded graph where the backend can.
+func (s *Session) decode(ids, pos kernels.Tensor) error {
+	h := s.h
+	h.Shape = []int{1, s.m.Config.HiddenSize}
+	run := func() error {
+		if err := s.layers(h, ids, pos, nil); err != nil {
+			return err
+		}
+		return s.head(h, 0)
+	}
+	capt, ok := s.m.Backend.(kernels.Capturer)
+	if !ok || s.m.opts.NoGraphs {
+		return run()
+	}
+	key := s.cacheShape()
+	if s.graph == nil || !slices.Equal(key, s.graphKey) {
+		if s.graph != nil {
+			s.graph.Close()
+			s.graph = nil
+		}
+		if err := capt.BeginCapture(); err != nil {
+			return err
+		}
+		err := run()
+		g, gerr := capt.EndCapture()
+		if err != nil {
+			if gerr == nil {
+				g.Close()
+			}
+			return err
+		}
+		if gerr != nil {
+			return gerr
+		}
+		s.graph, s.graphKey = g, key
+	}
+	return s.graph.Launch()
+}
+
+// cacheShape lists the caches' capacities: a recorded graph is valid while
+// they stay the same.
+func (s *Session) cacheShape() []int {
+	key := s.keyBuf[:0]
+	for _, c := range s.own {
+		key = append(key, c.Capacity)
+	}
+	s.keyBuf = key
+	return slices.Clone(key)
+}
+
+// layers runs the embedding (and per-layer inputs) and every layer on h [T, hidden].
+func (s *Session) layers(h, ids, pos kernels.Tensor, trace *Trace) error {
+	m := s.m
+	b, cfg := m.Backend, m.Config
+	T := h.Rows()
+	if err := b.Embed(h, &m.embed, ids, float32(math.Sqrt(float64(cfg.HiddenSize)))); err != nil {
 		return fmt.Errorf("embed: %w", err)
 	}
 	if cfg.PLEDim > 0 {
@@ -286,35 +393,28 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 			trace.Hidden(i, v)
 		}
 	}
-	s.tokens = append(s.tokens, tokens...)
-	if skipLogits {
-		return b.Sync()
+	return nil
+}
+
+// head computes the logits of row r of h into s.logits: final norm, the
+// tied (or separate) LM head, softcap.
+func (s *Session) head(h kernels.Tensor, r int) error {
+	m := s.m
+	b, cfg := m.Backend, m.Config
+	row, err := h.RowRange(r, r+1)
+	if err != nil {
+		return err
 	}
-	first := 0
-	if lastOnly {
-		first = T - 1
+	if err := b.RMSNorm(s.final, row, m.norm, float32(cfg.RMSNormEps)); err != nil {
+		return fmt.Errorf("final norm: %w", err)
 	}
-	for r := first; r < T; r++ {
-		row, err := h.RowRange(r, r+1)
-		if err != nil {
-			return err
+	if err := b.MatMul(s.logits, s.final, &m.lmHead); err != nil {
+		return fmt.Errorf("lm head: %w", err)
+	}
+	if c := cfg.FinalLogitSoftcap; c > 0 {
+		if err := b.Softcap(s.logits, s.logits, float32(c)); err != nil {
+			return fmt.Errorf("softcap: %w", err)
 		}
-		if err := b.RMSNorm(s.final, row, m.norm, float32(cfg.RMSNormEps)); err != nil {
-			return fmt.Errorf("final norm: %w", err)
-		}
-		if err := b.MatMul(s.logits, s.final, &m.lmHead); err != nil {
-			return fmt.Errorf("lm head: %w", err)
-		}
-		if c := cfg.FinalLogitSoftcap; c > 0 {
-			if err := b.Softcap(s.logits, s.logits, float32(c)); err != nil {
-				return fmt.Errorf("softcap: %w", err)
-			}
-		}
-		v, err := s.read(s.logits)
-		if err != nil {
-			return err
-		}
-		emit(p0+r, v)
 	}
 	return nil
 }
@@ -494,12 +594,14 @@ func (s *Session) read(t kernels.Tensor) ([]float32, error) {
 	return out, nil
 }
 
-func i32Bytes(v []int32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], uint32(x))
+// i32Bytes encodes v little-endian into the session's staging buffer slot.
+func (s *Session) i32Bytes(slot int, v []int32) []byte {
+	buf := s.stage[slot][:0]
+	for _, x := range v {
+		buf = binary.LittleEndian.AppendUint32(buf, uint32(x))
 	}
-	return b
+	s.stage[slot] = buf
+	return buf
 }
 
 func (s *Session) moeIDs(T, k int) (ids, weights kernels.Tensor) { return s.moe.Choice(T, k) }

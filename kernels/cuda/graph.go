@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/gemmoe/gemmoe/cuda"
+	"github.com/gemmoe/gemmoe/kernels"
 )
 
 // BeginCapture starts recording the ops enqueued from now on into a CUDA
@@ -38,8 +39,8 @@ func (b *Backend) BeginCapture() error {
 	return nil
 }
 
-// EndCapture ends the capture and instantiates the recorded graph.
-func (b *Backend) EndCapture() (*Graph, error) {
+// EndCapture ends the capture and instantiates the recorded graph (a *Graph).
+func (b *Backend) EndCapture() (kernels.Graph, error) {
 	if err := b.enter(); err != nil {
 		return nil, err
 	}
@@ -104,3 +105,5 @@ func (g *Graph) Close() error {
 	g.held = nil
 	return err
 }
+
+var _ kernels.Capturer = (*Backend)(nil)
