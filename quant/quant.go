@@ -195,9 +195,9 @@ var errNonFinite = errors.New("weight is NaN or infinite")
 func (p Params) quantizeRow(dst []uint32, scales, biases, w []float32) error {
 	st := p.storage()
 	nbins := float32(int(1)<<p.Bits - 1)
-	round := roundEven
+	round, level := roundEven, levelEven
 	if p.Rounding == MLXMetal {
-		round = roundAway
+		round, level = roundAway, levelAway
 	}
 	bits := uint(p.Bits)
 	var acc uint64 // pending stream bits, lowest first
@@ -209,11 +209,18 @@ func (p Params) quantizeRow(dst []uint32, scales, biases, w []float32) error {
 		if p.Rounding == MLXMetal {
 			wmax = 0 // the Metal kernel starts its running max at 0
 		}
+		var finite float32 // stays 0 unless a weight is NaN or ±Inf
 		for _, v := range grp {
-			if v-v != 0 { // NaN or ±Inf
-				return fmt.Errorf("group %d: %w", g, errNonFinite)
+			finite += v * 0
+			if v < wmin {
+				wmin = v
 			}
-			wmin, wmax = min(wmin, v), max(wmax, v)
+			if v > wmax {
+				wmax = v
+			}
+		}
+		if finite != 0 {
+			return fmt.Errorf("group %d: %w", g, errNonFinite)
 		}
 		scale := max((wmax-wmin)/nbins, eps)
 		side := abs32(wmin) > abs32(wmax)
@@ -233,12 +240,14 @@ func (p Params) quantizeRow(dst []uint32, scales, biases, w []float32) error {
 			scale, bias = ss, sb
 		}
 		for _, v := range grp {
-			x := round((v - bias) / scale)
+			// clip(round(x), 0, n): at or past an end the clip decides,
+			// in between (NaN included, as 0) the rounding.
+			x := (v - bias) / scale
 			var q uint64
 			if x >= nbins {
 				q = uint64(nbins)
 			} else if x > 0 {
-				q = uint64(x)
+				q = level(x)
 			}
 			acc |= q << nacc
 			nacc += bits
@@ -297,5 +306,17 @@ func roundEven(x float32) float32 { return float32(math.RoundToEven(float64(x)))
 
 // roundAway is Metal's round: ties away from zero.
 func roundAway(x float32) float32 { return float32(math.Round(float64(x))) }
+
+// levelEven is uint(roundEven(x)) for 0 < x < 2^31, without a call: adding
+// and subtracting 1.5·2^52 in float64 leaves x rounded to an integer, ties
+// to even (x, a float32, is exact in float64).
+func levelEven(x float32) uint64 {
+	const magic = 0x1.8p52
+	return uint64((float64(x) + magic) - magic)
+}
+
+// levelAway is uint(roundAway(x)) for 0 < x < 2^31: x + 0.5 is exact in
+// float64, and truncation is floor for positive values.
+func levelAway(x float32) uint64 { return uint64(float64(x) + 0.5) }
 
 func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }

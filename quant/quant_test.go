@@ -388,6 +388,33 @@ func TestQuantizeErrors(t *testing.T) {
 	}
 }
 
+// TestLevelRounding checks the fast level roundings against math's on ties,
+// their neighbours and random values.
+func TestLevelRounding(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	var xs []float32
+	for k := range 300 {
+		for _, d := range []float32{-1, 0, 1} {
+			x := float32(k) + 0.5
+			xs = append(xs, math.Nextafter32(x, x+d), float32(k)+d*1e-3, x)
+		}
+	}
+	for range 100000 {
+		xs = append(xs, rng.Float32()*300)
+	}
+	for _, x := range xs {
+		if x <= 0 {
+			continue
+		}
+		if got, want := levelEven(x), uint64(math.RoundToEven(float64(x))); got != want {
+			t.Fatalf("levelEven(%v) = %d, want %d", x, got, want)
+		}
+		if got, want := levelAway(x), uint64(math.Round(float64(x))); got != want {
+			t.Fatalf("levelAway(%v) = %d, want %d", x, got, want)
+		}
+	}
+}
+
 func BenchmarkQuantize(b *testing.B) {
 	rng := rand.New(rand.NewPCG(9, 10))
 	rows, cols := 256, 2816

@@ -319,6 +319,9 @@ func writeItems(ctx context.Context, o *options, items []*item, outs []*outTenso
 					fail(err)
 					continue
 				}
+				src := t.it.src
+				es := int64(src.t.DType.Size())
+				release(src.file, src.t.Offset+int64(src.start(t.r0))*es, src.t.Offset+int64(src.start(t.r1-1)+src.cols)*es)
 				done.Add(int64(t.r1-t.r0) * int64(t.it.src.cols))
 			}
 		}()

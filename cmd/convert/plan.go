@@ -72,6 +72,7 @@ func parseOverride(s string, defGroup int) (*override, error) {
 // experts.gate_up_proj [E, 2·split, cols].
 type rowSource struct {
 	t          *loader.Tensor
+	file       []byte // the mapping t lies in (t.Offset is relative to it)
 	rows, cols int
 	split      int // 0: the tensor's rows in order
 	part       int
@@ -149,7 +150,7 @@ func makePlan(m *loader.Model, o *options) (*plan, error) {
 			base := strings.TrimSuffix(out, "gate_up_proj") + "switch_glu."
 			for part, proj := range []string{"gate_proj", "up_proj"} {
 				p.items = append(p.items, &item{name: base + proj + ".weight", module: base + proj, shape: []int{E, I, H},
-					src: rowSource{t: t, rows: E * I, cols: H, split: I, part: part}})
+					src: rowSource{t: t, file: m.Files[t.File].Data, rows: E * I, cols: H, split: I, part: part}})
 			}
 		case strings.HasSuffix(out, ".experts.down_proj"):
 			out = strings.TrimSuffix(out, "down_proj") + "switch_glu.down_proj.weight"
@@ -160,7 +161,7 @@ func makePlan(m *loader.Model, o *options) (*plan, error) {
 			if len(t.Shape) > 0 {
 				cols = t.Shape[len(t.Shape)-1]
 			}
-			it.src = rowSource{t: t, rows: t.Numel() / max(cols, 1), cols: cols}
+			it.src = rowSource{t: t, file: m.Files[t.File].Data, rows: t.Numel() / max(cols, 1), cols: cols}
 			p.items = append(p.items, it)
 		}
 	}
