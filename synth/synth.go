@@ -220,7 +220,14 @@ func Build(a Arch, s Spec, alloc func(n int) ([]byte, error)) (config, image []b
 		return nil, nil, err
 	}
 	ts := a.tensors(s)
-	sort.Slice(ts, func(i, j int) bool { return ts[i].name < ts[j].name })
+	// As the safetensors library writes files: wider elements first, then by
+	// name, so every tensor is aligned to its element size.
+	sort.Slice(ts, func(i, j int) bool {
+		if a, b := ts[i].dt.Size(), ts[j].dt.Size(); a != b {
+			return a > b
+		}
+		return ts[i].name < ts[j].name
+	})
 	header := map[string]any{"__metadata__": map[string]string{"format": "mlx"}}
 	var off int64
 	for _, t := range ts {
