@@ -113,15 +113,18 @@ func convert(ctx context.Context, o *options) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := createShards(o.out, shards); err != nil {
-		closeShards(shards, false)
-		return nil, err
+	err = createShards(o.out, shards)
+	if err == nil {
+		err = writeItems(ctx, o, p.items, outs, shards)
 	}
-	err = writeItems(ctx, o, p.items, outs, shards)
 	if cerr := closeShards(shards, err == nil); err == nil {
 		err = cerr
 	}
 	if err != nil {
+		// Leave no half-written checkpoint behind.
+		for _, s := range shards {
+			os.Remove(filepath.Join(o.out, s.name))
+		}
 		return nil, err
 	}
 	for _, s := range shards {

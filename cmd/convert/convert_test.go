@@ -657,3 +657,18 @@ func TestParseOverride(t *testing.T) {
 		}
 	}
 }
+
+// TestCancel: an interrupted conversion returns the context's error and
+// leaves no weight file behind.
+func TestCancel(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := run(ctx, []string{"-model", hfDir, "-out", out, "-q"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "canceled") {
+		t.Fatalf("err = %v, want context canceled", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(out, "*.safetensors")); len(left) != 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}

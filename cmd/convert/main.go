@@ -40,6 +40,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -56,6 +57,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
 		fmt.Fprintln(os.Stderr, "convert:", err)
 		os.Exit(1)
 	}
@@ -81,6 +85,16 @@ func parseFlags(args []string, log io.Writer) (*options, error) {
 	o := &options{log: log}
 	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
 	fs.SetOutput(log)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: convert -model HF_DIR -out OUT_DIR [flags]
+
+Converts a Hugging Face bf16 Gemma 4 checkpoint to an MLX affine-quantized
+one (like mlx_lm.convert -q). Module paths for -override are MLX names, e.g.
+language_model.model.layers.3.experts.switch_glu.down_proj.
+
+`)
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&o.model, "model", "", "Hugging Face checkpoint directory (config.json, *.safetensors)")
 	fs.StringVar(&o.out, "out", "", "output directory")
 	fs.IntVar(&o.bits, "bits", 4, "default bits per weight: 2, 3, 4, 5, 6 or 8")

@@ -116,7 +116,7 @@ func putU64(b []byte, v uint64) {
 	}
 }
 
-// create makes the shard files: header written, size set.
+// createShards makes the shard files: header written, size set.
 func createShards(dir string, shards []*shard) error {
 	for _, s := range shards {
 		f, err := os.Create(filepath.Join(dir, s.name))
