@@ -672,3 +672,112 @@ func TestCancel(t *testing.T) {
 		t.Fatalf("left behind: %v", left)
 	}
 }
+
+// rewriteHF writes tiny-moe's weights to dir/model.safetensors with names
+// passed through rename and extra bf16 tensors (name -> shape, zero-filled)
+// appended.
+func rewriteHF(t *testing.T, dir string, rename func(string) string, extra map[string][]int) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(hfDir, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := binary.LittleEndian.Uint64(data)
+	var header map[string]json.RawMessage
+	if err := json.Unmarshal(data[8:8+n], &header); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]any{}
+	for k, v := range header {
+		out[rename(k)] = v
+	}
+	body := append([]byte(nil), data[8+n:]...)
+	for name, shape := range extra {
+		size := 2
+		for _, d := range shape {
+			size *= d
+		}
+		out[name] = map[string]any{"dtype": "BF16", "shape": shape, "data_offsets": []int{len(body), len(body) + size}}
+		body = append(body, make([]byte, size)...)
+	}
+	hj, _ := json.Marshal(out)
+	for len(hj)%8 != 0 {
+		hj = append(hj, ' ')
+	}
+	img := binary.LittleEndian.AppendUint64(nil, uint64(len(hj)))
+	img = append(append(img, hj...), body...)
+	if err := os.WriteFile(filepath.Join(dir, "model.safetensors"), img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDropsNonText: vision tower tensors, rotary buffers and a tied lm_head
+// are left out and reported; the text weights are unchanged.
+func TestDropsNonText(t *testing.T) {
+	in := t.TempDir()
+	rewriteHF(t, in, func(s string) string { return s }, map[string][]int{
+		"model.vision_tower.patch_embedder.weight":                    {64, 64},
+		"model.embed_vision.embedding_projection.weight":              {128, 64},
+		"model.language_model.layers.0.self_attn.rotary_emb.inv_freq": {16},
+		"lm_head.weight": {512, 128},
+	})
+	b, _ := os.ReadFile(filepath.Join(hfDir, "config.json"))
+	os.WriteFile(filepath.Join(in, "config.json"), b, 0o644)
+	o, err := parseFlags([]string{"-model", in, "-out", filepath.Join(t.TempDir(), "out"), "-q"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := convert(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.dropped) != 4 {
+		t.Fatalf("dropped %v, want the 4 extra tensors", res.dropped)
+	}
+	got, want := open(t, o.out), open(t, filepath.Join(testdata, "tiny-moe-4bit"))
+	for name, w := range want.Tensors {
+		if g := got.Tensors[name]; g == nil || !bytes.Equal(g.Data, w.Data) {
+			t.Fatalf("%s: missing or different", name)
+		}
+	}
+	if len(got.Tensors) != len(want.Tensors) {
+		t.Fatalf("%d tensors, want %d", len(got.Tensors), len(want.Tensors))
+	}
+}
+
+// TestTextOnlyLayout: a text-only checkpoint (model_type gemma4_text,
+// tensors model.layers.N..., as Gemma4ForCausalLM saves it) converts to the
+// same tensors under model.* names, and gives the same logits.
+func TestTextOnlyLayout(t *testing.T) {
+	in := t.TempDir()
+	rewriteHF(t, in, func(s string) string { return strings.Replace(s, "model.language_model.", "model.", 1) }, nil)
+	var cfg map[string]any
+	readJSON(t, filepath.Join(hfDir, "config.json"), &cfg)
+	text := cfg["text_config"].(map[string]any)
+	text["eos_token_id"] = cfg["eos_token_id"]
+	if err := writeJSON(filepath.Join(in, "config.json"), text); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if err := run(context.Background(), []string{"-model", in, "-out", out, "-q"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, want := open(t, out), open(t, filepath.Join(testdata, "tiny-moe-4bit"))
+	if got.Weights.Layout != "hf-text" || len(got.Tensors) != len(want.Tensors) {
+		t.Fatalf("layout %s with %d tensors, want hf-text with %d", got.Weights.Layout, len(got.Tensors), len(want.Tensors))
+	}
+	for name, w := range want.Tensors {
+		g := got.Tensors[strings.Replace(name, "language_model.model.", "model.", 1)]
+		if g == nil || !bytes.Equal(g.Data, w.Data) {
+			t.Fatalf("%s: missing or different", name)
+		}
+	}
+	var q map[string]any
+	readJSON(t, filepath.Join(out, "config.json"), &q)
+	if _, ok := q["quantization"].(map[string]any)["model.layers.0.router.proj"]; !ok {
+		t.Errorf("quantization block lacks model.layers.0.router.proj: %v", q["quantization"])
+	}
+	if d := logitsDiff(t, out, filepath.Join(testdata, "tiny-moe-4bit")); d > 2e-2 {
+		t.Errorf("logits differ from the reference by %.3g", d)
+	}
+}
