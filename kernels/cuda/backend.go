@@ -457,3 +457,10 @@ func (b *Backend) MemoryStats() (inUse, cached int64) { return b.pool.Stats() }
 // KernelBuilds reports how many kernel modules were compiled with NVRTC and
 // how many were read from the disk cache.
 func (b *Backend) KernelBuilds() (compiled, cached int) { return b.compiles, b.cacheHits }
+
+// PeakBandwidth is the device's theoretical DRAM bandwidth in bytes per
+// second (memory clock × bus width), what decode throughput is compared with.
+func (b *Backend) PeakBandwidth() float64 { return b.props.DRAMPeakGBs() * 1e9 }
+
+// Device describes the GPU (name, architecture, memory, DRAM peak).
+func (b *Backend) Device() string { return b.props.String() }
