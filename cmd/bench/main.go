@@ -43,6 +43,7 @@ type options struct {
 // Result is one row of the report.
 type Result struct {
 	Backend      string  `json:"backend"`
+	Device       string  `json:"device,omitempty"`
 	Model        string  `json:"model"`
 	SizeBytes    int64   `json:"size_bytes"`
 	Params       int64   `json:"params"`
@@ -110,6 +111,11 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 	if note != "" {
 		fmt.Fprintln(log, "backend auto:", note)
 	}
+	device := ""
+	if d, ok := b.(interface{ Device() string }); ok {
+		device = d.Device()
+		fmt.Fprintln(log, "device:", device)
+	}
 	chunk := min(max(o.prompt, 1), 512)
 	m, err := model.New(src, b, model.Options{Chunk: chunk, ContextLength: o.prompt + o.gen + 1})
 	if err != nil {
@@ -117,7 +123,7 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 	}
 	defer m.Close()
 	sum := src.Summarize()
-	base := Result{Backend: b.Name(), Model: name, SizeBytes: sum.MappedBytes, Params: sum.Params, Layers: src.Config.NumLayers}
+	base := Result{Backend: b.Name(), Device: device, Model: name, SizeBytes: sum.MappedBytes, Params: sum.Params, Layers: src.Config.NumLayers}
 	rng := rand.New(rand.NewPCG(o.seed, 2))
 	tokens := func(n int) []int32 {
 		t := make([]int32, n)
