@@ -505,7 +505,7 @@ func encode(dst []byte, vals []float32, dt dtype.DType) {
 
 // summary prints what was written.
 func (r *result) summary(w io.Writer, o *options) {
-	fmt.Fprintf(w, "convert: wrote %d tensors to %s: %d weights quantized (%s, %d-bit g%d default, %s rounding), %d dense\n",
+	fmt.Fprintf(w, "convert: wrote %d tensors to %s: %d weights quantized (%s, %d-bit g%d default, %s rounding), %d tensors dense\n",
 		r.tensors, o.out, r.quantized, o.recipe, o.bits, o.group, o.rounding, r.dense)
 	for _, d := range r.keptDense {
 		fmt.Fprintf(w, "convert: kept dense: %s\n", d)
