@@ -30,6 +30,9 @@ type Options struct {
 	// NoGraphs turns off recording the decode step as a graph on backends
 	// that support it (kernels.Capturer); each op is then launched every step.
 	NoGraphs bool
+	// NoFusion turns off the fused ops of backends that offer them
+	// (kernels.Fuser); each layer then runs the plain ops.
+	NoFusion bool
 }
 
 // layer is one decoder layer's weights on the backend.

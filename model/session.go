@@ -399,6 +399,9 @@ func (s *Session) layers(h, ids, pos kernels.Tensor, trace *Trace) error {
 // head computes the logits of row r of h into s.logits: final norm, the
 // tied (or separate) LM head, softcap.
 func (s *Session) head(h kernels.Tensor, r int) error {
+	if f, ok := s.fuser(); ok {
+		return s.headFused(f, h, r)
+	}
 	m := s.m
 	b, cfg := m.Backend, m.Config
 	row, err := h.RowRange(r, r+1)
@@ -420,6 +423,9 @@ func (s *Session) head(h kernels.Tensor, r int) error {
 }
 
 func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
+	if f, ok := s.fuser(); ok {
+		return s.layerFused(f, i, T, h, pos, trace)
+	}
 	m := s.m
 	b, cfg := m.Backend, m.Config
 	l := &m.layers[i]

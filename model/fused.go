@@ -1,0 +1,95 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/gemmoe/gemmoe/attention"
+	"github.com/gemmoe/gemmoe/kernels"
+	"github.com/gemmoe/gemmoe/moe"
+)
+
+// fuser returns the backend as a kernels.Fuser when it is one and fusion is on.
+func (s *Session) fuser() (kernels.Fuser, bool) {
+	if s.m.opts.NoFusion {
+		return nil, false
+	}
+	f, ok := s.m.Backend.(kernels.Fuser)
+	return f, ok
+}
+
+// layerFused is layer through a backend's fused ops: the same computation
+// (kernels.Fuser documents each op as the plain sequence it replaces) in
+// about a third of the launches.
+func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, trace *Trace) error {
+	m := s.m
+	b, cfg := m.Backend, m.Config
+	l := &m.layers[i]
+	H := cfg.HiddenSize
+	eps := float32(cfg.RMSNormEps)
+	act := b.ActivationDType()
+	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = []int{T, cols}; return t }
+	a, d := rows(s.a, H), rows(s.d, H)
+	in := kernels.NormParams{Weight: l.inputNorm, Eps: eps, XDType: act}
+	if err := attention.ForwardFused(b, f, a, h, in, pos, &l.attn, l.spec, s.caches[i], s.attn); err != nil {
+		return err
+	}
+	if err := f.AddRMSNorm(h, a, l.postAttnNorm, eps, 1); err != nil {
+		return fmt.Errorf("post_attention_layernorm: %w", err)
+	}
+	// Dense GeGLU MLP.
+	g := rows(s.g, l.cfg.MLPWidth)
+	pre := kernels.NormParams{Weight: l.preFFNorm, Eps: eps, XDType: act}
+	if err := f.NormGLU(g, &l.gate, &l.up, kernels.Tensor{}, h, pre); err != nil {
+		return fmt.Errorf("mlp gate/up: %w", err)
+	}
+	if err := b.MatMul(d, g, &l.down); err != nil {
+		return fmt.Errorf("mlp down: %w", err)
+	}
+	scale := l.scalar
+	if cfg.PLEDim > 0 {
+		scale = 1 // the per-layer input comes before layer_scalar
+	}
+	if l.moe != nil {
+		down, weights, err := moe.ExpertsFused(b, f, h, l.moe, m.moeSpec, s.moe)
+		if err != nil {
+			return err
+		}
+		if trace != nil && trace.Router != nil {
+			if err := s.traceRouter(i, T, trace); err != nil {
+				return err
+			}
+		}
+		p := kernels.MoEEpilogueParams{Post1: l.postFFNorm1, Post2: l.moe.PostNorm, PostFF: l.postFFNorm, Eps: eps, Scale: scale}
+		if err := f.MoEEpilogue(h, d, down, weights, p); err != nil {
+			return fmt.Errorf("post_feedforward_layernorms: %w", err)
+		}
+	} else if err := f.AddRMSNorm(h, d, l.postFFNorm, eps, scale); err != nil {
+		return fmt.Errorf("post_feedforward_layernorm: %w", err)
+	}
+	if cfg.PLEDim > 0 {
+		if err := s.perLayerStep(i, h); err != nil {
+			return err
+		}
+		if l.scalar != 1 {
+			if err := b.Scale(h, h, l.scalar); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// headFused is head through a backend's fused ops: the final norm rides on
+// the LM head product, which applies the softcap.
+func (s *Session) headFused(f kernels.Fuser, h kernels.Tensor, r int) error {
+	m := s.m
+	row, err := h.RowRange(r, r+1)
+	if err != nil {
+		return err
+	}
+	n := kernels.NormParams{Weight: m.norm, Eps: float32(m.Config.RMSNormEps), XDType: s.final.DType}
+	if err := f.NormMatMul([]kernels.Tensor{s.logits}, []*kernels.Weight{&m.lmHead}, row, n, float32(max(m.Config.FinalLogitSoftcap, 0))); err != nil {
+		return fmt.Errorf("lm head: %w", err)
+	}
+	return nil
+}
