@@ -37,22 +37,36 @@ type Option func(*config)
 
 type config struct {
 	threads int
+	generic bool
+	kernels string
 }
 
 // WithThreads sets the number of goroutines that execute an op (the caller
 // included). n <= 0 means runtime.GOMAXPROCS(0), the default.
 func WithThreads(n int) Option { return func(c *config) { c.threads = n } }
 
+// WithGeneric makes the backend run the generic Go kernels only, as the
+// environment variable GEMMOE_CPU_GENERIC=1 does. By default the backend
+// uses the best SIMD kernels the CPU supports (see KernelSets).
+func WithGeneric() Option { return func(c *config) { c.generic = true } }
+
+// WithKernels selects a kernel set by name (one of KernelSets, or
+// "generic"); a set the CPU lacks falls back to the best available. The
+// environment variable GEMMOE_CPU_KERNELS does the same.
+func WithKernels(name string) Option { return func(c *config) { c.kernels = name } }
+
 // Backend is the pure-Go implementation of kernels.Backend. Make one with New
 // and release it with Close.
 type Backend struct {
 	pool   *pool
 	closed bool
+	ks     *kernelSet // SIMD kernels; nil: generic Go
 
 	// scratch for dtype conversions of op arguments (slot-indexed) and for the
 	// per-call tables of the matmuls; grown on demand, reused across calls.
 	conv [numConvSlots][]float32
 	x64  []float64 // matmul input rows, widened
+	xf   []float64 // matmul input rows as the SIMD kernels read them
 	xsum []float64 // per-group sums of x for the fused quantized products
 	mm   mmJob     // the one matmul job (no allocation per call)
 	ew   elemJob   // the one elementwise job
@@ -74,6 +88,8 @@ type workerScratch struct {
 	acc64  []float64 // the block's sums per input row
 	score  []float32 // attention scores, router probabilities
 	acc    []float64 // attention output accumulator
+	ka     kargs     // SIMD matmul kernel arguments
+	sb     []float64 // SIMD matmul: scales and biases of a block of rows
 }
 
 // New returns a CPU backend with its worker pool started.
@@ -85,7 +101,7 @@ func New(opts ...Option) *Backend {
 	if c.threads <= 0 {
 		c.threads = runtime.GOMAXPROCS(0)
 	}
-	b := &Backend{pool: newPool(c.threads)}
+	b := &Backend{pool: newPool(c.threads), ks: chooseKernels(c.generic, c.kernels)}
 	b.ws = make([]workerScratch, c.threads)
 	return b
 }

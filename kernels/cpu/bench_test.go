@@ -31,7 +31,7 @@ func readBandwidth(b *testing.B) float64 {
 	return bwVal
 }
 
-const benchSpan = 256 << 20 // bytes of weight copies to cycle through
+var benchSpan = int64(256 << 20) // bytes of weight copies to cycle through
 
 // benchFormat is a weight format: dense dtype (bits 0) or quantized bits.
 type benchFormat struct {

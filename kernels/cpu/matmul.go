@@ -3,6 +3,7 @@ package cpu
 import (
 	"fmt"
 	"math"
+	"unsafe"
 
 	"github.com/gemmoe/gemmoe/dtype"
 	"github.com/gemmoe/gemmoe/kernels"
@@ -31,6 +32,14 @@ type mmJob struct {
 	pairs            []mmPair
 	f16              *[1 << 16]float32
 	rowBytes, gBytes int // bytes per weight row and per row of scales
+
+	// SIMD path (fast != nil): the kernels, the f32 input rows as given
+	// (xin) and as the kernels read them (xf, rows of xw floats).
+	fast  *[2]func(*kargs)
+	lanes int
+	xin   []float32
+	xf    []float64
+	xw    int
 }
 
 func (j *mmJob) run(w, lo, hi int) {
@@ -41,7 +50,9 @@ func (j *mmJob) run(w, lo, hi int) {
 		seg := &j.segs[s]
 		end := min(hi, (s+1)*n)
 		pairs := j.pairs[seg.p0:seg.p1]
-		if len(pairs) == 1 || (j.bits != 0 && len(pairs) <= fusedMaxPairs) {
+		if j.fast != nil {
+			j.rowsFast(seg, pairs, r-s*n, end-s*n, ws)
+		} else if len(pairs) == 1 || (j.bits != 0 && len(pairs) <= fusedMaxPairs) {
 			j.rowsFused(seg, pairs, r-s*n, end-s*n, ws)
 		} else {
 			j.rowsMany(seg, pairs, r-s*n, end-s*n, ws)
@@ -240,9 +251,15 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.b = b
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
-	b.x64 = grow64(b.x64, len(x))
-	widen(b.x64, x)
-	j.x, j.y = b.x64, y
+	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType)
+	if j.fast != nil {
+		j.lanes = b.ks.lanes
+		j.xin, j.y = x, y
+	} else {
+		b.x64 = grow64(b.x64, len(x))
+		widen(b.x64, x)
+		j.x, j.y = b.x64, y
+	}
 	j.wdt = w.Data.DType
 	j.segs, j.pairs = j.segs[:0], j.pairs[:0]
 	if w.Data.DType == dtype.F16 || w.Scales.DType == dtype.F16 {
@@ -257,6 +274,9 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 			ws := &b.ws[i]
 			ws.gsum = grow64(ws.gsum, j.g)
 			ws.sc, ws.bi = grow(ws.sc, j.g), grow(ws.bi, j.g)
+			if j.fast != nil {
+				ws.sb = grow64(ws.sb, max(2*fastBlock*j.g, len(ws.sb)))
+			}
 		}
 	} else {
 		j.g, j.sdt = 0, dtype.Invalid
@@ -269,6 +289,10 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 // sums computes the per-group sums of the x rows that a fused quantized row
 // product needs.
 func (b *Backend) sums(j *mmJob, rows int) {
+	if j.fast != nil {
+		b.fastInputs(j, rows)
+		return
+	}
 	if j.bits == 0 {
 		return
 	}
@@ -295,6 +319,7 @@ func (b *Backend) dispatch(j *mmJob) {
 	// Rows are heavy (K multiply-adds): small chunks balance well.
 	b.pool.parallel(total, b.pool.chunkFor(total, 8), j)
 	j.x, j.y, j.xsum = nil, nil, nil
+	j.xin, j.xf, j.fast = nil, nil, nil
 	for i := range j.segs {
 		j.segs[i] = mmSeg{}
 	}
@@ -340,7 +365,7 @@ func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
 		j.pairs = append(j.pairs, mmPair{int32(r), int32(r)})
 	}
 	b.sums(j, m)
-	if m > 1 {
+	if m > 1 && j.fast == nil {
 		b.growRows(w.K, m)
 	}
 	b.dispatch(j)
@@ -458,9 +483,11 @@ func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kern
 		for _, e := range b.expUsed {
 			maxPairs = max(maxPairs, int(b.expCount[e]))
 		}
-		b.growRows(w.K, maxPairs)
+		if j.fast == nil {
+			b.growRows(w.K, maxPairs)
+		}
 	}
-	if j.bits != 0 {
+	if j.bits != 0 || j.fast != nil {
 		if perSlot {
 			b.sums(j, m*k)
 		} else {
@@ -498,4 +525,91 @@ func growInt32(s []int32, n int) []int32 {
 		return make([]int32, n)
 	}
 	return s[:n]
+}
+
+// fastBlock is the most weight rows one SIMD kernel call covers: the
+// block's scales and biases are converted to f32 once, and in prefill its
+// weights stay in the cache while the input rows pass four at a time.
+const fastBlock = 16
+
+// fastInputs prepares the input rows for the SIMD kernels: rows of xw
+// doubles, the values (permuted per block for 4-bit) followed, for quantized
+// weights, by the per-group sums.
+func (b *Backend) fastInputs(j *mmJob, rows int) {
+	k := j.k
+	xw := (k + j.g + 7) &^ 7
+	b.xf = grow64(b.xf, rows*xw)
+	j.xf, j.xw = b.xf, xw
+	for r := range rows {
+		src, dst := j.xin[r*k:(r+1)*k], j.xf[r*xw:(r+1)*xw]
+		if j.bits == 4 {
+			permute4(dst[:k], src, j.lanes)
+		} else {
+			widen(dst[:k], src)
+		}
+		if j.bits != 0 {
+			groupSums64(src, dst[k:k+j.g], j.group)
+		}
+	}
+}
+
+// rowsFast computes rows [r0, r1) of a segment for its input rows with the
+// SIMD kernels, a block of weight rows at a time: four input rows per call
+// while there are four, then one.
+func (j *mmJob) rowsFast(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScratch) {
+	a := &ws.ka
+	n := j.n
+	k1, k4 := j.fast[0], j.fast[1]
+	for row := r0; row < r1; row += fastBlock {
+		nb := min(fastBlock, r1-row)
+		a.w = unsafe.Pointer(&seg.data[row*j.rowBytes])
+		a.stride, a.rows, a.k = j.rowBytes, nb, j.k
+		if j.bits != 0 {
+			j.fastGroups(seg, row, nb, ws)
+		}
+		pi := 0
+		for ; pi+4 <= len(pairs); pi += 4 {
+			for t := range 4 {
+				p := pairs[pi+t]
+				a.x[t] = &j.xf[int(p.x)*j.xw]
+				a.y[t] = &j.y[int(p.y)*n+row]
+			}
+			k4(a)
+		}
+		for ; pi < len(pairs); pi++ {
+			p := pairs[pi]
+			a.x[0] = &j.xf[int(p.x)*j.xw]
+			a.y[0] = &j.y[int(p.y)*n+row]
+			k1(a)
+		}
+	}
+	*a = kargs{}
+}
+
+// fastGroups points the kernel arguments at float64 scales and biases of
+// rows [row, row+nb), converted into scratch.
+func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
+	a := &ws.ka
+	g := j.g
+	a.groups, a.bpg = g, j.group/j.lanes
+	sc := seg.scales[row*j.gBytes : (row+nb)*j.gBytes]
+	bi := seg.biases[row*j.gBytes : (row+nb)*j.gBytes]
+	sb := ws.sb[:2*nb*g]
+	ks := j.b.ks
+	switch j.sdt {
+	case dtype.BF16:
+		ks.widenBF16(&sb[0], &asU16(sc)[0], nb*g)
+		ks.widenBF16(&sb[nb*g], &asU16(bi)[0], nb*g)
+	case dtype.F32:
+		ks.widenF32(&sb[0], &asF32(sc)[0], nb*g)
+		ks.widenF32(&sb[nb*g], &asF32(bi)[0], nb*g)
+	default:
+		for i, h := range asU16(sc)[:nb*g] {
+			sb[i] = float64(j.f16[h])
+		}
+		for i, h := range asU16(bi)[:nb*g] {
+			sb[nb*g+i] = float64(j.f16[h])
+		}
+	}
+	a.sb, a.boff = &sb[0], nb*g*8
 }

@@ -1,0 +1,559 @@
+//go:build ignore
+
+// gen_amd64.go writes simd_amd64.s, the amd64 matmul and attention kernels
+// (AVX2+FMA and AVX-512), from one description so that the one-input-row
+// (decode) and four-input-row (prefill) kernels do exactly the same
+// arithmetic for each input row. Run `go generate` in kernels/cpu.
+//
+// Register use of the matmul kernels (V = Y for AVX2, Z for AVX-512):
+//
+//	V0, V1    unpacked weights (two half-blocks), temporaries
+//	V2..V5    per input row t: the row total (quantized kernels)
+//	V6..V9    per input row t: accumulator of the first half-block
+//	V10..V13  per input row t: accumulator of the second half-block
+//	V14       the broadcast group scale
+//	V15       the nibble mask 0x0F (4-bit)
+//
+//	DI kargs, SI weight row, CX rows left, R9 f32 scales cursor, R8 the byte
+//	offset from scales to biases, AX weight cursor, BX x row 0 cursor,
+//	R13, R14, DX byte offsets of x rows 1..3 from row 0, R10 group counter,
+//	R12 block counter, R11 temporary.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"log"
+	"os"
+)
+
+type isa struct {
+	name   string // function name suffix
+	v      string // vector register prefix
+	lanes  int    // f32 lanes
+	avx512 bool
+}
+
+var (
+	avx2   = isa{"AVX2", "Y", 8, false}
+	avx512 = isa{"AVX512", "Z", 16, true}
+)
+
+type gen struct {
+	buf   bytes.Buffer
+	isa   isa
+	label int
+}
+
+func (g *gen) p(format string, args ...any) {
+	fmt.Fprintf(&g.buf, "\t"+format+"\n", args...)
+}
+
+func (g *gen) l(name string) { fmt.Fprintf(&g.buf, "%s:\n", name) }
+
+func (g *gen) newLabel(base string) string {
+	g.label++
+	return fmt.Sprintf("%s_%d", base, g.label)
+}
+
+func (g *gen) V(i int) string { return fmt.Sprintf("%s%d", g.isa.v, i) }
+func X(i int) string          { return fmt.Sprintf("X%d", i) }
+
+// kargs field offsets (see kargs in simd.go; TestKargsLayout checks them).
+const (
+	offW      = 0
+	offStride = 8
+	offRows   = 16
+	offSB     = 24
+	offBoff   = 32
+	offGroups = 40
+	offBPG    = 48
+	offK      = 56
+	offX      = 64
+	offY      = 96
+)
+
+var dreg = []string{"", "R13", "R14", "DX"} // x row offsets
+
+// xaddr is the address of x row t at byte offset off from the cursor BX.
+func xaddr(t, off int) string {
+	if t == 0 {
+		return fmt.Sprintf("%d(BX)", off)
+	}
+	return fmt.Sprintf("%d(BX)(%s*1)", off, dreg[t])
+}
+
+func (g *gen) zero(r string) {
+	if g.isa.avx512 {
+		g.p("VPXORD %s, %s, %s", r, r, r)
+	} else {
+		g.p("VXORPS %s, %s, %s", r, r, r)
+	}
+}
+
+// hsum leaves the sum of the lanes of vector register i in lane 0 of X(i),
+// using register tmp; the order of the additions is fixed.
+func (g *gen) hsum(i, tmp int) {
+	if g.isa.avx512 {
+		g.p("VEXTRACTF64X4 $1, Z%d, Y%d", i, tmp)
+		g.p("VADDPS Y%d, Y%d, Y%d", tmp, i, i)
+	}
+	g.p("VEXTRACTF128 $1, Y%d, X%d", i, tmp)
+	g.p("VADDPS X%d, X%d, X%d", tmp, i, i)
+	g.p("VPERMILPS $0x4E, X%d, X%d", i, tmp)
+	g.p("VADDPS X%d, X%d, X%d", tmp, i, i)
+	g.p("VPERMILPS $0xB1, X%d, X%d", i, tmp)
+	g.p("VADDSS X%d, X%d, X%d", tmp, i, i)
+}
+
+func (g *gen) header(name string) {
+	fmt.Fprintf(&g.buf, "\n// func %s(a *kargs)\nTEXT ·%s(SB), NOSPLIT, $0-8\n", name, name)
+	g.p("MOVQ a+0(FP), DI")
+}
+
+func (g *gen) xOffsets(nx int) {
+	g.p("MOVQ %d(DI), BX", offX)
+	for t := 1; t < nx; t++ {
+		g.p("MOVQ %d(DI), %s", offX+8*t, dreg[t])
+		g.p("SUBQ BX, %s", dreg[t])
+	}
+}
+
+// store writes lane 0 of X(reg) to a.y[t][row], the row index being
+// a.rows - CX. (The kernels never write derived pointers to memory: the
+// garbage collector may scan kargs while they run.) It uses R10 and R11.
+func (g *gen) store(t, reg int) {
+	g.p("MOVQ %d(DI), R10", offRows)
+	g.p("SUBQ CX, R10")
+	g.p("MOVQ %d(DI), R11", offY+8*t)
+	g.p("VMOVSS X%d, (R11)(R10*4)", reg)
+}
+
+// quant writes a quantized kernel (bits 4 or 8) for nx input rows, exact
+// in float64: per group, two float64 accumulators take q·x over the group's
+// blocks of 2D values (D doubles per vector; q·x is exact in float64), their
+// sum times the group's scale joins the row total, and after the groups the
+// bias term Σ_g bias·Σx; the total is rounded to f32 once. Scales and biases
+// are float64 ([rows][groups] each); the input row holds k doubles (4-bit:
+// each block's even-indexed values, then its odd ones) followed by groups
+// doubles (the group sums).
+func (g *gen) quant(bits, nx int) {
+	D := g.isa.lanes / 2
+	name := fmt.Sprintf("q%dx%d%s", bits, nx, g.isa.name)
+	g.header(name)
+	g.p("MOVQ %d(DI), SI", offW)
+	g.p("MOVQ %d(DI), CX", offRows)
+	g.p("MOVQ %d(DI), R9", offSB)
+	g.p("MOVQ %d(DI), R8", offBoff)
+	half := func(i int) string { // the half-width register of V(i)
+		if g.isa.avx512 {
+			return fmt.Sprintf("Y%d", i)
+		}
+		return fmt.Sprintf("X%d", i)
+	}
+	if bits == 4 {
+		g.p("MOVL $15, R11")
+		g.p("VMOVD R11, X15")
+		g.p("VPBROADCASTD X15, %s", half(15))
+	}
+	g.xOffsets(nx)
+	wb := D // weight bytes per block of 2D values
+	if bits == 8 {
+		wb = 2 * D
+	}
+	xb := 16 * D // x bytes per block
+	unpack := func() {
+		g.p("VPMOVZXBD (AX), %s", half(0))
+		if bits == 4 {
+			g.p("VPSRLD $4, %s, %s", half(0), half(1))
+			g.p("VPAND %s, %s, %s", half(15), half(0), half(0))
+		} else {
+			g.p("VPMOVZXBD %d(AX), %s", D, half(1))
+		}
+		g.p("VCVTDQ2PD %s, %s", half(0), g.V(0))
+		g.p("VCVTDQ2PD %s, %s", half(1), g.V(1))
+	}
+	row, grp, blk, grpEnd := g.newLabel("row"), g.newLabel("grp"), g.newLabel("blk"), g.newLabel("grpend")
+	g.l(row)
+	g.p("MOVQ SI, AX")
+	g.p("MOVQ %d(DI), BX", offX)
+	for t := range nx {
+		g.zero(g.V(2 + t))
+	}
+	g.p("MOVQ %d(DI), R10", offGroups)
+	g.l(grp)
+	g.p("MOVQ %d(DI), R12", offBPG)
+	if prefetch > 0 {
+		g.p("PREFETCHT0 %d(AX)", prefetch)
+	}
+	unpack()
+	for t := range nx {
+		g.p("VMULPD %s, %s, %s", xaddr(t, 0), g.V(0), g.V(6+t))
+		g.p("VMULPD %s, %s, %s", xaddr(t, 8*D), g.V(1), g.V(10+t))
+	}
+	g.p("ADDQ $%d, AX", wb)
+	g.p("ADDQ $%d, BX", xb)
+	g.p("DECQ R12")
+	g.p("JZ %s", grpEnd)
+	g.l(blk)
+	unpack()
+	for t := range nx {
+		g.p("VFMADD231PD %s, %s, %s", xaddr(t, 0), g.V(0), g.V(6+t))
+		g.p("VFMADD231PD %s, %s, %s", xaddr(t, 8*D), g.V(1), g.V(10+t))
+	}
+	g.p("ADDQ $%d, AX", wb)
+	g.p("ADDQ $%d, BX", xb)
+	g.p("DECQ R12")
+	g.p("JNZ %s", blk)
+	g.l(grpEnd)
+	g.p("VBROADCASTSD (R9), %s", g.V(14))
+	for t := range nx {
+		g.p("VADDPD %s, %s, %s", g.V(10+t), g.V(6+t), g.V(6+t))
+		g.p("VFMADD231PD %s, %s, %s", g.V(14), g.V(6+t), g.V(2+t))
+	}
+	g.p("ADDQ $8, R9")
+	g.p("DECQ R10")
+	g.p("JNZ %s", grp)
+	// Bias terms: this row's biases start at R9 - 8·groups + boff; BX
+	// points at x row 0's group sums.
+	for t := range nx {
+		g.biasF64(t)
+		g.hsumPD(2+t, 1)
+		g.p("VADDSD X0, X%d, X%d", 2+t, 2+t)
+		g.p("VCVTSD2SS X%d, X%d, X%d", 2+t, 2+t, 2+t)
+		g.store(t, 2+t)
+	}
+	g.p("ADDQ %d(DI), SI", offStride)
+	g.p("DECQ CX")
+	g.p("JNZ %s", row)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// hsumPD leaves the sum of the float64 lanes of register i in lane 0 of
+// X(i), using register tmp; the order is fixed.
+func (g *gen) hsumPD(i, tmp int) {
+	if g.isa.avx512 {
+		g.p("VEXTRACTF64X4 $1, Z%d, Y%d", i, tmp)
+		g.p("VADDPD Y%d, Y%d, Y%d", tmp, i, i)
+	}
+	g.p("VEXTRACTF128 $1, Y%d, X%d", i, tmp)
+	g.p("VADDPD X%d, X%d, X%d", tmp, i, i)
+	g.p("VPERMILPD $1, X%d, X%d", i, tmp)
+	g.p("VADDSD X%d, X%d, X%d", tmp, i, i)
+}
+
+// biasF64 leaves Σ_g bias[g]·xsum[g] (float64) for input row t in lane 0 of
+// X0: this row's biases at R9 - 8·groups + R8, the sums at BX (+ offset).
+// It uses V0, V1, R10, R11, R12.
+func (g *gen) biasF64(t int) {
+	L := g.isa.lanes / 2 // doubles per vector
+	bvec, btail, bsc, bdone := g.newLabel("bvec"), g.newLabel("btail"), g.newLabel("bsc"), g.newLabel("bdone")
+	g.p("MOVQ %d(DI), R10", offGroups)
+	g.p("MOVQ R10, R11")
+	g.p("SHLQ $3, R11")
+	g.p("NEGQ R11")
+	g.p("ADDQ R9, R11")
+	g.p("ADDQ R8, R11")
+	if t == 0 {
+		g.p("MOVQ BX, R12")
+	} else {
+		g.p("LEAQ (BX)(%s*1), R12", dreg[t])
+	}
+	g.zero(g.V(0))
+	g.p("CMPQ R10, $%d", L)
+	g.p("JLT %s", btail)
+	g.l(bvec)
+	g.p("VMOVUPD (R11), %s", g.V(1))
+	g.p("VFMADD231PD (R12), %s, %s", g.V(1), g.V(0))
+	g.p("ADDQ $%d, R11", 8*L)
+	g.p("ADDQ $%d, R12", 8*L)
+	g.p("SUBQ $%d, R10", L)
+	g.p("CMPQ R10, $%d", L)
+	g.p("JGE %s", bvec)
+	g.l(btail)
+	g.hsumPD(0, 1)
+	g.p("TESTQ R10, R10")
+	g.p("JZ %s", bdone)
+	g.l(bsc)
+	g.p("VMOVSD (R11), X1")
+	g.p("VFMADD231SD (R12), X1, X0")
+	g.p("ADDQ $8, R11")
+	g.p("ADDQ $8, R12")
+	g.p("DECQ R10")
+	g.p("JNZ %s", bsc)
+	g.l(bdone)
+}
+
+// dense writes a dense kernel (bf16 or f32 weights) for nx input rows,
+// exact in float64: two float64 accumulators over blocks of 2D values (a
+// bf16 or f32 weight times an f32 input is exact in float64), their lane
+// sum, a scalar float64 tail; the total is rounded to f32 once. The input
+// rows are doubles.
+func (g *gen) dense(wdt string, nx int) {
+	D := g.isa.lanes / 2
+	name := fmt.Sprintf("%sx%d%s", wdt, nx, g.isa.name)
+	g.header(name)
+	g.p("MOVQ %d(DI), SI", offW)
+	g.p("MOVQ %d(DI), CX", offRows)
+	g.xOffsets(nx)
+	es := 2 // bytes per weight
+	if wdt == "f32" {
+		es = 4
+	}
+	shift := 0
+	for 1<<shift < 2*D {
+		shift++
+	}
+	half := func(i int) string {
+		if g.isa.avx512 {
+			return fmt.Sprintf("Y%d", i)
+		}
+		return fmt.Sprintf("X%d", i)
+	}
+	load := func() {
+		if wdt == "bf16" {
+			g.p("VPMOVZXWD (AX), %s", half(0))
+			g.p("VPMOVZXWD %d(AX), %s", D*es, half(1))
+			g.p("VPSLLD $16, %s, %s", half(0), half(0))
+			g.p("VPSLLD $16, %s, %s", half(1), half(1))
+			g.p("VCVTPS2PD %s, %s", half(0), g.V(0))
+			g.p("VCVTPS2PD %s, %s", half(1), g.V(1))
+		} else {
+			g.p("VCVTPS2PD (AX), %s", g.V(0))
+			g.p("VCVTPS2PD %d(AX), %s", D*es, g.V(1))
+		}
+	}
+	row, blk, red, tail, store := g.newLabel("row"), g.newLabel("blk"), g.newLabel("red"), g.newLabel("tail"), g.newLabel("store")
+	g.l(row)
+	g.p("MOVQ SI, AX")
+	g.p("MOVQ %d(DI), BX", offX)
+	for t := range nx {
+		g.zero(g.V(6 + t))
+		g.zero(g.V(10 + t))
+	}
+	g.p("MOVQ %d(DI), R12", offK)
+	g.p("SHRQ $%d, R12", shift)
+	g.p("JZ %s", red)
+	g.l(blk)
+	if prefetch > 0 {
+		g.p("PREFETCHT0 %d(AX)", prefetch)
+	}
+	load()
+	for t := range nx {
+		g.p("VFMADD231PD %s, %s, %s", xaddr(t, 0), g.V(0), g.V(6+t))
+		g.p("VFMADD231PD %s, %s, %s", xaddr(t, 8*D), g.V(1), g.V(10+t))
+	}
+	g.p("ADDQ $%d, AX", 2*D*es)
+	g.p("ADDQ $%d, BX", 16*D)
+	g.p("DECQ R12")
+	g.p("JNZ %s", blk)
+	g.l(red)
+	for t := range nx {
+		g.p("VADDPD %s, %s, %s", g.V(10+t), g.V(6+t), g.V(6+t))
+		g.hsumPD(6+t, 1)
+	}
+	g.p("MOVQ %d(DI), R12", offK)
+	g.p("ANDQ $%d, R12", 2*D-1)
+	g.p("JZ %s", store)
+	g.l(tail)
+	if wdt == "bf16" {
+		g.p("MOVWLZX (AX), R11")
+		g.p("SHLL $16, R11")
+		g.p("VMOVD R11, X0")
+	} else {
+		g.p("VMOVSS (AX), X0")
+	}
+	g.p("VCVTSS2SD X0, X0, X0")
+	for t := range nx {
+		g.p("VFMADD231SD %s, X0, X%d", xaddr(t, 0), 6+t)
+	}
+	g.p("ADDQ $%d, AX", es)
+	g.p("ADDQ $8, BX")
+	g.p("DECQ R12")
+	g.p("JNZ %s", tail)
+	g.l(store)
+	for t := range nx {
+		g.p("VCVTSD2SS X%d, X%d, X%d", 6+t, 6+t, 6+t)
+		g.store(t, 6+t)
+	}
+	g.p("ADDQ %d(DI), SI", offStride)
+	g.p("DECQ CX")
+	g.p("JNZ %s", row)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// widen writes widenBF16(dst *float64, src *uint16, n int) and
+// widenF32(dst *float64, src *float32, n int): dst[i] = float64(src[i]).
+func (g *gen) widen(from string) {
+	L := g.isa.lanes / 2 // doubles per vector
+	name := "widen" + from + g.isa.name
+	es := 2
+	if from == "F32" {
+		es = 4
+	}
+	src := "uint16"
+	if from == "F32" {
+		src = "float32"
+	}
+	fmt.Fprintf(&g.buf, "\n// func %s(dst *float64, src *%s, n int)\nTEXT ·%s(SB), NOSPLIT, $0-24\n", name, src, name)
+	g.p("MOVQ dst+0(FP), DI")
+	g.p("MOVQ src+8(FP), SI")
+	g.p("MOVQ n+16(FP), CX")
+	vec, tail, sc, done := g.newLabel("vec"), g.newLabel("tail"), g.newLabel("sc"), g.newLabel("done")
+	half := "X0"
+	if g.isa.avx512 {
+		half = "Y0"
+	}
+	g.p("CMPQ CX, $%d", L)
+	g.p("JLT %s", tail)
+	g.l(vec)
+	if from == "BF16" {
+		g.p("VPMOVZXWD (SI), %s", half)
+		g.p("VPSLLD $16, %s, %s", half, half)
+		g.p("VCVTPS2PD %s, %s", half, g.V(1))
+	} else {
+		g.p("VCVTPS2PD (SI), %s", g.V(1))
+	}
+	g.p("VMOVUPD %s, (DI)", g.V(1))
+	g.p("ADDQ $%d, SI", es*L)
+	g.p("ADDQ $%d, DI", 8*L)
+	g.p("SUBQ $%d, CX", L)
+	g.p("CMPQ CX, $%d", L)
+	g.p("JGE %s", vec)
+	g.l(tail)
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", done)
+	g.l(sc)
+	if from == "BF16" {
+		g.p("MOVWLZX (SI), AX")
+		g.p("SHLL $16, AX")
+		g.p("VMOVD AX, X0")
+	} else {
+		g.p("VMOVSS (SI), X0")
+	}
+	g.p("VCVTSS2SD X0, X0, X0")
+	g.p("VMOVSD X0, (DI)")
+	g.p("ADDQ $%d, SI", es)
+	g.p("ADDQ $8, DI")
+	g.p("DECQ CX")
+	g.p("JNZ %s", sc)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// dot writes dotF32(a, b *float32, n int) float32: four accumulators over
+// blocks of 4L, their sum, the lane sum, then a scalar tail.
+func (g *gen) dot() {
+	L := g.isa.lanes
+	name := "dotF32" + g.isa.name
+	fmt.Fprintf(&g.buf, "\n// func %s(a, b *float32, n int) float32\nTEXT ·%s(SB), NOSPLIT, $0-28\n", name, name)
+	g.p("MOVQ a+0(FP), SI")
+	g.p("MOVQ b+8(FP), DI")
+	g.p("MOVQ n+16(FP), CX")
+	for i := 2; i < 6; i++ {
+		g.zero(g.V(i))
+	}
+	vec, red, tail, done := g.newLabel("vec"), g.newLabel("red"), g.newLabel("tail"), g.newLabel("done")
+	g.p("CMPQ CX, $%d", 4*L)
+	g.p("JLT %s", red)
+	g.l(vec)
+	for i := range 4 {
+		g.p("VMOVUPS %d(SI), %s", 4*L*i, g.V(0))
+		g.p("VFMADD231PS %d(DI), %s, %s", 4*L*i, g.V(0), g.V(2+i))
+	}
+	g.p("ADDQ $%d, SI", 16*L)
+	g.p("ADDQ $%d, DI", 16*L)
+	g.p("SUBQ $%d, CX", 4*L)
+	g.p("CMPQ CX, $%d", 4*L)
+	g.p("JGE %s", vec)
+	g.l(red)
+	g.p("VADDPS %s, %s, %s", g.V(3), g.V(2), g.V(2))
+	g.p("VADDPS %s, %s, %s", g.V(5), g.V(4), g.V(4))
+	g.p("VADDPS %s, %s, %s", g.V(4), g.V(2), g.V(2))
+	g.hsum(2, 1)
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", done)
+	g.l(tail)
+	g.p("VMOVSS (SI), X0")
+	g.p("VFMADD231SS (DI), X0, X2")
+	g.p("ADDQ $4, SI")
+	g.p("ADDQ $4, DI")
+	g.p("DECQ CX")
+	g.p("JNZ %s", tail)
+	g.l(done)
+	g.p("VMOVSS X2, ret+24(FP)")
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// axpy writes axpyF32(y, x *float32, a float32, n int): y[i] += a·x[i].
+func (g *gen) axpy() {
+	L := g.isa.lanes
+	name := "axpyF32" + g.isa.name
+	fmt.Fprintf(&g.buf, "\n// func %s(y, x *float32, a float32, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
+	g.p("MOVQ y+0(FP), DI")
+	g.p("MOVQ x+8(FP), SI")
+	g.p("VBROADCASTSS a+16(FP), %s", g.V(1))
+	g.p("MOVQ n+24(FP), CX")
+	vec, tail, sc, done := g.newLabel("vec"), g.newLabel("tail"), g.newLabel("sc"), g.newLabel("done")
+	g.p("CMPQ CX, $%d", 2*L)
+	g.p("JLT %s", tail)
+	g.l(vec)
+	for i := range 2 {
+		g.p("VMOVUPS %d(DI), %s", 4*L*i, g.V(2+i))
+		g.p("VFMADD231PS %d(SI), %s, %s", 4*L*i, g.V(1), g.V(2+i))
+		g.p("VMOVUPS %s, %d(DI)", g.V(2+i), 4*L*i)
+	}
+	g.p("ADDQ $%d, SI", 8*L)
+	g.p("ADDQ $%d, DI", 8*L)
+	g.p("SUBQ $%d, CX", 2*L)
+	g.p("CMPQ CX, $%d", 2*L)
+	g.p("JGE %s", vec)
+	g.l(tail)
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", done)
+	g.l(sc)
+	g.p("VMOVSS (DI), X0")
+	g.p("VFMADD231SS (SI), X1, X0")
+	g.p("VMOVSS X0, (DI)")
+	g.p("ADDQ $4, SI")
+	g.p("ADDQ $4, DI")
+	g.p("DECQ CX")
+	g.p("JNZ %s", sc)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+var prefetch = func() int {
+	if v := os.Getenv("PF"); v != "" {
+		n := 0
+		fmt.Sscan(v, &n)
+		return n
+	}
+	return 0
+}()
+
+func main() {
+	g := &gen{}
+	g.buf.WriteString("// Code generated by gen_amd64.go; DO NOT EDIT.\n\n//go:build !purego\n\n#include \"textflag.h\"\n")
+	for _, is := range []isa{avx2, avx512} {
+		g.isa = is
+		for _, nx := range []int{1, 4} {
+			g.quant(4, nx)
+			g.quant(8, nx)
+			g.dense("bf16", nx)
+			g.dense("f32", nx)
+		}
+		g.widen("BF16")
+		g.widen("F32")
+		g.dot()
+		g.axpy()
+	}
+	if err := os.WriteFile("simd_amd64.s", g.buf.Bytes(), 0o644); err != nil {
+		log.Fatal(err)
+	}
+}

@@ -1,0 +1,154 @@
+package cpu
+
+import (
+	"os"
+	"unsafe"
+
+	"github.com/gemmoe/gemmoe/dtype"
+)
+
+//go:generate go run gen_amd64.go
+
+// SIMD kernels. Each architecture file (simd_amd64.go, simd_arm64.go)
+// offers kernel sets chosen at run time from the CPU's features; the generic
+// Go kernels (dot.go) stay for everything else and are forced by
+// GEMMOE_CPU_GENERIC=1 or WithGeneric.
+//
+// The matmul kernels of a set are exact in float64 like the generic
+// kernels: a weight (a small unsigned integer q, a bf16 or an f32 value)
+// times an f32 input is exact in float64, the kernels sum such products in
+// float64 lanes, and the output is rounded to f32 once. Their results
+// therefore equal the generic kernels' except, rarely, in the last bit when
+// the two summation orders straddle a rounding boundary. (That matters: the
+// tiny fixture models amplify rounding noise by ~10^4 from the first layer
+// to the logits, and kernels that round partial sums to f32 move the fixture
+// logits by a few 1e-3.) A quantized row is reduced per group, w·x = Σ_g
+// scale·Σq·x + bias·Σx, as the generic kernels compute it; Σx per group is
+// computed once per input row. Each kernel has a one-input-row form
+// (decode) and a four-input-row form (prefill, one weight unpacking shared
+// by four rows); both do the same operations in the same order for each
+// input row, so a row's result does not depend on how many rows a call
+// carries (batch invariance).
+
+// kargs are the arguments of a matmul kernel: rows consecutive weight rows
+// times one or four input rows. The assembly reads the fields at fixed
+// offsets (TestKargsLayout).
+type kargs struct {
+	w      unsafe.Pointer // first weight row
+	stride int            // bytes between weight rows
+	rows   int            // weight rows (>= 1)
+	sb     *float64       // float64 scales [rows][groups] (quantized)
+	boff   int            // byte offset from the scales to the biases
+	groups int            // groups per row (quantized)
+	bpg    int            // blocks of lanes values per group (quantized)
+	k      int            // input width (dense)
+	x      [4]*float64    // input rows: k values (permuted for 4-bit), then (quantized) the group sums
+	y      [4]*float32    // outputs of the first weight row (rows values each)
+}
+
+// kernelSet is one family of SIMD kernels.
+type kernelSet struct {
+	name  string
+	lanes int // f32 lanes of a vector (float64 lanes: lanes/2); a block of the matmul kernels holds lanes values
+	// Matmul kernels per weight format: [0] one input row, [1] four.
+	q4, q8, bf16, f32 [2]func(*kargs)
+	widenBF16         func(dst *float64, src *uint16, n int)
+	widenF32          func(dst *float64, src *float32, n int)
+	dot               func(a, b *float32, n int) float32
+	axpy              func(y, x *float32, a float32, n int)
+}
+
+// chooseKernels returns the kernel set a backend uses: nil (generic) when
+// forced or when the CPU has none, else the named set if given and
+// available, else the best available.
+func chooseKernels(generic bool, name string) *kernelSet {
+	if generic || os.Getenv("GEMMOE_CPU_GENERIC") == "1" {
+		return nil
+	}
+	if name == "" {
+		name = os.Getenv("GEMMOE_CPU_KERNELS")
+	}
+	sets := archKernels()
+	if name == "generic" {
+		return nil
+	}
+	for _, s := range sets {
+		if name == "" || s.name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// KernelSets returns the names of the SIMD kernel sets this CPU supports,
+// best first ("avx512", "avx2", "neon"); empty when only the generic Go
+// kernels run here.
+func KernelSets() []string {
+	var n []string
+	for _, s := range archKernels() {
+		n = append(n, s.name)
+	}
+	return n
+}
+
+// Kernels returns the name of the kernel set the backend runs: "generic" or
+// one of KernelSets.
+func (b *Backend) Kernels() string {
+	if b.ks == nil {
+		return "generic"
+	}
+	return b.ks.name
+}
+
+// matmul returns the set's kernels for a weight format (dense dtype, or bits
+// and group), or nil when it has none.
+func (ks *kernelSet) matmul(bits, group int, wdt dtype.DType) *[2]func(*kargs) {
+	if ks == nil {
+		return nil
+	}
+	switch bits {
+	case 0:
+		switch wdt {
+		case dtype.BF16:
+			return &ks.bf16
+		case dtype.F32:
+			return &ks.f32
+		}
+	case 4, 8:
+		if group%ks.lanes != 0 {
+			return nil
+		}
+		if bits == 4 {
+			return &ks.q4
+		}
+		return &ks.q8
+	}
+	return nil
+}
+
+// permute4 widens an input row for the 4-bit kernels: in each block of
+// `block` values, the even-indexed ones (the low nibbles of the block's
+// bytes), then the odd ones.
+func permute4(dst []float64, x []float32, block int) {
+	h := block / 2
+	for b := 0; b+block <= len(x); b += block {
+		xs, ds := x[b:b+block:b+block], dst[b:b+block:b+block]
+		for i := range h {
+			ds[i] = float64(xs[2*i])
+			ds[h+i] = float64(xs[2*i+1])
+		}
+	}
+}
+
+// groupSums64 sets xs[g] to the float64 sum of group g of x.
+func groupSums64(x []float32, xs []float64, group int) {
+	for g := range xs {
+		var s0, s1 float64
+		xx := x[g*group : (g+1)*group : (g+1)*group]
+		for i := 0; i+2 <= len(xx); i += 2 {
+			s0 += float64(xx[i])
+			s1 += float64(xx[i+1])
+		}
+		xs[g] = s0 + s1
+	}
+}

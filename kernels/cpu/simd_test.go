@@ -1,0 +1,263 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+
+	"github.com/gemmoe/gemmoe/dtype"
+	"github.com/gemmoe/gemmoe/kernels"
+)
+
+// The SIMD kernels against the generic Go kernels on random data, for every
+// kernel set this CPU has. Where the math is the same (the exact kernels:
+// float64 sums of exact products, the generic fused path being the
+// reference) the results must be identical except for rare last-bit
+// differences where the two summation orders straddle an f32 rounding
+// boundary; a row's results must not depend on how many rows a call carries.
+
+func TestKargsLayout(t *testing.T) {
+	var a kargs
+	for _, c := range []struct {
+		name string
+		got  uintptr
+		want uintptr
+	}{
+		{"w", unsafe.Offsetof(a.w), 0}, {"stride", unsafe.Offsetof(a.stride), 8}, {"rows", unsafe.Offsetof(a.rows), 16},
+		{"sb", unsafe.Offsetof(a.sb), 24}, {"boff", unsafe.Offsetof(a.boff), 32}, {"groups", unsafe.Offsetof(a.groups), 40},
+		{"bpg", unsafe.Offsetof(a.bpg), 48}, {"k", unsafe.Offsetof(a.k), 56}, {"x", unsafe.Offsetof(a.x), 64},
+		{"y", unsafe.Offsetof(a.y), 96},
+	} {
+		if c.got != c.want {
+			t.Errorf("kargs.%s at offset %d, the assembly reads it at %d", c.name, c.got, c.want)
+		}
+	}
+}
+
+// ulpDiff returns how many f32 steps apart a and b are.
+func ulpDiff(a, b float32) int64 {
+	ia, ib := int64(int32(math.Float32bits(a))), int64(int32(math.Float32bits(b)))
+	if ia < 0 {
+		ia = math.MinInt32 - ia
+	}
+	if ib < 0 {
+		ib = math.MinInt32 - ib
+	}
+	d := ia - ib
+	if d < 0 {
+		d = -d
+	}
+	return d
+}
+
+// compareExact checks got against want (same math): every value within one
+// f32 step, and at most 1% of them (and 2 at least) not identical.
+func compareExact(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+	}
+	diff := 0
+	for i := range got {
+		if got[i] == want[i] {
+			continue
+		}
+		if d := ulpDiff(got[i], want[i]); d > 1 || math.IsNaN(float64(got[i])) {
+			t.Fatalf("%s: element %d = %v, generic %v (%d steps apart)", what, i, got[i], want[i], d)
+		}
+		diff++
+	}
+	if diff > max(2, len(got)/100) {
+		t.Fatalf("%s: %d of %d values differ in the last bit from the generic kernels", what, diff, len(got))
+	}
+}
+
+// simdCase is one weight format.
+type simdCase struct {
+	bits, group int
+	wdt, sdt    dtype.DType
+}
+
+func (c simdCase) String() string {
+	if c.bits == 0 {
+		return c.wdt.String()
+	}
+	return fmt.Sprintf("q%d/g%d/%s", c.bits, c.group, c.sdt)
+}
+
+var simdCases = []simdCase{
+	{4, 64, dtype.U32, dtype.BF16}, {4, 32, dtype.U32, dtype.F16}, {4, 128, dtype.U32, dtype.F32},
+	{8, 64, dtype.U32, dtype.BF16}, {8, 32, dtype.U32, dtype.F32}, {8, 128, dtype.U32, dtype.F16},
+	{0, 0, dtype.BF16, 0}, {0, 0, dtype.F32, 0},
+	{3, 64, dtype.U32, dtype.BF16}, {0, 0, dtype.F16, 0}, // no SIMD kernels: the generic path either way
+}
+
+// simdShapes are (n, k) pairs: aligned, ragged (dense tails, odd row
+// counts, a last block of rows shorter than fastBlock) and tiny.
+func simdShapes(c simdCase) [][2]int {
+	if c.bits == 0 {
+		return [][2]int{{37, 256}, {33, 75}, {5, 13}, {1, 1}, {17, 2816}, {3, 31}}
+	}
+	g := c.group
+	return [][2]int{{37, 4 * g}, {33, 3 * g}, {1, g}, {16, 2 * g}, {17, 2816 / g * g}, {5, 11 * g}}
+}
+
+// weightFor makes a random weight of format c and shape [n, k] on b.
+func weightFor(t *testing.T, b *Backend, r *rand.Rand, c simdCase, n, k int) *kernels.Weight {
+	if c.bits == 0 {
+		w := rounded(c.wdt, randVals(r, n*k, -1, 1))
+		return &kernels.Weight{Data: tensor(t, b, c.wdt, w, n, k), N: n, K: k}
+	}
+	return randQMat(r, n, k, c.bits, c.group, c.sdt).upload(t, b, c.sdt)
+}
+
+func TestSIMDMatMul(t *testing.T) {
+	sets := KernelSets()
+	if len(sets) == 0 {
+		t.Skip("no SIMD kernels on this CPU")
+	}
+	gen := newBackend(t, WithGeneric())
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, ks := range sets {
+		b := newBackend(t, WithKernels(ks))
+		if b.Kernels() != ks {
+			t.Fatalf("WithKernels(%q) gave %q", ks, b.Kernels())
+		}
+		for _, c := range simdCases {
+			for _, s := range simdShapes(c) {
+				n, k := s[0], s[1]
+				t.Run(fmt.Sprintf("%s/%s/%dx%d", ks, c, n, k), func(t *testing.T) {
+					w := weightFor(t, b, r, c, n, k)
+					const m = 9
+					x := rounded(dtype.F32, randNorm(r, m*k))
+					xt := tensor(t, b, dtype.F32, x, m, k)
+					// Reference: the generic kernels one row at a time (the
+					// fused exact path).
+					want := make([]float32, 0, m*n)
+					y1 := tensor(t, gen, dtype.F32, nil, 1, n)
+					for row := range m {
+						xr, _ := xt.RowRange(row, row+1)
+						if err := gen.MatMul(y1, xr, w); err != nil {
+							t.Fatal(err)
+						}
+						for _, v := range fetch(t, gen, y1) {
+							want = append(want, float32(v))
+						}
+					}
+					// SIMD, with M = 1..m rows per call: every call must give
+					// the same bits for a row (batch invariance).
+					var first []float32
+					for _, mm := range []int{m, 1, 4, 5} {
+						var got []float32
+						for row := 0; row < m; row += mm {
+							rows := min(mm, m-row)
+							xr, _ := xt.RowRange(row, row+rows)
+							yt := tensor(t, b, dtype.F32, nil, rows, n)
+							if err := b.MatMul(yt, xr, w); err != nil {
+								t.Fatal(err)
+							}
+							for _, v := range fetch(t, b, yt) {
+								got = append(got, float32(v))
+							}
+						}
+						if first == nil {
+							first = got
+							compareExact(t, "y", got, want)
+							continue
+						}
+						for i := range got {
+							if math.Float32bits(got[i]) != math.Float32bits(first[i]) {
+								t.Fatalf("M=%d per call: element %d (row %d) = %v, with M=%d %v", mm, i, i/n, got[i], m, first[i])
+							}
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestSIMDMatMulExperts(t *testing.T) {
+	sets := KernelSets()
+	if len(sets) == 0 {
+		t.Skip("no SIMD kernels on this CPU")
+	}
+	gen := newBackend(t, WithGeneric())
+	r := rand.New(rand.NewPCG(23, 24))
+	for _, ks := range sets {
+		b := newBackend(t, WithKernels(ks))
+		for _, c := range []simdCase{{4, 64, dtype.BF16, dtype.BF16}, {8, 32, dtype.F32, dtype.F32}, {0, 0, dtype.BF16, 0}} {
+			const e, n, slots = 6, 21, 3
+			k := 192
+			w, _, _ := expertsCase(t, b, r, e, n, k, c.bits, c.group, c.wdt)
+			for _, m := range []int{1, 7} {
+				t.Run(fmt.Sprintf("%s/%s/M%d", ks, c, m), func(t *testing.T) {
+					ids := make([]float64, m*slots)
+					for i := range ids {
+						ids[i] = float64(r.IntN(e))
+					}
+					x := rounded(dtype.F32, randNorm(r, m*k))
+					xt := tensor(t, b, dtype.F32, x, m, k)
+					it := tensor(t, b, dtype.I32, ids, m, slots)
+					yt := tensor(t, b, dtype.F32, nil, m, slots, n)
+					if err := b.MatMulExperts(yt, xt, w, it); err != nil {
+						t.Fatal(err)
+					}
+					got := fetch(t, b, yt)
+					// Reference: generic MatMul on Weight.Expert, row by row;
+					// and the SIMD MatMulExperts with one token per call.
+					for i := range m * slots {
+						ex, _ := w.Expert(int(ids[i]))
+						xr, _ := xt.RowRange(i/slots, i/slots+1)
+						y1 := tensor(t, gen, dtype.F32, nil, 1, n)
+						if err := gen.MatMul(y1, xr, &ex); err != nil {
+							t.Fatal(err)
+						}
+						compareExact(t, fmt.Sprintf("slot %d", i), f32s(got[i*n:(i+1)*n]), f32s(fetch(t, gen, y1)))
+					}
+					for tok := range m {
+						xr, _ := xt.RowRange(tok, tok+1)
+						ir, _ := it.RowRange(tok, tok+1)
+						y1 := tensor(t, b, dtype.F32, nil, 1, slots, n)
+						if err := b.MatMulExperts(y1, xr, w, ir); err != nil {
+							t.Fatal(err)
+						}
+						for i, v := range fetch(t, b, y1) {
+							if v != got[tok*slots*n+i] {
+								t.Fatalf("token %d alone: element %d = %v, in the batch %v", tok, i, v, got[tok*slots*n+i])
+							}
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+func f32s(v []float64) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = float32(x)
+	}
+	return out
+}
+
+func TestKernelsOption(t *testing.T) {
+	if b := newBackend(t, WithGeneric()); b.Kernels() != "generic" {
+		t.Errorf("WithGeneric: kernels %q", b.Kernels())
+	}
+	t.Setenv("GEMMOE_CPU_GENERIC", "1")
+	if b := newBackend(t); b.Kernels() != "generic" {
+		t.Errorf("GEMMOE_CPU_GENERIC=1: kernels %q", b.Kernels())
+	}
+	t.Setenv("GEMMOE_CPU_GENERIC", "")
+	want := "generic"
+	if s := KernelSets(); len(s) > 0 {
+		want = s[0]
+	}
+	if b := newBackend(t); b.Kernels() != want {
+		t.Errorf("default kernels %q, want %q", b.Kernels(), want)
+	}
+}
