@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/gemmoe/gemmoe/backend"
+	"github.com/gemmoe/gemmoe/demo"
 	"github.com/gemmoe/gemmoe/kernels"
 	"github.com/gemmoe/gemmoe/loader"
 	"github.com/gemmoe/gemmoe/model"
@@ -61,10 +62,7 @@ type Model struct {
 // on the chosen backend. A model without tokenizer.json still loads; text
 // methods then return an error (token methods work).
 func Load(ctx context.Context, path string, opts ...Option) (*Model, error) {
-	cfg := loadConfig{backend: "auto"}
-	for _, o := range opts {
-		o(&cfg)
-	}
+	cfg := options(opts)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -72,21 +70,53 @@ func Load(ctx context.Context, path string, opts ...Option) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Model{src: src}
+	var tok *tokenizer.Tokenizer
 	tokPath := cfg.tokenizer
 	if tokPath == "" {
 		tokPath = src.TokenizerPath
 	}
 	if tokPath != "" {
-		if m.tok, err = tokenizer.Load(tokPath); err != nil {
+		if tok, err = tokenizer.Load(tokPath); err != nil {
 			src.Close()
 			return nil, fmt.Errorf("tokenizer: %w", err)
 		}
 	}
+	return place(ctx, src, tok, cfg)
+}
+
+// LoadDemo loads the demo model built into the binary (package demo): a
+// small Gemma 4 MoE model trained on Go source, for trying gemmoe without
+// a download. It completes code; it is not a chat model.
+func LoadDemo(ctx context.Context, opts ...Option) (*Model, error) {
+	cfg := options(opts)
+	src, err := demo.Open()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := demo.Tokenizer()
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	return place(ctx, src, tok, cfg)
+}
+
+func options(opts []Option) loadConfig {
+	cfg := loadConfig{backend: "auto"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
+}
+
+// place puts an opened checkpoint on the configured backend.
+func place(ctx context.Context, src *loader.Model, tok *tokenizer.Tokenizer, cfg loadConfig) (*Model, error) {
 	if err := ctx.Err(); err != nil {
 		src.Close()
 		return nil, err
 	}
+	m := &Model{src: src, tok: tok}
+	var err error
 	if m.backend, m.BackendNote, err = backend.Open(cfg.backend); err != nil {
 		src.Close()
 		return nil, err

@@ -43,18 +43,23 @@ func Names() []string {
 }
 
 // Open returns the backend called name. For "auto" it also returns, in
-// note, why faster backends were passed over (empty when none were tried).
+// note, which faster backends were passed over (empty when none were).
 func Open(name string) (b kernels.Backend, note string, err error) {
 	if name == "" || name == "auto" {
 		var skipped []string
 		for _, n := range autoOrder {
 			b, err := openers[n]()
 			if err == nil {
-				return b, strings.Join(skipped, "; "), nil
+				return b, "", nil
 			}
-			skipped = append(skipped, fmt.Sprintf("%s unavailable (%v)", n, err))
+			skipped = append(skipped, n)
 		}
-		return cpu.New(), strings.Join(skipped, "; "), nil
+		note = ""
+		if len(skipped) > 0 {
+			note = fmt.Sprintf("using cpu: %s not available here (-backend %s says why)",
+				strings.Join(skipped, " and "), skipped[0])
+		}
+		return cpu.New(), note, nil
 	}
 	open, ok := openers[name]
 	if !ok {

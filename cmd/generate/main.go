@@ -19,11 +19,13 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/gemmoe/gemmoe"
+	"github.com/gemmoe/gemmoe/demo"
 	"github.com/gemmoe/gemmoe/loader"
 	"github.com/gemmoe/gemmoe/model"
 	"github.com/gemmoe/gemmoe/tokenizer"
@@ -43,7 +45,7 @@ type flags struct {
 func main() {
 	var f flags
 	fs := flag.NewFlagSet("generate", flag.ExitOnError)
-	fs.StringVar(&f.model, "model", "", "model directory (config.json, *.safetensors, tokenizer.json)")
+	fs.StringVar(&f.model, "model", "", "model directory (config.json, *.safetensors, tokenizer.json); default: the built-in demo model")
 	fs.StringVar(&f.prompt, "prompt", "", "prompt text (default: read stdin)")
 	fs.StringVar(&f.system, "system", "", "system prompt")
 	fs.BoolVar(&f.chat, "chat", false, "interactive chat; the KV cache is kept between turns")
@@ -77,12 +79,19 @@ func main() {
 }
 
 func run(ctx context.Context, f flags, stdin io.Reader, out, log io.Writer) error {
-	dir, err := modelDir(f, log)
-	if err != nil {
-		return err
+	useDemo := f.model == ""
+	if useDemo {
+		if f.chat || f.messages != "" || f.system != "" || f.think || f.tools != "" {
+			return errors.New("the built-in demo model completes Go code and has no chat training: give -model DIR for chat")
+		}
+		if f.tokenizer != "" {
+			return errors.New("-tokenizer needs -model DIR")
+		}
+		f.raw = true // a code model: prompts are continued as they are
+		fmt.Fprintf(log, "no -model given: using %s\n", demo.Name)
 	}
 	if f.info {
-		src, err := loader.Open(dir)
+		src, err := openSource(f.model)
 		if err != nil {
 			return err
 		}
@@ -96,7 +105,7 @@ func run(ctx context.Context, f flags, stdin io.Reader, out, log io.Writer) erro
 	}
 	if f.tokenize || f.render {
 		// No weights needed: only the tokenizer and the template.
-		tok, err := loadTokenizer(f, dir)
+		tok, err := loadTokenizer(f)
 		if err != nil {
 			return err
 		}
@@ -115,9 +124,15 @@ func run(ctx context.Context, f flags, stdin io.Reader, out, log io.Writer) erro
 		opts = append(opts, gemmoe.WithTokenizer(f.tokenizer))
 	}
 	t0 := time.Now()
-	stopProgress := progress(log, "loading "+dir)
-	m, err := gemmoe.Load(ctx, dir, opts...)
-	stopProgress()
+	var m *gemmoe.Model
+	var err error
+	if useDemo {
+		m, err = gemmoe.LoadDemo(ctx, opts...)
+	} else {
+		stopProgress := progress(log, "loading "+f.model)
+		m, err = gemmoe.Load(ctx, f.model, opts...)
+		stopProgress()
+	}
 	if err != nil {
 		return err
 	}
@@ -220,15 +235,26 @@ func parseIDs(s string) ([]int32, error) {
 	return ids, nil
 }
 
-func loadTokenizer(f flags, dir string) (*tokenizer.Tokenizer, error) {
+func loadTokenizer(f flags) (*tokenizer.Tokenizer, error) {
+	if f.model == "" {
+		return demo.Tokenizer()
+	}
 	path := f.tokenizer
 	if path == "" {
-		path = dir + string(os.PathSeparator) + "tokenizer.json"
+		path = filepath.Join(f.model, "tokenizer.json")
 		if _, err := os.Stat(path); err != nil {
-			return nil, fmt.Errorf("no tokenizer: %s has no tokenizer.json (give -tokenizer FILE)", dir)
+			return nil, fmt.Errorf("no tokenizer: %s has no tokenizer.json (give -tokenizer FILE)", f.model)
 		}
 	}
 	return tokenizer.Load(path)
+}
+
+// openSource opens the checkpoint (the demo model when dir is "").
+func openSource(dir string) (*loader.Model, error) {
+	if dir == "" {
+		return demo.Open()
+	}
+	return loader.Open(dir)
 }
 
 type tokenLine struct {

@@ -209,7 +209,8 @@ func TestCLIErrors(t *testing.T) {
 		want string
 	}{
 		{"missing model dir", flags{model: "does-not-exist", tokens: "2"}, "does-not-exist"},
-		{"no model flag", flags{tokens: "2"}, "-model"},
+		{"chat with the demo model", flags{chat: true}, "demo model"},
+		{"tokenizer without model", flags{tokenizer: "x.json", prompt: "x"}, "-model"},
 		{"no tokenizer for text", flags{model: fixture, prompt: "hello"}, "tokenizer"},
 		{"context overflow", flags{model: fixture, tokens: "2,3", maxTokens: 5000}, "context length"},
 		{"unknown backend", flags{model: fixture, tokens: "2", backend: "tpu"}, "unknown backend"},
@@ -224,5 +225,21 @@ func TestCLIErrors(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestDemoModel: without -model the built-in demo model continues Go code.
+func TestDemoModel(t *testing.T) {
+	out, err := runCLI(t, flags{prompt: "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.", maxTokens: 8, jsonOut: true}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 9 {
+		t.Fatalf("want 8 token lines and a summary, got %q", out)
+	}
+	out, err = runCLI(t, flags{info: true, jsonOut: true}, "")
+	if err != nil || !strings.Contains(out, `"experts":16`) {
+		t.Fatalf("-info on the demo model: %q, %v", out, err)
 	}
 }
