@@ -39,6 +39,8 @@ type config struct {
 	threads int
 	generic bool
 	kernels string
+	int8    bool
+	int8Set bool
 }
 
 // WithThreads sets the number of goroutines that execute an op (the caller
@@ -49,6 +51,16 @@ func WithThreads(n int) Option { return func(c *config) { c.threads = n } }
 // environment variable GEMMOE_CPU_GENERIC=1 does. By default the backend
 // uses the best SIMD kernels the CPU supports (see KernelSets).
 func WithGeneric() Option { return func(c *config) { c.generic = true } }
+
+// WithInt8Activations makes the matmuls with 4- and 8-bit weights quantize
+// their input rows to int8 (per block of 32 values, with an f32 scale) and
+// use integer dot products, as llama.cpp does: several times less work per
+// weight byte than the exact kernels, so decode runs at the memory
+// bandwidth, at the cost of a small deviation (see the package
+// documentation). The environment variable GEMMOE_CPU_INT8=1 does the same;
+// GEMMOE_CPU_INT8=0 forces the exact kernels. It has no effect with the
+// generic kernels.
+func WithInt8Activations(on bool) Option { return func(c *config) { c.int8, c.int8Set = on, true } }
 
 // WithKernels selects a kernel set by name (one of KernelSets, or
 // "generic"); a set the CPU lacks falls back to the best available. The
@@ -61,12 +73,15 @@ type Backend struct {
 	pool   *pool
 	closed bool
 	ks     *kernelSet // SIMD kernels; nil: generic Go
+	int8   bool       // int8-activation matmuls (with ks)
 
 	// scratch for dtype conversions of op arguments (slot-indexed) and for the
 	// per-call tables of the matmuls; grown on demand, reused across calls.
 	conv [numConvSlots][]float32
 	x64  []float64 // matmul input rows, widened
 	xf   []float64 // matmul input rows as the SIMD kernels read them
+	xq   []uint64  // matmul input rows quantized for the int8 kernels (bytes)
+	bsum []float64 // per-block sums of an input row (int8 kernels)
 	xsum []float64 // per-group sums of x for the fused quantized products
 	mm   mmJob     // the one matmul job (no allocation per call)
 	ew   elemJob   // the one elementwise job
@@ -90,6 +105,7 @@ type workerScratch struct {
 	acc    []float64 // attention output accumulator
 	ka     kargs     // SIMD matmul kernel arguments
 	sb     []float64 // SIMD matmul: scales and biases of a block of rows
+	sb32   []float32 // the same for the int8-activation kernels
 }
 
 // New returns a CPU backend with its worker pool started.
@@ -102,6 +118,10 @@ func New(opts ...Option) *Backend {
 		c.threads = runtime.GOMAXPROCS(0)
 	}
 	b := &Backend{pool: newPool(c.threads), ks: chooseKernels(c.generic, c.kernels)}
+	if !c.int8Set {
+		c.int8 = defaultInt8()
+	}
+	b.int8 = c.int8 && b.ks != nil
 	b.ws = make([]workerScratch, c.threads)
 	return b
 }

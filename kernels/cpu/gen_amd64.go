@@ -528,6 +528,383 @@ func (g *gen) axpy() {
 	g.p("RET")
 }
 
+// int8q writes an int8-activation quantized kernel (ymm registers) for nx
+// input rows. The input row is quantized per block of 32 values to int8 with
+// an f32 scale d; a unit of weights (4-bit: 64 values, 32 packed bytes; 8-bit:
+// 32 values) gives eight int32 lanes of exact Σq·xi (VPDPBUSD with VNNI, else
+// VPMADDUBSW or VPMADDWD), converted to f32, multiplied by the lane's d and
+// by the group scale into the row's f32 total. After the groups, Σ_g
+// bias·Σx (f32) is added to the lane sum of the total.
+//
+// Input row layout (bytes): units of [32 int8 (4-bit: the unit's even-indexed
+// values) | 32 int8 (4-bit: the odd ones) | 8 f32 lane scales] (96 bytes;
+// 8-bit: 32 int8 (AVX2: int16, 64 bytes) then the lane scales), then the
+// groups' f32 sums. Scales and biases: f32 [rows][groups].
+//
+// pair (4-bit, group 32): a unit spans two groups, lanes 0-3 and 4-7; the
+// scales are permuted into place and a.k is 1 when the row ends in half a
+// unit. Otherwise a group holds a.bpg whole units.
+func (g *gen) int8q(bits, nx int, pair, vnni bool) {
+	variant := "AVX2"
+	if vnni {
+		variant = "VNNI"
+	}
+	p := ""
+	if pair {
+		p = "p"
+	}
+	name := fmt.Sprintf("i%d%sx%d%s", bits, p, nx, variant)
+	g.header(name)
+	g.p("MOVQ %d(DI), SI", offW)
+	g.p("MOVQ %d(DI), CX", offRows)
+	g.p("MOVQ %d(DI), R9", offSB)
+	g.p("MOVQ %d(DI), R8", offBoff)
+	if bits == 4 {
+		g.p("MOVL $0x0f0f0f0f, R11")
+		g.p("VMOVD R11, X15")
+		g.p("VPBROADCASTD X15, Y15")
+	}
+	if !vnni {
+		g.p("MOVL $0x00010001, R11")
+		g.p("VMOVD R11, X12")
+		g.p("VPBROADCASTD X12, Y12")
+	}
+	if pair {
+		g.p("VMOVDQU ·pairIdx(SB), Y13")
+	}
+	g.xOffsets(nx)
+	ub, xb := 32, 96 // weight and input bytes per unit
+	if bits == 8 && vnni {
+		xb = 64
+	}
+	lsOff := 64 // lane scales within a unit
+	if bits == 8 && vnni {
+		lsOff = 32
+	}
+	unit := func(half bool) {
+		if bits == 4 {
+			if half {
+				g.p("VMOVDQU (AX), X0") // clears the upper lanes
+			} else {
+				g.p("VMOVDQU (AX), Y0")
+			}
+			g.p("VPSRLW $4, Y0, Y1")
+			g.p("VPAND Y15, Y0, Y0")
+			g.p("VPAND Y15, Y1, Y1")
+			for t := range nx {
+				if vnni {
+					g.p("VPXOR Y%d, Y%d, Y%d", 6+t, 6+t, 6+t)
+					g.p("VPDPBUSD %s, Y0, Y%d", xaddr(t, 0), 6+t)
+					g.p("VPDPBUSD %s, Y1, Y%d", xaddr(t, 32), 6+t)
+				} else {
+					g.p("VPMADDUBSW %s, Y0, Y%d", xaddr(t, 0), 6+t)
+					g.p("VPMADDUBSW %s, Y1, Y10", xaddr(t, 32))
+					g.p("VPADDW Y10, Y%d, Y%d", 6+t, 6+t)
+					g.p("VPMADDWD Y12, Y%d, Y%d", 6+t, 6+t)
+				}
+			}
+		} else {
+			if vnni {
+				g.p("VMOVDQU (AX), Y0")
+			} else {
+				g.p("VPMOVZXBW (AX), Y0")
+				g.p("VPMOVZXBW 16(AX), Y1")
+			}
+			for t := range nx {
+				if vnni {
+					g.p("VPXOR Y%d, Y%d, Y%d", 6+t, 6+t, 6+t)
+					g.p("VPDPBUSD %s, Y0, Y%d", xaddr(t, 0), 6+t)
+				} else {
+					g.p("VPMADDWD %s, Y0, Y%d", xaddr(t, 0), 6+t)
+					g.p("VPMADDWD %s, Y1, Y10", xaddr(t, 32))
+					g.p("VPADDD Y10, Y%d, Y%d", 6+t, 6+t)
+				}
+			}
+		}
+		for t := range nx {
+			g.p("VCVTDQ2PS Y%d, Y%d", 6+t, 6+t)
+			g.p("VMULPS %s, Y%d, Y%d", xaddr(t, lsOff), 6+t, 6+t)
+			g.p("VFMADD231PS Y14, Y%d, Y%d", 6+t, 2+t)
+		}
+		g.p("ADDQ $%d, AX", ub)
+		g.p("ADDQ $%d, BX", xb)
+	}
+	row, step, un, steps, done := g.newLabel("row"), g.newLabel("step"), g.newLabel("unit"), g.newLabel("steps"), g.newLabel("stepsdone")
+	g.l(row)
+	g.p("MOVQ SI, AX")
+	g.p("MOVQ %d(DI), BX", offX)
+	for t := range nx {
+		g.p("VXORPS Y%d, Y%d, Y%d", 2+t, 2+t, 2+t)
+	}
+	g.p("MOVQ %d(DI), R10", offGroups)
+	if pair {
+		g.p("SHRQ $1, R10")
+		g.p("JZ %s", steps)
+	}
+	g.l(step)
+	if pair {
+		g.p("VBROADCASTSD (R9), Y14")
+		g.p("VPERMPS Y14, Y13, Y14")
+		g.p("ADDQ $8, R9")
+		unit(false)
+	} else {
+		g.p("VBROADCASTSS (R9), Y14")
+		g.p("ADDQ $4, R9")
+		g.p("MOVQ %d(DI), R12", offBPG)
+		g.l(un)
+		unit(false)
+		g.p("DECQ R12")
+		g.p("JNZ %s", un)
+	}
+	g.p("DECQ R10")
+	g.p("JNZ %s", step)
+	g.l(steps)
+	if pair {
+		// Half a unit at the end of the row: 16 bytes; the upper lanes
+		// multiply zeros.
+		g.p("CMPQ %d(DI), $0", offK)
+		g.p("JEQ %s", done)
+		g.p("VBROADCASTSD (R9), Y14")
+		g.p("VPERMPS Y14, Y13, Y14")
+		g.p("ADDQ $4, R9")
+		unit(true)
+	}
+	g.l(done)
+	for t := range nx {
+		g.biasF32(t)
+		g.hsum(2+t, 1)
+		g.p("VADDSS X0, X%d, X%d", 2+t, 2+t)
+		g.store(t, 2+t)
+	}
+	g.p("ADDQ %d(DI), SI", offStride)
+	g.p("DECQ CX")
+	g.p("JNZ %s", row)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// biasF32 leaves Σ_g bias[g]·xsum[g] (f32) for input row t in lane 0 of X0:
+// this row's biases at R9 - 4·groups + R8, the sums at BX (+ offset). It
+// uses Y0, Y1, R10, R11, R12.
+func (g *gen) biasF32(t int) {
+	bvec, btail, bsc, bdone := g.newLabel("bvec"), g.newLabel("btail"), g.newLabel("bsc"), g.newLabel("bdone")
+	g.p("MOVQ %d(DI), R10", offGroups)
+	g.p("MOVQ R10, R11")
+	g.p("SHLQ $2, R11")
+	g.p("NEGQ R11")
+	g.p("ADDQ R9, R11")
+	g.p("ADDQ R8, R11")
+	if t == 0 {
+		g.p("MOVQ BX, R12")
+	} else {
+		g.p("LEAQ (BX)(%s*1), R12", dreg[t])
+	}
+	g.p("VXORPS Y0, Y0, Y0")
+	g.p("CMPQ R10, $8")
+	g.p("JLT %s", btail)
+	g.l(bvec)
+	g.p("VMOVUPS (R11), Y1")
+	g.p("VFMADD231PS (R12), Y1, Y0")
+	g.p("ADDQ $32, R11")
+	g.p("ADDQ $32, R12")
+	g.p("SUBQ $8, R10")
+	g.p("CMPQ R10, $8")
+	g.p("JGE %s", bvec)
+	g.l(btail)
+	g.hsumY(0, 1)
+	g.p("TESTQ R10, R10")
+	g.p("JZ %s", bdone)
+	g.l(bsc)
+	g.p("VMOVSS (R11), X1")
+	g.p("VFMADD231SS (R12), X1, X0")
+	g.p("ADDQ $4, R11")
+	g.p("ADDQ $4, R12")
+	g.p("DECQ R10")
+	g.p("JNZ %s", bsc)
+	g.l(bdone)
+}
+
+// hsumY is hsum for a ymm register whatever the kernel set.
+func (g *gen) hsumY(i, tmp int) {
+	g.p("VEXTRACTF128 $1, Y%d, X%d", i, tmp)
+	g.p("VADDPS X%d, X%d, X%d", tmp, i, i)
+	g.p("VPERMILPS $0x4E, X%d, X%d", i, tmp)
+	g.p("VADDPS X%d, X%d, X%d", tmp, i, i)
+	g.p("VPERMILPS $0xB1, X%d, X%d", i, tmp)
+	g.p("VADDSS X%d, X%d, X%d", tmp, i, i)
+}
+
+// widenF32 writes widenBF16F32(dst *float32, src *uint16, n int).
+func (g *gen) widenBF16F32() {
+	name := "widenBF16F32AVX2"
+	fmt.Fprintf(&g.buf, "\n// func %s(dst *float32, src *uint16, n int)\nTEXT ·%s(SB), NOSPLIT, $0-24\n", name, name)
+	g.p("MOVQ dst+0(FP), DI")
+	g.p("MOVQ src+8(FP), SI")
+	g.p("MOVQ n+16(FP), CX")
+	vec, tail, sc, done := g.newLabel("vec"), g.newLabel("tail"), g.newLabel("sc"), g.newLabel("done")
+	g.p("CMPQ CX, $8")
+	g.p("JLT %s", tail)
+	g.l(vec)
+	g.p("VPMOVZXWD (SI), Y0")
+	g.p("VPSLLD $16, Y0, Y0")
+	g.p("VMOVDQU Y0, (DI)")
+	g.p("ADDQ $16, SI")
+	g.p("ADDQ $32, DI")
+	g.p("SUBQ $8, CX")
+	g.p("CMPQ CX, $8")
+	g.p("JGE %s", vec)
+	g.l(tail)
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", done)
+	g.l(sc)
+	g.p("MOVWLZX (SI), AX")
+	g.p("SHLL $16, AX")
+	g.p("MOVL AX, (DI)")
+	g.p("ADDQ $2, SI")
+	g.p("ADDQ $4, DI")
+	g.p("DECQ CX")
+	g.p("JNZ %s", sc)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// quant8 writes quantInt8AVX2(dst *byte, bsum *float64, x *float32,
+// nblocks, mode int): each block of 32 inputs is quantized to int8 with
+// d = max|x|/127 (q = x·(127/max|x|) rounded to nearest even; all zero when
+// max|x| is 0) and laid out for the int8 kernels (mode 0: [32 int8 | 8×d],
+// 64 bytes per block; mode 1, 4-bit units of two blocks: even-indexed values
+// at 16·h, odd ones at 32+16·h, d at 64+16·h, four times; mode 2: [32 int16
+// | 8×d], 96 bytes per block); bsum[b] is the float64 sum of the block's
+// inputs (lanes, then a fixed reduction).
+func (g *gen) quant8() {
+	name := "quantInt8AVX2"
+	fmt.Fprintf(&g.buf, "\n// func %s(dst *byte, bsum *float64, x *float32, nblocks, mode int)\nTEXT ·%s(SB), NOSPLIT, $0-40\n", name, name)
+	g.p("MOVQ dst+0(FP), DI")
+	g.p("MOVQ bsum+8(FP), R8")
+	g.p("MOVQ x+16(FP), SI")
+	g.p("MOVQ nblocks+24(FP), CX")
+	g.p("MOVQ mode+32(FP), DX")
+	g.p("MOVL $0x7fffffff, AX")
+	g.p("VMOVD AX, X15")
+	g.p("VPBROADCASTD X15, Y15") // abs mask
+	g.p("MOVL $0x42fe0000, AX")  // 127.0
+	g.p("VMOVD AX, X14")
+	g.p("VMOVDQU ·permPack(SB), Y13")
+	g.p("VMOVDQU ·shufEvenOdd(SB), Y12")
+	g.p("XORQ R9, R9") // block index
+	blk, zero, store, m1, m2, next, done := g.newLabel("qblk"), g.newLabel("qzero"), g.newLabel("qstore"), g.newLabel("qm1"), g.newLabel("qm2"), g.newLabel("qnext"), g.newLabel("qdone")
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", done)
+	g.l(blk)
+	g.p("VMOVUPS (SI), Y0")
+	g.p("VMOVUPS 32(SI), Y1")
+	g.p("VMOVUPS 64(SI), Y2")
+	g.p("VMOVUPS 96(SI), Y3")
+	// Block sum in float64: four halves-of-four per register.
+	g.p("VCVTPS2PD X0, Y4")
+	g.p("VEXTRACTF128 $1, Y0, X5")
+	g.p("VCVTPS2PD X5, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VCVTPS2PD X1, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VEXTRACTF128 $1, Y1, X5")
+	g.p("VCVTPS2PD X5, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VCVTPS2PD X2, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VEXTRACTF128 $1, Y2, X5")
+	g.p("VCVTPS2PD X5, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VCVTPS2PD X3, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VEXTRACTF128 $1, Y3, X5")
+	g.p("VCVTPS2PD X5, Y5")
+	g.p("VADDPD Y5, Y4, Y4")
+	g.p("VEXTRACTF128 $1, Y4, X5")
+	g.p("VADDPD X5, X4, X4")
+	g.p("VPERMILPD $1, X4, X5")
+	g.p("VADDSD X5, X4, X4")
+	g.p("VMOVSD X4, (R8)(R9*8)")
+	// max|x|
+	g.p("VANDPS Y15, Y0, Y4")
+	g.p("VANDPS Y15, Y1, Y5")
+	g.p("VMAXPS Y5, Y4, Y4")
+	g.p("VANDPS Y15, Y2, Y5")
+	g.p("VMAXPS Y5, Y4, Y4")
+	g.p("VANDPS Y15, Y3, Y5")
+	g.p("VMAXPS Y5, Y4, Y4")
+	g.p("VEXTRACTF128 $1, Y4, X5")
+	g.p("VMAXPS X5, X4, X4")
+	g.p("VPERMILPS $0x4E, X4, X5")
+	g.p("VMAXPS X5, X4, X4")
+	g.p("VPERMILPS $0xB1, X4, X5")
+	g.p("VMAXSS X5, X4, X4") // X4 = max|x|
+	g.p("VXORPS X5, X5, X5")
+	g.p("VUCOMISS X5, X4")
+	g.p("JEQ %s", zero)
+	g.p("VDIVSS X14, X4, X6") // d = max/127
+	g.p("VDIVSS X4, X14, X7") // 127/max
+	g.p("VBROADCASTSS X7, Y7")
+	g.p("VMULPS Y7, Y0, Y0")
+	g.p("VMULPS Y7, Y1, Y1")
+	g.p("VMULPS Y7, Y2, Y2")
+	g.p("VMULPS Y7, Y3, Y3")
+	g.p("VCVTPS2DQ Y0, Y0")
+	g.p("VCVTPS2DQ Y1, Y1")
+	g.p("VCVTPS2DQ Y2, Y2")
+	g.p("VCVTPS2DQ Y3, Y3")
+	g.p("VPACKSSDW Y1, Y0, Y0")
+	g.p("VPACKSSDW Y3, Y2, Y2")
+	g.p("VPACKSSWB Y2, Y0, Y0")
+	g.p("VPERMD Y0, Y13, Y0") // 32 int8 in order
+	g.p("JMP %s", store)
+	g.l(zero)
+	g.p("VXORPS Y0, Y0, Y0")
+	g.p("VXORPS X6, X6, X6")
+	g.l(store)
+	g.p("VBROADCASTSS X6, Y6")
+	g.p("CMPQ DX, $1")
+	g.p("JEQ %s", m1)
+	g.p("CMPQ DX, $2")
+	g.p("JEQ %s", m2)
+	g.p("VMOVDQU Y0, (DI)")
+	g.p("VMOVUPS Y6, 32(DI)")
+	g.p("ADDQ $64, DI")
+	g.p("JMP %s", next)
+	g.l(m1)
+	// Even-indexed bytes to the low 16, odd ones to the high 16.
+	g.p("VPSHUFB Y12, Y0, Y0")
+	g.p("VPERMQ $0xD8, Y0, Y0")
+	g.p("MOVQ R9, AX")
+	g.p("ANDQ $1, AX")
+	g.p("SHLQ $4, AX") // 16·h
+	g.p("VMOVDQU X0, (DI)(AX*1)")
+	g.p("VEXTRACTI128 $1, Y0, X1")
+	g.p("VMOVDQU X1, 32(DI)(AX*1)")
+	g.p("VMOVUPS X6, 64(DI)(AX*1)")
+	g.p("TESTQ AX, AX")
+	g.p("JZ %s", next)
+	g.p("ADDQ $96, DI")
+	g.p("JMP %s", next)
+	g.l(m2)
+	g.p("VPMOVSXBW X0, Y1")
+	g.p("VEXTRACTI128 $1, Y0, X0")
+	g.p("VPMOVSXBW X0, Y0")
+	g.p("VMOVDQU Y1, (DI)")
+	g.p("VMOVDQU Y0, 32(DI)")
+	g.p("VMOVUPS Y6, 64(DI)")
+	g.p("ADDQ $96, DI")
+	g.l(next)
+	g.p("ADDQ $128, SI")
+	g.p("INCQ R9")
+	g.p("CMPQ R9, CX")
+	g.p("JLT %s", blk)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
 var prefetch = func() int {
 	if v := os.Getenv("PF"); v != "" {
 		n := 0
@@ -553,6 +930,36 @@ func main() {
 		g.dot()
 		g.axpy()
 	}
+	g.isa = avx2
+	for _, vnni := range []bool{false, true} {
+		for _, nx := range []int{1, 4} {
+			g.int8q(4, nx, false, vnni)
+			g.int8q(4, nx, true, vnni)
+			g.int8q(8, nx, false, vnni)
+		}
+	}
+	g.widenBF16F32()
+	g.quant8()
+	g.buf.WriteString("\n// VPERMD index that puts packed bytes back in order.\n")
+	for i, v := range []int{0, 4, 1, 5, 2, 6, 3, 7} {
+		fmt.Fprintf(&g.buf, "DATA ·permPack+%d(SB)/4, $%d\n", 4*i, v)
+	}
+	g.buf.WriteString("GLOBL ·permPack(SB), RODATA|NOPTR, $32\n")
+	g.buf.WriteString("\n// VPSHUFB mask: in each 128-bit lane, even bytes then odd bytes.\n")
+	for i := range 32 {
+		j := i % 16
+		v := 2 * j
+		if j >= 8 {
+			v = 2*(j-8) + 1
+		}
+		fmt.Fprintf(&g.buf, "DATA ·shufEvenOdd+%d(SB)/1, $%d\n", i, v)
+	}
+	g.buf.WriteString("GLOBL ·shufEvenOdd(SB), RODATA|NOPTR, $32\n")
+	g.buf.WriteString("\n// The lane-to-scale index of the 4-bit group-32 int8 kernels.\n")
+	for i := range 8 {
+		fmt.Fprintf(&g.buf, "DATA ·pairIdx+%d(SB)/4, $%d\n", 4*i, i/4)
+	}
+	g.buf.WriteString("GLOBL ·pairIdx(SB), RODATA|NOPTR, $32\n")
 	if err := os.WriteFile("simd_amd64.s", g.buf.Bytes(), 0o644); err != nil {
 		log.Fatal(err)
 	}

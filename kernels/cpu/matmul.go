@@ -35,11 +35,14 @@ type mmJob struct {
 
 	// SIMD path (fast != nil): the kernels, the f32 input rows as given
 	// (xin) and as the kernels read them (xf, rows of xw floats).
-	fast  *[2]func(*kargs)
-	lanes int
-	xin   []float32
-	xf    []float64
-	xw    int
+	fast    *[2]func(*kargs)
+	int8    bool // the int8-activation kernels
+	lanes   int
+	xin     []float32
+	xf      []float64
+	xw      int            // doubles per row of xf
+	xbase   unsafe.Pointer // the kernels' input rows
+	xstride int            // bytes between them
 }
 
 func (j *mmJob) run(w, lo, hi int) {
@@ -252,6 +255,17 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
 	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType)
+	j.int8 = false
+	if b.int8 && w.Quantized() {
+		switch {
+		case w.Bits == 4 && w.Group == 32:
+			j.fast, j.int8 = &b.ks.i4p, true
+		case w.Bits == 4:
+			j.fast, j.int8 = &b.ks.i4, true
+		case w.Bits == 8:
+			j.fast, j.int8 = &b.ks.i8, true
+		}
+	}
 	if j.fast != nil {
 		j.lanes = b.ks.lanes
 		j.xin, j.y = x, y
@@ -274,7 +288,9 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 			ws := &b.ws[i]
 			ws.gsum = grow64(ws.gsum, j.g)
 			ws.sc, ws.bi = grow(ws.sc, j.g), grow(ws.bi, j.g)
-			if j.fast != nil {
+			if j.int8 {
+				ws.sb32 = grow(ws.sb32, max(2*fastBlock*j.g+8, len(ws.sb32)))
+			} else if j.fast != nil {
 				ws.sb = grow64(ws.sb, max(2*fastBlock*j.g, len(ws.sb)))
 			}
 		}
@@ -319,7 +335,7 @@ func (b *Backend) dispatch(j *mmJob) {
 	// Rows are heavy (K multiply-adds): small chunks balance well.
 	b.pool.parallel(total, b.pool.chunkFor(total, 8), j)
 	j.x, j.y, j.xsum = nil, nil, nil
-	j.xin, j.xf, j.fast = nil, nil, nil
+	j.xin, j.xf, j.fast, j.xbase = nil, nil, nil, nil
 	for i := range j.segs {
 		j.segs[i] = mmSeg{}
 	}
@@ -536,6 +552,10 @@ const fastBlock = 16
 // doubles, the values (permuted per block for 4-bit) followed, for quantized
 // weights, by the per-group sums.
 func (b *Backend) fastInputs(j *mmJob, rows int) {
+	if j.int8 {
+		b.quantInputs(j, rows)
+		return
+	}
 	k := j.k
 	xw := (k + j.g + 7) &^ 7
 	b.xf = grow64(b.xf, rows*xw)
@@ -551,6 +571,7 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 			groupSums64(src, dst[k:k+j.g], j.group)
 		}
 	}
+	j.xbase, j.xstride = unsafe.Pointer(&j.xf[0]), 8*xw
 }
 
 // rowsFast computes rows [r0, r1) of a segment for its input rows with the
@@ -564,21 +585,23 @@ func (j *mmJob) rowsFast(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScrat
 		nb := min(fastBlock, r1-row)
 		a.w = unsafe.Pointer(&seg.data[row*j.rowBytes])
 		a.stride, a.rows, a.k = j.rowBytes, nb, j.k
-		if j.bits != 0 {
+		if j.int8 {
+			j.int8Groups(seg, row, nb, ws)
+		} else if j.bits != 0 {
 			j.fastGroups(seg, row, nb, ws)
 		}
 		pi := 0
 		for ; pi+4 <= len(pairs); pi += 4 {
 			for t := range 4 {
 				p := pairs[pi+t]
-				a.x[t] = &j.xf[int(p.x)*j.xw]
+				a.x[t] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
 				a.y[t] = &j.y[int(p.y)*n+row]
 			}
 			k4(a)
 		}
 		for ; pi < len(pairs); pi++ {
 			p := pairs[pi]
-			a.x[0] = &j.xf[int(p.x)*j.xw]
+			a.x[0] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
 			a.y[0] = &j.y[int(p.y)*n+row]
 			k1(a)
 		}
@@ -611,5 +634,5 @@ func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
 			sb[nb*g+i] = float64(j.f16[h])
 		}
 	}
-	a.sb, a.boff = &sb[0], nb*g*8
+	a.sb, a.boff = unsafe.Pointer(&sb[0]), nb*g*8
 }

@@ -34,16 +34,16 @@ import (
 // times one or four input rows. The assembly reads the fields at fixed
 // offsets (TestKargsLayout).
 type kargs struct {
-	w      unsafe.Pointer // first weight row
-	stride int            // bytes between weight rows
-	rows   int            // weight rows (>= 1)
-	sb     *float64       // float64 scales [rows][groups] (quantized)
-	boff   int            // byte offset from the scales to the biases
-	groups int            // groups per row (quantized)
-	bpg    int            // blocks of lanes values per group (quantized)
-	k      int            // input width (dense)
-	x      [4]*float64    // input rows: k values (permuted for 4-bit), then (quantized) the group sums
-	y      [4]*float32    // outputs of the first weight row (rows values each)
+	w      unsafe.Pointer    // first weight row
+	stride int               // bytes between weight rows
+	rows   int               // weight rows (>= 1)
+	sb     unsafe.Pointer    // scales [rows][groups] (quantized; float64, int8 kernels f32)
+	boff   int               // byte offset from the scales to the biases
+	groups int               // groups per row (quantized)
+	bpg    int               // blocks of lanes values (int8 kernels: units) per group
+	k      int               // input width (dense); int8 kernels: 1 if a row ends in half a unit
+	x      [4]unsafe.Pointer // input rows as the kernel reads them
+	y      [4]*float32       // outputs of the first weight row (rows values each)
 }
 
 // kernelSet is one family of SIMD kernels.
@@ -52,10 +52,17 @@ type kernelSet struct {
 	lanes int // f32 lanes of a vector (float64 lanes: lanes/2); a block of the matmul kernels holds lanes values
 	// Matmul kernels per weight format: [0] one input row, [1] four.
 	q4, q8, bf16, f32 [2]func(*kargs)
-	widenBF16         func(dst *float64, src *uint16, n int)
-	widenF32          func(dst *float64, src *float32, n int)
-	dot               func(a, b *float32, n int) float32
-	axpy              func(y, x *float32, a float32, n int)
+	// Int8-activation kernels (nil: none): 4-bit with groups of 64 or more,
+	// 4-bit with groups of 32, 8-bit; i8wide: the 8-bit ones read the input
+	// as int16.
+	i4, i4p, i8  [2]func(*kargs)
+	i8wide       bool
+	widenBF16F32 func(dst *float32, src *uint16, n int)
+	quant        func(dst *byte, bsum *float64, x *float32, nblocks, mode int)
+	widenBF16    func(dst *float64, src *uint16, n int)
+	widenF32     func(dst *float64, src *float32, n int)
+	dot          func(a, b *float32, n int) float32
+	axpy         func(y, x *float32, a float32, n int)
 }
 
 // chooseKernels returns the kernel set a backend uses: nil (generic) when
@@ -79,6 +86,14 @@ func chooseKernels(generic bool, name string) *kernelSet {
 	}
 	return nil
 }
+
+// defaultInt8 reports whether int8 activations are on by default
+// (GEMMOE_CPU_INT8).
+func defaultInt8() bool { return os.Getenv("GEMMOE_CPU_INT8") == "1" }
+
+// Int8Activations reports whether the backend's quantized matmuls use int8
+// activations (WithInt8Activations).
+func (b *Backend) Int8Activations() bool { return b.int8 }
 
 // KernelSets returns the names of the SIMD kernel sets this CPU supports,
 // best first ("avx512", "avx2", "neon"); empty when only the generic Go

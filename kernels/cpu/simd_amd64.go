@@ -78,30 +78,84 @@ func dotF32AVX512(a, b *float32, n int) float32
 //go:noescape
 func axpyF32AVX512(y, x *float32, a float32, n int)
 
+//go:noescape
+func i4x1AVX2(a *kargs)
+
+//go:noescape
+func i4px1AVX2(a *kargs)
+
+//go:noescape
+func i8x1AVX2(a *kargs)
+
+//go:noescape
+func i4x4AVX2(a *kargs)
+
+//go:noescape
+func i4px4AVX2(a *kargs)
+
+//go:noescape
+func i8x4AVX2(a *kargs)
+
+//go:noescape
+func i4x1VNNI(a *kargs)
+
+//go:noescape
+func i4px1VNNI(a *kargs)
+
+//go:noescape
+func i8x1VNNI(a *kargs)
+
+//go:noescape
+func i4x4VNNI(a *kargs)
+
+//go:noescape
+func i4px4VNNI(a *kargs)
+
+//go:noescape
+func i8x4VNNI(a *kargs)
+
+//go:noescape
+func widenBF16F32AVX2(dst *float32, src *uint16, n int)
+
+//go:noescape
+func quantInt8AVX2(dst *byte, bsum *float64, x *float32, nblocks, mode int)
+
 var (
 	setAVX2 = &kernelSet{
 		name: "avx2", lanes: 8,
 		q4: [2]func(*kargs){q4x1AVX2, q4x4AVX2}, q8: [2]func(*kargs){q8x1AVX2, q8x4AVX2},
 		bf16: [2]func(*kargs){bf16x1AVX2, bf16x4AVX2}, f32: [2]func(*kargs){f32x1AVX2, f32x4AVX2},
 		widenBF16: widenBF16AVX2, widenF32: widenF32AVX2, dot: dotF32AVX2, axpy: axpyF32AVX2,
+		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2},
+		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8wide: true, widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
 	}
 	setAVX512 = &kernelSet{
 		name: "avx512", lanes: 16,
 		q4: [2]func(*kargs){q4x1AVX512, q4x4AVX512}, q8: [2]func(*kargs){q8x1AVX512, q8x4AVX512},
 		bf16: [2]func(*kargs){bf16x1AVX512, bf16x4AVX512}, f32: [2]func(*kargs){f32x1AVX512, f32x4AVX512},
 		widenBF16: widenBF16AVX512, widenF32: widenF32AVX512, dot: dotF32AVX512, axpy: axpyF32AVX512,
+		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2},
+		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8wide: true, widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
 	}
 )
 
-// archKernels returns the kernel sets this CPU supports, best first.
-func archKernels() []*kernelSet {
+var archSets = func() []*kernelSet {
 	var s []*kernelSet
 	x := &cpu.X86
 	if x.HasAVX512F && x.HasAVX512BW && x.HasAVX512DQ && x.HasAVX512VL && x.HasAVX2 && x.HasFMA {
+		if x.HasAVX512VNNI {
+			setAVX512.i4 = [2]func(*kargs){i4x1VNNI, i4x4VNNI}
+			setAVX512.i4p = [2]func(*kargs){i4px1VNNI, i4px4VNNI}
+			setAVX512.i8 = [2]func(*kargs){i8x1VNNI, i8x4VNNI}
+			setAVX512.i8wide = false
+		}
 		s = append(s, setAVX512)
 	}
 	if x.HasAVX2 && x.HasFMA {
 		s = append(s, setAVX2)
 	}
 	return s
-}
+}()
+
+// archKernels returns the kernel sets this CPU supports, best first.
+func archKernels() []*kernelSet { return archSets }

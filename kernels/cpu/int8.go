@@ -1,0 +1,125 @@
+package cpu
+
+import (
+	"math"
+	"unsafe"
+
+	"github.com/gemmoe/gemmoe/dtype"
+)
+
+// The int8-activation path (WithInt8Activations): each input row is
+// quantized per block of 32 values to int8 with an f32 scale d = max|x|/127,
+// and a weight row's product is Σ_g scale_g·Σ_b d_b·Σ q·xi + bias_g·Σx, the
+// integer sums exact (VPDPBUSD, or VPMADDUBSW/VPMADDWD), the rest in f32.
+// Σx per group is the exact sum of the f32 inputs (not of the quantized
+// ones), so the bias term carries no quantization error. The kernels'
+// layouts are described in gen_amd64.go (int8q).
+
+const qblock = 32 // values per int8 scale
+
+// int8Units returns the units of a row of k values and the input bytes per
+// unit for a kernel set (4-bit units hold 64 values, 8-bit units 32).
+func int8Units(k, bits int, wide bool) (units, unitBytes int) {
+	if bits == 4 {
+		return (k + 63) / 64, 96
+	}
+	if wide {
+		return k / 32, 96
+	}
+	return k / 32, 64
+}
+
+// quantInputs quantizes the input rows for the int8 kernels into b.xq.
+func (b *Backend) quantInputs(j *mmJob, rows int) {
+	k := j.k
+	units, ub := int8Units(k, j.bits, b.ks.i8wide)
+	stride := (units*ub + 4*j.g + 63) &^ 63
+	words := rows * stride / 8
+	if cap(b.xq) < words {
+		b.xq = make([]uint64, words)
+	}
+	b.xq = b.xq[:words]
+	nb := k / qblock
+	b.bsum = grow64(b.bsum, nb)
+	mode := 0
+	switch {
+	case j.bits == 4:
+		mode = 1
+	case b.ks.i8wide:
+		mode = 2
+	}
+	all := unsafe.Slice((*byte)(unsafe.Pointer(&b.xq[0])), rows*stride)
+	for r := range rows {
+		src, dst := j.xin[r*k:(r+1)*k], all[r*stride:(r+1)*stride]
+		if j.bits == 4 && nb%2 == 1 {
+			clear(dst[(units-1)*ub : units*ub]) // the half unit at the end
+		}
+		b.ks.quant(&dst[0], &b.bsum[0], &src[0], nb, mode)
+		xs := asF32(dst[units*ub : units*ub+4*j.g])
+		bpg := j.group / qblock
+		for g := range xs {
+			var s float64
+			for _, v := range b.bsum[g*bpg : (g+1)*bpg] {
+				s += v
+			}
+			xs[g] = float32(s)
+		}
+	}
+	j.xbase, j.xstride = unsafe.Pointer(&all[0]), stride
+}
+
+// quantBlock quantizes 32 values to int8: q = round(x/d), d = max|x|/127.
+func quantBlock(x []float32, q *[qblock]int8) float32 {
+	x = x[:qblock]
+	var amax float32
+	for _, v := range x {
+		amax = max(amax, abs32(v))
+	}
+	if amax == 0 || amax != amax || amax > math.MaxFloat32 {
+		*q = [qblock]int8{}
+		if amax == 0 {
+			return 0
+		}
+		return float32(math.NaN()) // NaN or Inf inputs make NaN outputs
+	}
+	d := amax / 127
+	id := 127 / amax
+	for i, v := range x {
+		q[i] = int8(math.RoundToEven(float64(v * id)))
+	}
+	return d
+}
+
+func abs32(v float32) float32 { return math.Float32frombits(math.Float32bits(v) &^ (1 << 31)) }
+
+// int8Groups points the kernel arguments at f32 scales and biases of rows
+// [row, row+nb) in scratch, and sets the unit counts.
+func (j *mmJob) int8Groups(seg *mmSeg, row, nb int, ws *workerScratch) {
+	a := &ws.ka
+	g := j.g
+	a.groups = g
+	a.k = 0
+	switch {
+	case j.bits == 4 && j.group == 32:
+		a.k = g % 2
+	case j.bits == 4:
+		a.bpg = j.group / 64
+	default:
+		a.bpg = j.group / 32
+	}
+	sc := seg.scales[row*j.gBytes : (row+nb)*j.gBytes]
+	bi := seg.biases[row*j.gBytes : (row+nb)*j.gBytes]
+	sb := ws.sb32[:2*nb*g+8]
+	switch j.sdt {
+	case dtype.BF16:
+		j.b.ks.widenBF16F32(&sb[0], &asU16(sc)[0], nb*g)
+		j.b.ks.widenBF16F32(&sb[nb*g], &asU16(bi)[0], nb*g)
+	case dtype.F32:
+		copy(sb, asF32(sc))
+		copy(sb[nb*g:], asF32(bi))
+	default:
+		groupParams(j.sdt, sc, sb[:nb*g], j.f16)
+		groupParams(j.sdt, bi, sb[nb*g:2*nb*g], j.f16)
+	}
+	a.sb, a.boff = unsafe.Pointer(&sb[0]), nb*g*4
+}
