@@ -104,8 +104,7 @@ type workerScratch struct {
 	score  []float32 // attention scores, router probabilities
 	acc    []float64 // attention output accumulator
 	ka     kargs     // SIMD matmul kernel arguments
-	sb     []float64 // SIMD matmul: scales and biases of a block of rows
-	sb32   []float32 // the same for the int8-activation kernels
+	sb32   []float32 // SIMD matmul: f32 scales and biases of a block of rows
 }
 
 // New returns a CPU backend with its worker pool started.

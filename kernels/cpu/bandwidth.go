@@ -7,7 +7,7 @@ import (
 )
 
 // MeasureReadBandwidth returns the machine's memory read bandwidth in bytes
-// per second: the best of a few passes that sum a 512 MiB buffer with
+// per second: the best of six passes that sum a 512 MiB buffer with
 // GOMAXPROCS goroutines. It takes about a second and allocates the buffer for
 // the duration of the call. Benchmarks divide their weight-read rate by it
 // (bw_frac).
@@ -21,7 +21,7 @@ func MeasureReadBandwidth() float64 {
 	per := (len(buf) + workers - 1) / workers
 	sums := make([]uint64, workers*8) // padded against false sharing
 	best := 0.0
-	for range 4 {
+	for range 6 {
 		var wg sync.WaitGroup
 		start := time.Now()
 		for w := range workers {

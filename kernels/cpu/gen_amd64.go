@@ -137,9 +137,9 @@ func (g *gen) store(t, reg int) {
 // are float64 ([rows][groups] each); the input row holds k doubles (4-bit:
 // each block's even-indexed values, then its odd ones) followed by groups
 // doubles (the group sums).
-func (g *gen) quant(bits, nx int) {
+func (g *gen) quant(bits, nx int, sdt string) {
 	D := g.isa.lanes / 2
-	name := fmt.Sprintf("q%dx%d%s", bits, nx, g.isa.name)
+	name := fmt.Sprintf("q%d%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
 	g.header(name)
 	g.p("MOVQ %d(DI), SI", offW)
 	g.p("MOVQ %d(DI), CX", offRows)
@@ -206,18 +206,18 @@ func (g *gen) quant(bits, nx int) {
 	g.p("DECQ R12")
 	g.p("JNZ %s", blk)
 	g.l(grpEnd)
-	g.p("VBROADCASTSD (R9), %s", g.V(14))
+	g.scaleF64(sdt)
 	for t := range nx {
 		g.p("VADDPD %s, %s, %s", g.V(10+t), g.V(6+t), g.V(6+t))
 		g.p("VFMADD231PD %s, %s, %s", g.V(14), g.V(6+t), g.V(2+t))
 	}
-	g.p("ADDQ $8, R9")
+	g.p("ADDQ $%d, R9", esize(sdt))
 	g.p("DECQ R10")
 	g.p("JNZ %s", grp)
-	// Bias terms: this row's biases start at R9 - 8·groups + boff; BX
+	// Bias terms: this row's biases start at R9 - es·groups + boff; BX
 	// points at x row 0's group sums.
 	for t := range nx {
-		g.biasF64(t)
+		g.biasF64(t, sdt)
 		g.hsumPD(2+t, 1)
 		g.p("VADDSD X0, X%d, X%d", 2+t, 2+t)
 		g.p("VCVTSD2SS X%d, X%d, X%d", 2+t, 2+t, 2+t)
@@ -243,16 +243,51 @@ func (g *gen) hsumPD(i, tmp int) {
 	g.p("VADDSD X%d, X%d, X%d", tmp, i, i)
 }
 
+// sfx is the kernel name suffix of a scale dtype.
+func sfx(sdt string) string {
+	if sdt == "bf16" {
+		return "b"
+	}
+	return ""
+}
+
+// esize is the byte size of a scale dtype.
+func esize(sdt string) int {
+	if sdt == "bf16" {
+		return 2
+	}
+	return 4
+}
+
+// scaleF64 broadcasts the scale at (R9) (f32 or bf16) to the float64 lanes
+// of V14.
+func (g *gen) scaleF64(sdt string) {
+	h := "X14"
+	if g.isa.avx512 {
+		h = "Y14"
+	}
+	if sdt == "bf16" {
+		g.p("VPBROADCASTW (R9), %s", h)
+		g.p("VPSLLD $16, %s, %s", h, h)
+	} else {
+		g.p("VBROADCASTSS (R9), %s", h)
+	}
+	g.p("VCVTPS2PD %s, %s", h, g.V(14))
+}
+
 // biasF64 leaves Σ_g bias[g]·xsum[g] (float64) for input row t in lane 0 of
-// X0: this row's biases at R9 - 8·groups + R8, the sums at BX (+ offset).
-// It uses V0, V1, R10, R11, R12.
-func (g *gen) biasF64(t int) {
+// X0: this row's biases (f32 or bf16) at R9 - es·groups + R8, the sums at
+// BX (+ offset). It uses V0, V1, R10, R11, R12.
+func (g *gen) biasF64(t int, sdt string) {
 	L := g.isa.lanes / 2 // doubles per vector
+	es := esize(sdt)
+	h := "X1"
+	if g.isa.avx512 {
+		h = "Y1"
+	}
 	bvec, btail, bsc, bdone := g.newLabel("bvec"), g.newLabel("btail"), g.newLabel("bsc"), g.newLabel("bdone")
 	g.p("MOVQ %d(DI), R10", offGroups)
-	g.p("MOVQ R10, R11")
-	g.p("SHLQ $3, R11")
-	g.p("NEGQ R11")
+	g.p("IMUL3Q $%d, R10, R11", -es)
 	g.p("ADDQ R9, R11")
 	g.p("ADDQ R8, R11")
 	if t == 0 {
@@ -264,9 +299,15 @@ func (g *gen) biasF64(t int) {
 	g.p("CMPQ R10, $%d", L)
 	g.p("JLT %s", btail)
 	g.l(bvec)
-	g.p("VMOVUPD (R11), %s", g.V(1))
+	if sdt == "bf16" {
+		g.p("VPMOVZXWD (R11), %s", h)
+		g.p("VPSLLD $16, %s, %s", h, h)
+		g.p("VCVTPS2PD %s, %s", h, g.V(1))
+	} else {
+		g.p("VCVTPS2PD (R11), %s", g.V(1))
+	}
 	g.p("VFMADD231PD (R12), %s, %s", g.V(1), g.V(0))
-	g.p("ADDQ $%d, R11", 8*L)
+	g.p("ADDQ $%d, R11", es*L)
 	g.p("ADDQ $%d, R12", 8*L)
 	g.p("SUBQ $%d, R10", L)
 	g.p("CMPQ R10, $%d", L)
@@ -276,9 +317,16 @@ func (g *gen) biasF64(t int) {
 	g.p("TESTQ R10, R10")
 	g.p("JZ %s", bdone)
 	g.l(bsc)
-	g.p("VMOVSD (R11), X1")
+	if sdt == "bf16" {
+		g.p("MOVWLZX (R11), AX")
+		g.p("SHLL $16, AX")
+		g.p("VMOVD AX, X1")
+		g.p("VCVTSS2SD X1, X1, X1")
+	} else {
+		g.p("VCVTSS2SD (R11), X1, X1")
+	}
 	g.p("VFMADD231SD (R12), X1, X0")
-	g.p("ADDQ $8, R11")
+	g.p("ADDQ $%d, R11", es)
 	g.p("ADDQ $8, R12")
 	g.p("DECQ R10")
 	g.p("JNZ %s", bsc)
@@ -384,66 +432,6 @@ func (g *gen) dense(wdt string, nx int) {
 	g.p("RET")
 }
 
-// widen writes widenBF16(dst *float64, src *uint16, n int) and
-// widenF32(dst *float64, src *float32, n int): dst[i] = float64(src[i]).
-func (g *gen) widen(from string) {
-	L := g.isa.lanes / 2 // doubles per vector
-	name := "widen" + from + g.isa.name
-	es := 2
-	if from == "F32" {
-		es = 4
-	}
-	src := "uint16"
-	if from == "F32" {
-		src = "float32"
-	}
-	fmt.Fprintf(&g.buf, "\n// func %s(dst *float64, src *%s, n int)\nTEXT ·%s(SB), NOSPLIT, $0-24\n", name, src, name)
-	g.p("MOVQ dst+0(FP), DI")
-	g.p("MOVQ src+8(FP), SI")
-	g.p("MOVQ n+16(FP), CX")
-	vec, tail, sc, done := g.newLabel("vec"), g.newLabel("tail"), g.newLabel("sc"), g.newLabel("done")
-	half := "X0"
-	if g.isa.avx512 {
-		half = "Y0"
-	}
-	g.p("CMPQ CX, $%d", L)
-	g.p("JLT %s", tail)
-	g.l(vec)
-	if from == "BF16" {
-		g.p("VPMOVZXWD (SI), %s", half)
-		g.p("VPSLLD $16, %s, %s", half, half)
-		g.p("VCVTPS2PD %s, %s", half, g.V(1))
-	} else {
-		g.p("VCVTPS2PD (SI), %s", g.V(1))
-	}
-	g.p("VMOVUPD %s, (DI)", g.V(1))
-	g.p("ADDQ $%d, SI", es*L)
-	g.p("ADDQ $%d, DI", 8*L)
-	g.p("SUBQ $%d, CX", L)
-	g.p("CMPQ CX, $%d", L)
-	g.p("JGE %s", vec)
-	g.l(tail)
-	g.p("TESTQ CX, CX")
-	g.p("JZ %s", done)
-	g.l(sc)
-	if from == "BF16" {
-		g.p("MOVWLZX (SI), AX")
-		g.p("SHLL $16, AX")
-		g.p("VMOVD AX, X0")
-	} else {
-		g.p("VMOVSS (SI), X0")
-	}
-	g.p("VCVTSS2SD X0, X0, X0")
-	g.p("VMOVSD X0, (DI)")
-	g.p("ADDQ $%d, SI", es)
-	g.p("ADDQ $8, DI")
-	g.p("DECQ CX")
-	g.p("JNZ %s", sc)
-	g.l(done)
-	g.p("VZEROUPPER")
-	g.p("RET")
-}
-
 // dot writes dotF32(a, b *float32, n int) float32: four accumulators over
 // blocks of 4L, their sum, the lane sum, then a scalar tail.
 func (g *gen) dot() {
@@ -544,12 +532,12 @@ func (g *gen) axpy() {
 // pair (4-bit, group 32): a unit spans two groups, lanes 0-3 and 4-7; the
 // scales are permuted into place and a.k is 1 when the row ends in half a
 // unit. Otherwise a group holds a.bpg whole units.
-func (g *gen) int8q(bits, nx int, pair, vnni bool) {
+func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string) {
 	variant := "AVX2"
 	if vnni {
 		variant = "VNNI"
 	}
-	p := ""
+	p := sfx(sdt)
 	if pair {
 		p = "p"
 	}
@@ -582,6 +570,9 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool) {
 		lsOff = 32
 	}
 	unit := func(half bool) {
+		if prefetch > 0 && !half {
+			g.p("PREFETCHT0 %d(AX)", prefetch)
+		}
 		if bits == 4 {
 			if half {
 				g.p("VMOVDQU (AX), X0") // clears the upper lanes
@@ -648,8 +639,13 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool) {
 		g.p("ADDQ $8, R9")
 		unit(false)
 	} else {
-		g.p("VBROADCASTSS (R9), Y14")
-		g.p("ADDQ $4, R9")
+		if sdt == "bf16" {
+			g.p("VPBROADCASTW (R9), Y14")
+			g.p("VPSLLD $16, Y14, Y14")
+		} else {
+			g.p("VBROADCASTSS (R9), Y14")
+		}
+		g.p("ADDQ $%d, R9", esize(sdt))
 		g.p("MOVQ %d(DI), R12", offBPG)
 		g.l(un)
 		unit(false)
@@ -671,7 +667,7 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool) {
 	}
 	g.l(done)
 	for t := range nx {
-		g.biasF32(t)
+		g.biasF32(t, sdt)
 		g.hsum(2+t, 1)
 		g.p("VADDSS X0, X%d, X%d", 2+t, 2+t)
 		g.store(t, 2+t)
@@ -684,14 +680,13 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool) {
 }
 
 // biasF32 leaves Σ_g bias[g]·xsum[g] (f32) for input row t in lane 0 of X0:
-// this row's biases at R9 - 4·groups + R8, the sums at BX (+ offset). It
-// uses Y0, Y1, R10, R11, R12.
-func (g *gen) biasF32(t int) {
+// this row's biases (f32 or bf16) at R9 - es·groups + R8, the sums at BX
+// (+ offset). It uses Y0, Y1, R10, R11, R12 (and AX).
+func (g *gen) biasF32(t int, sdt string) {
+	es := esize(sdt)
 	bvec, btail, bsc, bdone := g.newLabel("bvec"), g.newLabel("btail"), g.newLabel("bsc"), g.newLabel("bdone")
 	g.p("MOVQ %d(DI), R10", offGroups)
-	g.p("MOVQ R10, R11")
-	g.p("SHLQ $2, R11")
-	g.p("NEGQ R11")
+	g.p("IMUL3Q $%d, R10, R11", -es)
 	g.p("ADDQ R9, R11")
 	g.p("ADDQ R8, R11")
 	if t == 0 {
@@ -703,9 +698,14 @@ func (g *gen) biasF32(t int) {
 	g.p("CMPQ R10, $8")
 	g.p("JLT %s", btail)
 	g.l(bvec)
-	g.p("VMOVUPS (R11), Y1")
+	if sdt == "bf16" {
+		g.p("VPMOVZXWD (R11), Y1")
+		g.p("VPSLLD $16, Y1, Y1")
+	} else {
+		g.p("VMOVUPS (R11), Y1")
+	}
 	g.p("VFMADD231PS (R12), Y1, Y0")
-	g.p("ADDQ $32, R11")
+	g.p("ADDQ $%d, R11", 8*es)
 	g.p("ADDQ $32, R12")
 	g.p("SUBQ $8, R10")
 	g.p("CMPQ R10, $8")
@@ -715,9 +715,15 @@ func (g *gen) biasF32(t int) {
 	g.p("TESTQ R10, R10")
 	g.p("JZ %s", bdone)
 	g.l(bsc)
-	g.p("VMOVSS (R11), X1")
+	if sdt == "bf16" {
+		g.p("MOVWLZX (R11), AX")
+		g.p("SHLL $16, AX")
+		g.p("VMOVD AX, X1")
+	} else {
+		g.p("VMOVSS (R11), X1")
+	}
 	g.p("VFMADD231SS (R12), X1, X0")
-	g.p("ADDQ $4, R11")
+	g.p("ADDQ $%d, R11", es)
 	g.p("ADDQ $4, R12")
 	g.p("DECQ R10")
 	g.p("JNZ %s", bsc)
@@ -905,13 +911,16 @@ func (g *gen) quant8() {
 	g.p("RET")
 }
 
+// prefetch is how far ahead of the weight cursor the matmul kernels
+// prefetch (bytes; 0: no software prefetch). GEMMOE_GEN_PREFETCH overrides
+// it for experiments.
 var prefetch = func() int {
-	if v := os.Getenv("PF"); v != "" {
+	if v := os.Getenv("GEMMOE_GEN_PREFETCH"); v != "" {
 		n := 0
 		fmt.Sscan(v, &n)
 		return n
 	}
-	return 0
+	return 512
 }()
 
 func main() {
@@ -920,22 +929,24 @@ func main() {
 	for _, is := range []isa{avx2, avx512} {
 		g.isa = is
 		for _, nx := range []int{1, 4} {
-			g.quant(4, nx)
-			g.quant(8, nx)
+			for _, sdt := range []string{"f32", "bf16"} {
+				g.quant(4, nx, sdt)
+				g.quant(8, nx, sdt)
+			}
 			g.dense("bf16", nx)
 			g.dense("f32", nx)
 		}
-		g.widen("BF16")
-		g.widen("F32")
 		g.dot()
 		g.axpy()
 	}
 	g.isa = avx2
 	for _, vnni := range []bool{false, true} {
 		for _, nx := range []int{1, 4} {
-			g.int8q(4, nx, false, vnni)
-			g.int8q(4, nx, true, vnni)
-			g.int8q(8, nx, false, vnni)
+			for _, sdt := range []string{"f32", "bf16"} {
+				g.int8q(4, nx, false, vnni, sdt)
+				g.int8q(8, nx, false, vnni, sdt)
+			}
+			g.int8q(4, nx, true, vnni, "f32")
 		}
 	}
 	g.widenBF16F32()

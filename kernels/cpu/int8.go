@@ -3,8 +3,6 @@ package cpu
 import (
 	"math"
 	"unsafe"
-
-	"github.com/gemmoe/gemmoe/dtype"
 )
 
 // The int8-activation path (WithInt8Activations): each input row is
@@ -107,19 +105,5 @@ func (j *mmJob) int8Groups(seg *mmSeg, row, nb int, ws *workerScratch) {
 	default:
 		a.bpg = j.group / 32
 	}
-	sc := seg.scales[row*j.gBytes : (row+nb)*j.gBytes]
-	bi := seg.biases[row*j.gBytes : (row+nb)*j.gBytes]
-	sb := ws.sb32[:2*nb*g+8]
-	switch j.sdt {
-	case dtype.BF16:
-		j.b.ks.widenBF16F32(&sb[0], &asU16(sc)[0], nb*g)
-		j.b.ks.widenBF16F32(&sb[nb*g], &asU16(bi)[0], nb*g)
-	case dtype.F32:
-		copy(sb, asF32(sc))
-		copy(sb[nb*g:], asF32(bi))
-	default:
-		groupParams(j.sdt, sc, sb[:nb*g], j.f16)
-		groupParams(j.sdt, bi, sb[nb*g:2*nb*g], j.f16)
-	}
-	a.sb, a.boff = unsafe.Pointer(&sb[0]), nb*g*4
+	j.groupRows(seg, row, nb, ws, j.bits == 4 && j.group == 32)
 }

@@ -254,16 +254,11 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.b = b
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
-	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType)
+	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType, w.Scales.DType)
 	j.int8 = false
-	if b.int8 && w.Quantized() {
-		switch {
-		case w.Bits == 4 && w.Group == 32:
-			j.fast, j.int8 = &b.ks.i4p, true
-		case w.Bits == 4:
-			j.fast, j.int8 = &b.ks.i4, true
-		case w.Bits == 8:
-			j.fast, j.int8 = &b.ks.i8, true
+	if b.int8 {
+		if k := b.ks.int8Kernels(w.Bits, w.Group, w.Scales.DType); k != nil {
+			j.fast, j.int8 = k, true
 		}
 	}
 	if j.fast != nil {
@@ -288,10 +283,8 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 			ws := &b.ws[i]
 			ws.gsum = grow64(ws.gsum, j.g)
 			ws.sc, ws.bi = grow(ws.sc, j.g), grow(ws.bi, j.g)
-			if j.int8 {
+			if j.fast != nil {
 				ws.sb32 = grow(ws.sb32, max(2*fastBlock*j.g+8, len(ws.sb32)))
-			} else if j.fast != nil {
-				ws.sb = grow64(ws.sb, max(2*fastBlock*j.g, len(ws.sb)))
 			}
 		}
 	} else {
@@ -609,30 +602,39 @@ func (j *mmJob) rowsFast(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScrat
 	*a = kargs{}
 }
 
-// fastGroups points the kernel arguments at float64 scales and biases of
-// rows [row, row+nb), converted into scratch.
+// fastGroups points the kernel arguments at the scales and biases of rows
+// [row, row+nb): the weight's own when they are f32 or bf16 (the kernels
+// read those), else converted to f32 into scratch.
 func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
 	a := &ws.ka
 	g := j.g
 	a.groups, a.bpg = g, j.group/j.lanes
+	j.groupRows(seg, row, nb, ws, false)
+}
+
+// groupRows sets a.sb and a.boff for rows [row, row+nb): zero copy for f32
+// and bf16 scales unless scratch is asked for (f32 scratch, padded).
+func (j *mmJob) groupRows(seg *mmSeg, row, nb int, ws *workerScratch, scratch bool) {
+	a := &ws.ka
+	g := j.g
 	sc := seg.scales[row*j.gBytes : (row+nb)*j.gBytes]
 	bi := seg.biases[row*j.gBytes : (row+nb)*j.gBytes]
-	sb := ws.sb[:2*nb*g]
-	ks := j.b.ks
+	if !scratch && (j.sdt == dtype.BF16 || j.sdt == dtype.F32) {
+		a.sb = unsafe.Pointer(&sc[0])
+		a.boff = int(uintptr(unsafe.Pointer(&bi[0])) - uintptr(unsafe.Pointer(&sc[0])))
+		return
+	}
+	sb := ws.sb32[:2*nb*g+8]
 	switch j.sdt {
 	case dtype.BF16:
-		ks.widenBF16(&sb[0], &asU16(sc)[0], nb*g)
-		ks.widenBF16(&sb[nb*g], &asU16(bi)[0], nb*g)
+		j.b.ks.widenBF16F32(&sb[0], &asU16(sc)[0], nb*g)
+		j.b.ks.widenBF16F32(&sb[nb*g], &asU16(bi)[0], nb*g)
 	case dtype.F32:
-		ks.widenF32(&sb[0], &asF32(sc)[0], nb*g)
-		ks.widenF32(&sb[nb*g], &asF32(bi)[0], nb*g)
+		copy(sb, asF32(sc))
+		copy(sb[nb*g:], asF32(bi))
 	default:
-		for i, h := range asU16(sc)[:nb*g] {
-			sb[i] = float64(j.f16[h])
-		}
-		for i, h := range asU16(bi)[:nb*g] {
-			sb[nb*g+i] = float64(j.f16[h])
-		}
+		groupParams(j.sdt, sc, sb[:nb*g], j.f16)
+		groupParams(j.sdt, bi, sb[nb*g:2*nb*g], j.f16)
 	}
-	a.sb, a.boff = unsafe.Pointer(&sb[0]), nb*g*8
+	a.sb, a.boff = unsafe.Pointer(&sb[0]), nb*g*4
 }

@@ -50,19 +50,18 @@ type kargs struct {
 type kernelSet struct {
 	name  string
 	lanes int // f32 lanes of a vector (float64 lanes: lanes/2); a block of the matmul kernels holds lanes values
-	// Matmul kernels per weight format: [0] one input row, [1] four.
-	q4, q8, bf16, f32 [2]func(*kargs)
+	// Matmul kernels per weight format: [0] one input row, [1] four. The
+	// quantized ones read f32 scales and biases, the "b" ones bf16.
+	q4, q8, q4b, q8b, bf16, f32 [2]func(*kargs)
 	// Int8-activation kernels (nil: none): 4-bit with groups of 64 or more,
-	// 4-bit with groups of 32, 8-bit; i8wide: the 8-bit ones read the input
-	// as int16.
-	i4, i4p, i8  [2]func(*kargs)
-	i8wide       bool
-	widenBF16F32 func(dst *float32, src *uint16, n int)
-	quant        func(dst *byte, bsum *float64, x *float32, nblocks, mode int)
-	widenBF16    func(dst *float64, src *uint16, n int)
-	widenF32     func(dst *float64, src *float32, n int)
-	dot          func(a, b *float32, n int) float32
-	axpy         func(y, x *float32, a float32, n int)
+	// 8-bit (f32 or bf16 scales), 4-bit with groups of 32 (f32 scales);
+	// i8wide: the 8-bit ones read the input as int16.
+	i4, i4b, i8, i8b, i4p [2]func(*kargs)
+	i8wide                bool
+	widenBF16F32          func(dst *float32, src *uint16, n int)
+	quant                 func(dst *byte, bsum *float64, x *float32, nblocks, mode int)
+	dot                   func(a, b *float32, n int) float32
+	axpy                  func(y, x *float32, a float32, n int)
 }
 
 // chooseKernels returns the kernel set a backend uses: nil (generic) when
@@ -115,9 +114,9 @@ func (b *Backend) Kernels() string {
 	return b.ks.name
 }
 
-// matmul returns the set's kernels for a weight format (dense dtype, or bits
-// and group), or nil when it has none.
-func (ks *kernelSet) matmul(bits, group int, wdt dtype.DType) *[2]func(*kargs) {
+// matmul returns the set's exact kernels for a weight format (dense dtype,
+// or bits, group and scales dtype), or nil when it has none.
+func (ks *kernelSet) matmul(bits, group int, wdt, sdt dtype.DType) *[2]func(*kargs) {
 	if ks == nil {
 		return nil
 	}
@@ -133,10 +132,39 @@ func (ks *kernelSet) matmul(bits, group int, wdt dtype.DType) *[2]func(*kargs) {
 		if group%ks.lanes != 0 {
 			return nil
 		}
-		if bits == 4 {
+		b := sdt == dtype.BF16
+		switch {
+		case bits == 4 && b:
+			return &ks.q4b
+		case bits == 4:
 			return &ks.q4
+		case b:
+			return &ks.q8b
+		default:
+			return &ks.q8
 		}
-		return &ks.q8
+	}
+	return nil
+}
+
+// int8Kernels returns the set's int8-activation kernels for a quantized
+// format, or nil.
+func (ks *kernelSet) int8Kernels(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
+	if ks == nil || ks.i4[0] == nil {
+		return nil
+	}
+	b := sdt == dtype.BF16
+	switch {
+	case bits == 4 && group == 32:
+		return &ks.i4p
+	case bits == 4 && b:
+		return &ks.i4b
+	case bits == 4:
+		return &ks.i4
+	case bits == 8 && b:
+		return &ks.i8b
+	case bits == 8:
+		return &ks.i8
 	}
 	return nil
 }

@@ -10,31 +10,133 @@ import "golang.org/x/sys/cpu"
 func q4x1AVX2(a *kargs)
 
 //go:noescape
-func q4x4AVX2(a *kargs)
-
-//go:noescape
 func q8x1AVX2(a *kargs)
 
 //go:noescape
-func q8x4AVX2(a *kargs)
+func q4bx1AVX2(a *kargs)
+
+//go:noescape
+func q8bx1AVX2(a *kargs)
 
 //go:noescape
 func bf16x1AVX2(a *kargs)
 
 //go:noescape
-func bf16x4AVX2(a *kargs)
+func f32x1AVX2(a *kargs)
 
 //go:noescape
-func f32x1AVX2(a *kargs)
+func q4x4AVX2(a *kargs)
+
+//go:noescape
+func q8x4AVX2(a *kargs)
+
+//go:noescape
+func q4bx4AVX2(a *kargs)
+
+//go:noescape
+func q8bx4AVX2(a *kargs)
+
+//go:noescape
+func bf16x4AVX2(a *kargs)
 
 //go:noescape
 func f32x4AVX2(a *kargs)
 
 //go:noescape
-func widenBF16AVX2(dst *float64, src *uint16, n int)
+func q4x1AVX512(a *kargs)
 
 //go:noescape
-func widenF32AVX2(dst *float64, src *float32, n int)
+func q8x1AVX512(a *kargs)
+
+//go:noescape
+func q4bx1AVX512(a *kargs)
+
+//go:noescape
+func q8bx1AVX512(a *kargs)
+
+//go:noescape
+func bf16x1AVX512(a *kargs)
+
+//go:noescape
+func f32x1AVX512(a *kargs)
+
+//go:noescape
+func q4x4AVX512(a *kargs)
+
+//go:noescape
+func q8x4AVX512(a *kargs)
+
+//go:noescape
+func q4bx4AVX512(a *kargs)
+
+//go:noescape
+func q8bx4AVX512(a *kargs)
+
+//go:noescape
+func bf16x4AVX512(a *kargs)
+
+//go:noescape
+func f32x4AVX512(a *kargs)
+
+//go:noescape
+func i4x1AVX2(a *kargs)
+
+//go:noescape
+func i4bx1AVX2(a *kargs)
+
+//go:noescape
+func i8x1AVX2(a *kargs)
+
+//go:noescape
+func i8bx1AVX2(a *kargs)
+
+//go:noescape
+func i4px1AVX2(a *kargs)
+
+//go:noescape
+func i4x4AVX2(a *kargs)
+
+//go:noescape
+func i4bx4AVX2(a *kargs)
+
+//go:noescape
+func i8x4AVX2(a *kargs)
+
+//go:noescape
+func i8bx4AVX2(a *kargs)
+
+//go:noescape
+func i4px4AVX2(a *kargs)
+
+//go:noescape
+func i4x1VNNI(a *kargs)
+
+//go:noescape
+func i4bx1VNNI(a *kargs)
+
+//go:noescape
+func i8x1VNNI(a *kargs)
+
+//go:noescape
+func i8bx1VNNI(a *kargs)
+
+//go:noescape
+func i4px1VNNI(a *kargs)
+
+//go:noescape
+func i4x4VNNI(a *kargs)
+
+//go:noescape
+func i4bx4VNNI(a *kargs)
+
+//go:noescape
+func i8x4VNNI(a *kargs)
+
+//go:noescape
+func i8bx4VNNI(a *kargs)
+
+//go:noescape
+func i4px4VNNI(a *kargs)
 
 //go:noescape
 func dotF32AVX2(a, b *float32, n int) float32
@@ -43,76 +145,10 @@ func dotF32AVX2(a, b *float32, n int) float32
 func axpyF32AVX2(y, x *float32, a float32, n int)
 
 //go:noescape
-func q4x1AVX512(a *kargs)
-
-//go:noescape
-func q4x4AVX512(a *kargs)
-
-//go:noescape
-func q8x1AVX512(a *kargs)
-
-//go:noescape
-func q8x4AVX512(a *kargs)
-
-//go:noescape
-func bf16x1AVX512(a *kargs)
-
-//go:noescape
-func bf16x4AVX512(a *kargs)
-
-//go:noescape
-func f32x1AVX512(a *kargs)
-
-//go:noescape
-func f32x4AVX512(a *kargs)
-
-//go:noescape
-func widenBF16AVX512(dst *float64, src *uint16, n int)
-
-//go:noescape
-func widenF32AVX512(dst *float64, src *float32, n int)
-
-//go:noescape
 func dotF32AVX512(a, b *float32, n int) float32
 
 //go:noescape
 func axpyF32AVX512(y, x *float32, a float32, n int)
-
-//go:noescape
-func i4x1AVX2(a *kargs)
-
-//go:noescape
-func i4px1AVX2(a *kargs)
-
-//go:noescape
-func i8x1AVX2(a *kargs)
-
-//go:noescape
-func i4x4AVX2(a *kargs)
-
-//go:noescape
-func i4px4AVX2(a *kargs)
-
-//go:noescape
-func i8x4AVX2(a *kargs)
-
-//go:noescape
-func i4x1VNNI(a *kargs)
-
-//go:noescape
-func i4px1VNNI(a *kargs)
-
-//go:noescape
-func i8x1VNNI(a *kargs)
-
-//go:noescape
-func i4x4VNNI(a *kargs)
-
-//go:noescape
-func i4px4VNNI(a *kargs)
-
-//go:noescape
-func i8x4VNNI(a *kargs)
 
 //go:noescape
 func widenBF16F32AVX2(dst *float32, src *uint16, n int)
@@ -124,18 +160,24 @@ var (
 	setAVX2 = &kernelSet{
 		name: "avx2", lanes: 8,
 		q4: [2]func(*kargs){q4x1AVX2, q4x4AVX2}, q8: [2]func(*kargs){q8x1AVX2, q8x4AVX2},
+		q4b: [2]func(*kargs){q4bx1AVX2, q4bx4AVX2}, q8b: [2]func(*kargs){q8bx1AVX2, q8bx4AVX2},
 		bf16: [2]func(*kargs){bf16x1AVX2, bf16x4AVX2}, f32: [2]func(*kargs){f32x1AVX2, f32x4AVX2},
-		widenBF16: widenBF16AVX2, widenF32: widenF32AVX2, dot: dotF32AVX2, axpy: axpyF32AVX2,
-		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2},
-		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8wide: true, widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
+		dot: dotF32AVX2, axpy: axpyF32AVX2,
+		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
+		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
+		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
+		widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
 	}
 	setAVX512 = &kernelSet{
 		name: "avx512", lanes: 16,
 		q4: [2]func(*kargs){q4x1AVX512, q4x4AVX512}, q8: [2]func(*kargs){q8x1AVX512, q8x4AVX512},
+		q4b: [2]func(*kargs){q4bx1AVX512, q4bx4AVX512}, q8b: [2]func(*kargs){q8bx1AVX512, q8bx4AVX512},
 		bf16: [2]func(*kargs){bf16x1AVX512, bf16x4AVX512}, f32: [2]func(*kargs){f32x1AVX512, f32x4AVX512},
-		widenBF16: widenBF16AVX512, widenF32: widenF32AVX512, dot: dotF32AVX512, axpy: axpyF32AVX512,
-		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2},
-		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8wide: true, widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
+		dot: dotF32AVX512, axpy: axpyF32AVX512,
+		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
+		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
+		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
+		widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
 	}
 )
 
@@ -145,8 +187,10 @@ var archSets = func() []*kernelSet {
 	if x.HasAVX512F && x.HasAVX512BW && x.HasAVX512DQ && x.HasAVX512VL && x.HasAVX2 && x.HasFMA {
 		if x.HasAVX512VNNI {
 			setAVX512.i4 = [2]func(*kargs){i4x1VNNI, i4x4VNNI}
-			setAVX512.i4p = [2]func(*kargs){i4px1VNNI, i4px4VNNI}
+			setAVX512.i4b = [2]func(*kargs){i4bx1VNNI, i4bx4VNNI}
 			setAVX512.i8 = [2]func(*kargs){i8x1VNNI, i8x4VNNI}
+			setAVX512.i8b = [2]func(*kargs){i8bx1VNNI, i8bx4VNNI}
+			setAVX512.i4p = [2]func(*kargs){i4px1VNNI, i4px4VNNI}
 			setAVX512.i8wide = false
 		}
 		s = append(s, setAVX512)
