@@ -38,9 +38,13 @@ func (b *Backend) cache(t kernels.Tensor, what string, width int, write bool) (c
 	return c, nil
 }
 
-// dot returns q·row(slot)[off:off+len(q)], accumulated in float64.
-func (c *cacheView) dot(slot, off int, q []float32, f16 *[1 << 16]float32) float32 {
+// dot returns q·row(slot)[off:off+len(q)], accumulated in float64 (with
+// the SIMD kernels of ks for an F32 cache when ks is not nil).
+func (c *cacheView) dot(slot, off int, q []float32, f16 *[1 << 16]float32, ks *kernelSet) float32 {
 	i := slot*c.width + off
+	if ks != nil && c.dt == dtype.F32 && len(q) > 0 {
+		return float32(ks.dot(&q[0], &c.f32[i : i+len(q)][0], len(q)))
+	}
 	var acc float64
 	switch c.dt {
 	case dtype.F32:
@@ -60,8 +64,12 @@ func (c *cacheView) dot(slot, off int, q []float32, f16 *[1 << 16]float32) float
 }
 
 // axpy adds p·row(slot)[off:off+len(acc)] to acc.
-func (c *cacheView) axpy(slot, off int, p float64, acc []float64, f16 *[1 << 16]float32) {
+func (c *cacheView) axpy(slot, off int, p float64, acc []float64, f16 *[1 << 16]float32, ks *kernelSet) {
 	i := slot*c.width + off
+	if ks != nil && c.dt == dtype.F32 && len(acc) > 0 {
+		ks.axpy(&acc[0], &c.f32[i : i+len(acc)][0], p, len(acc))
+		return
+	}
 	switch c.dt {
 	case dtype.F32:
 		for d, v := range c.f32[i : i+len(acc)] {
@@ -154,7 +162,7 @@ func (j *attnJob) run(w, lo, hi int) {
 		scores := ws.score[:span]
 		m := float32(math.Inf(-1))
 		for i := range scores {
-			s := j.k.dot((first+i)%j.k.slots, off, q, j.f16) * j.p.Scale
+			s := j.k.dot((first+i)%j.k.slots, off, q, j.f16, j.b.ks) * j.p.Scale
 			scores[i] = s
 			m = max(m, s)
 		}
@@ -168,7 +176,7 @@ func (j *attnJob) run(w, lo, hi int) {
 		acc := ws.acc[:hd]
 		clear(acc)
 		for i, e := range scores {
-			j.v.axpy((first+i)%j.v.slots, off, float64(e)/sum, acc, j.f16)
+			j.v.axpy((first+i)%j.v.slots, off, float64(e)/sum, acc, j.f16, j.b.ks)
 		}
 		o := j.out[(t*heads+h)*hd : (t*heads+h+1)*hd]
 		for d, a := range acc {

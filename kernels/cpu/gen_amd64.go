@@ -432,12 +432,19 @@ func (g *gen) dense(wdt string, nx int) {
 	g.p("RET")
 }
 
-// dot writes dotF32(a, b *float32, n int) float32: four accumulators over
-// blocks of 4L, their sum, the lane sum, then a scalar tail.
+// dot writes dotF64(a, b *float32, n int) float64: Σ a[i]·b[i] with the
+// exact f32 products summed in four float64 accumulators (the attention
+// scores; the generic kernel sums the same products in float64 in order).
 func (g *gen) dot() {
-	L := g.isa.lanes
-	name := "dotF32" + g.isa.name
-	fmt.Fprintf(&g.buf, "\n// func %s(a, b *float32, n int) float32\nTEXT ·%s(SB), NOSPLIT, $0-28\n", name, name)
+	D := g.isa.lanes / 2
+	name := "dotF64" + g.isa.name
+	h := func(i int) string {
+		if g.isa.avx512 {
+			return fmt.Sprintf("Y%d", i)
+		}
+		return fmt.Sprintf("X%d", i)
+	}
+	fmt.Fprintf(&g.buf, "\n// func %s(a, b *float32, n int) float64\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
 	g.p("MOVQ a+0(FP), SI")
 	g.p("MOVQ b+8(FP), DI")
 	g.p("MOVQ n+16(FP), CX")
@@ -445,70 +452,77 @@ func (g *gen) dot() {
 		g.zero(g.V(i))
 	}
 	vec, red, tail, done := g.newLabel("vec"), g.newLabel("red"), g.newLabel("tail"), g.newLabel("done")
-	g.p("CMPQ CX, $%d", 4*L)
+	g.p("CMPQ CX, $%d", 4*D)
 	g.p("JLT %s", red)
 	g.l(vec)
 	for i := range 4 {
-		g.p("VMOVUPS %d(SI), %s", 4*L*i, g.V(0))
-		g.p("VFMADD231PS %d(DI), %s, %s", 4*L*i, g.V(0), g.V(2+i))
+		g.p("VCVTPS2PD %d(SI), %s", 4*D*i, g.V(0))
+		g.p("VCVTPS2PD %d(DI), %s", 4*D*i, g.V(1))
+		g.p("VFMADD231PD %s, %s, %s", g.V(1), g.V(0), g.V(2+i))
 	}
-	g.p("ADDQ $%d, SI", 16*L)
-	g.p("ADDQ $%d, DI", 16*L)
-	g.p("SUBQ $%d, CX", 4*L)
-	g.p("CMPQ CX, $%d", 4*L)
+	g.p("ADDQ $%d, SI", 16*D)
+	g.p("ADDQ $%d, DI", 16*D)
+	g.p("SUBQ $%d, CX", 4*D)
+	g.p("CMPQ CX, $%d", 4*D)
 	g.p("JGE %s", vec)
 	g.l(red)
-	g.p("VADDPS %s, %s, %s", g.V(3), g.V(2), g.V(2))
-	g.p("VADDPS %s, %s, %s", g.V(5), g.V(4), g.V(4))
-	g.p("VADDPS %s, %s, %s", g.V(4), g.V(2), g.V(2))
-	g.hsum(2, 1)
+	g.p("VADDPD %s, %s, %s", g.V(3), g.V(2), g.V(2))
+	g.p("VADDPD %s, %s, %s", g.V(5), g.V(4), g.V(4))
+	g.p("VADDPD %s, %s, %s", g.V(4), g.V(2), g.V(2))
+	g.hsumPD(2, 1)
+	_ = h
 	g.p("TESTQ CX, CX")
 	g.p("JZ %s", done)
 	g.l(tail)
-	g.p("VMOVSS (SI), X0")
-	g.p("VFMADD231SS (DI), X0, X2")
+	g.p("VCVTSS2SD (SI), X0, X0")
+	g.p("VCVTSS2SD (DI), X1, X1")
+	g.p("VFMADD231SD X1, X0, X2")
 	g.p("ADDQ $4, SI")
 	g.p("ADDQ $4, DI")
 	g.p("DECQ CX")
 	g.p("JNZ %s", tail)
 	g.l(done)
-	g.p("VMOVSS X2, ret+24(FP)")
+	g.p("VMOVSD X2, ret+24(FP)")
 	g.p("VZEROUPPER")
 	g.p("RET")
 }
 
-// axpy writes axpyF32(y, x *float32, a float32, n int): y[i] += a·x[i].
+// axpy writes axpyF64(y *float64, x *float32, a float64, n int):
+// y[i] += a·x[i], the product rounded to float64 before the add, as the
+// generic loop computes it.
 func (g *gen) axpy() {
-	L := g.isa.lanes
-	name := "axpyF32" + g.isa.name
-	fmt.Fprintf(&g.buf, "\n// func %s(y, x *float32, a float32, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
+	D := g.isa.lanes / 2
+	name := "axpyF64" + g.isa.name
+	fmt.Fprintf(&g.buf, "\n// func %s(y *float64, x *float32, a float64, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
 	g.p("MOVQ y+0(FP), DI")
 	g.p("MOVQ x+8(FP), SI")
-	g.p("VBROADCASTSS a+16(FP), %s", g.V(1))
+	g.p("VBROADCASTSD a+16(FP), %s", g.V(1))
 	g.p("MOVQ n+24(FP), CX")
 	vec, tail, sc, done := g.newLabel("vec"), g.newLabel("tail"), g.newLabel("sc"), g.newLabel("done")
-	g.p("CMPQ CX, $%d", 2*L)
+	g.p("CMPQ CX, $%d", 2*D)
 	g.p("JLT %s", tail)
 	g.l(vec)
 	for i := range 2 {
-		g.p("VMOVUPS %d(DI), %s", 4*L*i, g.V(2+i))
-		g.p("VFMADD231PS %d(SI), %s, %s", 4*L*i, g.V(1), g.V(2+i))
-		g.p("VMOVUPS %s, %d(DI)", g.V(2+i), 4*L*i)
+		g.p("VCVTPS2PD %d(SI), %s", 4*D*i, g.V(2+i))
+		g.p("VMULPD %s, %s, %s", g.V(1), g.V(2+i), g.V(2+i))
+		g.p("VADDPD %d(DI), %s, %s", 8*D*i, g.V(2+i), g.V(2+i))
+		g.p("VMOVUPD %s, %d(DI)", g.V(2+i), 8*D*i)
 	}
-	g.p("ADDQ $%d, SI", 8*L)
-	g.p("ADDQ $%d, DI", 8*L)
-	g.p("SUBQ $%d, CX", 2*L)
-	g.p("CMPQ CX, $%d", 2*L)
+	g.p("ADDQ $%d, SI", 8*D)
+	g.p("ADDQ $%d, DI", 16*D)
+	g.p("SUBQ $%d, CX", 2*D)
+	g.p("CMPQ CX, $%d", 2*D)
 	g.p("JGE %s", vec)
 	g.l(tail)
 	g.p("TESTQ CX, CX")
 	g.p("JZ %s", done)
 	g.l(sc)
-	g.p("VMOVSS (DI), X0")
-	g.p("VFMADD231SS (SI), X1, X0")
-	g.p("VMOVSS X0, (DI)")
+	g.p("VCVTSS2SD (SI), X0, X0")
+	g.p("VMULSD X1, X0, X0")
+	g.p("VADDSD (DI), X0, X0")
+	g.p("VMOVSD X0, (DI)")
 	g.p("ADDQ $4, SI")
-	g.p("ADDQ $4, DI")
+	g.p("ADDQ $8, DI")
 	g.p("DECQ CX")
 	g.p("JNZ %s", sc)
 	g.l(done)

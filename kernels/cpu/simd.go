@@ -60,8 +60,9 @@ type kernelSet struct {
 	i8wide                bool
 	widenBF16F32          func(dst *float32, src *uint16, n int)
 	quant                 func(dst *byte, bsum *float64, x *float32, nblocks, mode int)
-	dot                   func(a, b *float32, n int) float32
-	axpy                  func(y, x *float32, a float32, n int)
+	// Attention: Σ a·b in float64 (exact products), and y += a·x.
+	dot  func(a, b *float32, n int) float64
+	axpy func(y *float64, x *float32, a float64, n int)
 }
 
 // chooseKernels returns the kernel set a backend uses: nil (generic) when

@@ -261,3 +261,45 @@ func TestKernelsOption(t *testing.T) {
 		t.Errorf("default kernels %q, want %q", b.Kernels(), want)
 	}
 }
+
+// TestSIMDAttention compares the attention of the SIMD kernel sets (float64
+// dot products and accumulation over an F32 cache) with the generic kernel:
+// the same math, so the same results but for rare last-bit differences of a
+// score. Head dims cover the vector widths, ragged tails and tiny heads.
+func TestSIMDAttention(t *testing.T) {
+	sets := KernelSets()
+	if len(sets) == 0 {
+		t.Skip("no SIMD kernels on this CPU")
+	}
+	gen := newBackend(t, WithGeneric())
+	r := rand.New(rand.NewPCG(25, 26))
+	for _, ks := range sets {
+		b := newBackend(t, WithKernels(ks))
+		for _, hd := range []int{256, 64, 40, 13, 3} {
+			for _, window := range []int{0, 7} {
+				t.Run(fmt.Sprintf("%s/hd%d/window%d", ks, hd, window), func(t *testing.T) {
+					const heads, kvHeads, capacity, T = 4, 2, 40, 30
+					p := kernels.AttentionParams{Heads: heads, KVHeads: kvHeads, HeadDim: hd, Window: window, Scale: 0.7}
+					kw := kvHeads * hd
+					kv := rounded(dtype.F32, randNorm(r, 2*capacity*kw))
+					q := rounded(dtype.F32, randNorm(r, T*heads*hd))
+					pos := make([]float64, T)
+					for i := range pos {
+						pos[i] = float64(i)
+					}
+					var outs [2][]float32
+					for bi, be := range []*Backend{gen, b} {
+						kc := tensor(t, be, dtype.F32, kv[:capacity*kw], capacity, kw)
+						vc := tensor(t, be, dtype.F32, kv[capacity*kw:], capacity, kw)
+						out := tensor(t, be, dtype.F32, nil, T, heads*hd)
+						if err := be.Attention(out, tensor(t, be, dtype.F32, q, T, heads*hd), kc, vc, tensor(t, be, dtype.I32, pos, T), p); err != nil {
+							t.Fatal(err)
+						}
+						outs[bi] = f32s(fetch(t, be, out))
+					}
+					compareExact(t, "out", outs[1], outs[0])
+				})
+			}
+		}
+	}
+}
