@@ -77,7 +77,7 @@ func (s *Session) Generate(ctx context.Context, prompt []int32, opts GenerateOpt
 			}
 		}()
 		t0 := time.Now()
-		logits, err := s.Forward(ctx, prompt)
+		logits, err := s.forwardLast(ctx, prompt)
 		if err != nil {
 			yield(Token{}, err)
 			return
@@ -98,7 +98,8 @@ func (s *Session) Generate(ctx context.Context, prompt []int32, opts GenerateOpt
 			if st.GeneratedTokens >= opts.MaxTokens {
 				return
 			}
-			if logits, err = s.Forward(ctx, []int32{id}); err != nil {
+			s.tok1[0] = id
+			if logits, err = s.forwardLast(ctx, s.tok1[:]); err != nil {
 				yield(Token{}, err)
 				return
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unsafe"
 
 	"github.com/gemmoe/gemmoe/attention"
 	"github.com/gemmoe/gemmoe/dtype"
@@ -35,6 +36,14 @@ type Session struct {
 	shape1, shape2      []int          // reused shape storage for the ids and positions views
 	graph               kernels.Graph  // the recorded decode step (Capturer backends)
 	graphKey, keyBuf    []int          // cache capacities the graph was recorded with
+
+	// The allocation-free path of Generate (forwardLast): logits are read
+	// into out, which the returned slice aliases until the next call.
+	out   []float32
+	reuse bool
+	last  []float32
+	keep  func(int, []float32) // s.keepLast, bound once
+	tok1  [1]int32
 }
 
 // NewSession makes an empty session with its caches and scratch.
@@ -50,6 +59,7 @@ func (m *Model) NewSession() (*Session, error) {
 func (s *Session) alloc() error {
 	m, b, cfg := s.m, s.m.Backend, s.m.Config
 	C, H := m.opts.Chunk, cfg.HiddenSize
+	s.keep = s.keepLast
 	s.posv = make([]int32, C)
 	s.shape1, s.shape2 = make([]int, 1), make([]int, 1)
 	s.caches = make([]*attention.Cache, len(m.layers))
@@ -209,6 +219,18 @@ func (s *Session) Forward(ctx context.Context, tokens []int32) ([]float32, error
 	return last, err
 }
 
+// forwardLast is Forward for Generate: the logits are read into a buffer of
+// the session, valid until the next call, so that a decode step allocates
+// nothing.
+func (s *Session) forwardLast(ctx context.Context, tokens []int32) ([]float32, error) {
+	s.reuse, s.last = true, nil
+	err := s.forward(ctx, tokens, nil, s.keep, true)
+	s.reuse = false
+	return s.last, err
+}
+
+func (s *Session) keepLast(_ int, l []float32) { s.last = l }
+
 // ForwardAll feeds tokens and returns the logits of every one ([T][vocab]);
 // trace may be nil.
 func (s *Session) ForwardAll(ctx context.Context, tokens []int32, trace *Trace) ([][]float32, error) {
@@ -277,7 +299,7 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 			s.tokens = s.tokens[:p0]
 			return err
 		}
-		v, err := s.read(s.logits)
+		v, err := s.readLogits()
 		if err != nil {
 			return err
 		}
@@ -285,7 +307,7 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 		return nil
 	}
 	h := s.h
-	h.Shape = []int{T, H}
+	h.Shape = shapeOf(T, H)
 	if err := s.layers(h, ids, pos, trace); err != nil {
 		s.tokens = s.tokens[:p0]
 		return err
@@ -301,7 +323,7 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 		if err := s.head(h, r); err != nil {
 			return err
 		}
-		v, err := s.read(s.logits)
+		v, err := s.readLogits()
 		if err != nil {
 			return err
 		}
@@ -314,7 +336,7 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 // layers and the head, replaying a recorded graph where the backend can.
 func (s *Session) decode(ids, pos kernels.Tensor) error {
 	h := s.h
-	h.Shape = []int{1, s.m.Config.HiddenSize}
+	h.Shape = shapeOf(1, s.m.Config.HiddenSize)
 	run := func() error {
 		if err := s.layers(h, ids, pos, nil); err != nil {
 			return err
@@ -404,9 +426,12 @@ func (s *Session) head(h kernels.Tensor, r int) error {
 	}
 	m := s.m
 	b, cfg := m.Backend, m.Config
-	row, err := h.RowRange(r, r+1)
-	if err != nil {
-		return err
+	row := h
+	if h.Rows() != 1 || r != 0 {
+		var err error
+		if row, err = h.RowRange(r, r+1); err != nil {
+			return err
+		}
 	}
 	if err := b.RMSNorm(s.final, row, m.norm, float32(cfg.RMSNormEps)); err != nil {
 		return fmt.Errorf("final norm: %w", err)
@@ -431,7 +456,7 @@ func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
 	l := &m.layers[i]
 	H := cfg.HiddenSize
 	eps := float32(cfg.RMSNormEps)
-	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = []int{T, cols}; return t }
+	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = shapeOf(T, cols); return t }
 	x, a, d := rows(s.x, H), rows(s.a, H), rows(s.d, H)
 	if err := b.RMSNorm(x, h, l.inputNorm, eps); err != nil {
 		return fmt.Errorf("input_layernorm: %w", err)
@@ -504,7 +529,7 @@ func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
 func (s *Session) perLayerInputs(e, ids kernels.Tensor) error {
 	m, b, cfg := s.m, s.m.Backend, s.m.Config
 	L, P := cfg.NumLayers, cfg.PLEDim
-	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = []int{1, L * P}; return t }
+	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = shapeOf(1, L*P); return t }
 	if err := b.Embed(flat(s.pleTok), &m.pleEmbed, ids, float32(math.Sqrt(float64(P)))); err != nil {
 		return fmt.Errorf("per-layer embedding: %w", err)
 	}
@@ -527,10 +552,13 @@ func (s *Session) perLayerInputs(e, ids kernels.Tensor) error {
 // h += norm(proj(gelu_tanh(gate(h))·ple[i])).
 func (s *Session) perLayerStep(i int, h kernels.Tensor) error {
 	b, l := s.m.Backend, &s.m.layers[i]
-	pi, err := s.ple.RowRange(i, i+1)
-	if err != nil {
-		return err
+	P := s.m.Config.PLEDim
+	if i < 0 || i >= s.ple.Rows() {
+		return fmt.Errorf("per-layer input %d of %d", i, s.ple.Rows())
 	}
+	pi := s.ple // row i, as RowRange(i, i+1) gives it
+	pi.Offset += int64(i) * int64(P) * int64(pi.DType.Size())
+	pi.Shape = shapeOf(1, P)
 	if err := b.MatMul(s.pleG, h, &l.pleGate); err != nil {
 		return fmt.Errorf("per_layer_input_gate: %w", err)
 	}
@@ -538,7 +566,7 @@ func (s *Session) perLayerStep(i int, h kernels.Tensor) error {
 		return err
 	}
 	e := s.e
-	e.Shape = []int{1, s.m.Config.HiddenSize}
+	e.Shape = shapeOf(1, s.m.Config.HiddenSize)
 	if err := b.MatMul(e, s.pleG, &l.pleProj); err != nil {
 		return fmt.Errorf("per_layer_projection: %w", err)
 	}
@@ -570,9 +598,35 @@ func (s *Session) traceRouter(i, T int, trace *Trace) error {
 	return nil
 }
 
+// readLogits reads s.logits: into the session's buffer on the
+// allocation-free path (forwardLast), else into a new slice.
+func (s *Session) readLogits() ([]float32, error) {
+	if !s.reuse {
+		return s.read(s.logits)
+	}
+	n := s.logits.Numel()
+	if cap(s.out) < n {
+		s.out = make([]float32, n)
+	}
+	s.out = s.out[:n]
+	return s.readInto(s.out, s.logits)
+}
+
 // read downloads a tensor as float32 values.
 func (s *Session) read(t kernels.Tensor) ([]float32, error) {
+	return s.readInto(make([]float32, t.Numel()), t)
+}
+
+// readInto downloads a tensor as float32 values into out (len t.Numel()).
+func (s *Session) readInto(out []float32, t kernels.Tensor) ([]float32, error) {
 	n := int(t.Bytes())
+	if t.DType == dtype.F32 && n > 0 {
+		// Little-endian host (see DESIGN.md): the bytes are the values.
+		if err := s.m.Backend.Download(unsafe.Slice((*byte)(unsafe.Pointer(&out[0])), n), t); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	if cap(s.host) < n {
 		s.host = make([]byte, n)
 	}
@@ -580,12 +634,8 @@ func (s *Session) read(t kernels.Tensor) ([]float32, error) {
 	if err := s.m.Backend.Download(buf, t); err != nil {
 		return nil, err
 	}
-	out := make([]float32, t.Numel())
 	switch t.DType {
 	case dtype.F32:
-		for i := range out {
-			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(buf[4*i:]))
-		}
 	case dtype.BF16:
 		for i := range out {
 			out[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(buf[2*i:]))

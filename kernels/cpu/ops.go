@@ -84,17 +84,29 @@ func (b *Backend) binary(op elemOp, name string, y, a, c kernels.Tensor, s float
 		}
 		return fmt.Errorf("cpu: %s: operands %s, %s and y %s differ in size", name, a, c, y)
 	}
-	av, err := b.in(a, name+": input", slotA)
+	// Constant argument names (a concatenation would allocate per call).
+	nIn, nIn2, nY := "input", "second input", "y"
+	switch op {
+	case opAdd:
+		nIn, nIn2, nY = "Add: input", "Add: second input", "Add: y"
+	case opScale:
+		nIn, nY = "Scale: input", "Scale: y"
+	case opSoftcap:
+		nIn, nY = "Softcap: input", "Softcap: y"
+	case opGeluMul:
+		nIn, nIn2, nY = "GeluTanhMul: input", "GeluTanhMul: second input", "GeluTanhMul: y"
+	}
+	av, err := b.in(a, nIn, slotA)
 	if err != nil {
 		return err
 	}
 	var cv []float32
 	if op == opAdd || op == opGeluMul {
-		if cv, err = b.in(c, name+": second input", slotB); err != nil {
+		if cv, err = b.in(c, nIn2, slotB); err != nil {
 			return err
 		}
 	}
-	yv, err := b.out(y, name+": y", slotY)
+	yv, err := b.out(y, nY, slotY)
 	if err != nil {
 		return err
 	}
