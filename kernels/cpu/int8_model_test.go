@@ -1,0 +1,90 @@
+package cpu_test
+
+import (
+	"context"
+	"encoding/binary"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/gemmoe/gemmoe/kernels/cpu"
+	"github.com/gemmoe/gemmoe/loader"
+	"github.com/gemmoe/gemmoe/model"
+)
+
+// TestInt8DemoPerplexity measures the int8-activation path on the demo model
+// (demo-build/model-4bit, see tools/demo/README.md; untracked, so the test
+// skips without it): the held-out perplexity over GEMMOE_DEMO_WINDOWS
+// windows of 512 tokens (spread over the held-out set; unset: the test
+// skips, it takes about a second per window and path on two cores) must be
+// within 0.5% of the exact kernels'.
+func TestInt8DemoPerplexity(t *testing.T) {
+	dir := filepath.Join("..", "..", "demo-build")
+	n, _ := strconv.Atoi(os.Getenv("GEMMOE_DEMO_WINDOWS"))
+	if n <= 0 {
+		t.Skip("set GEMMOE_DEMO_WINDOWS to the number of held-out windows to evaluate")
+	}
+	if len(cpu.KernelSets()) == 0 {
+		t.Skip("no SIMD kernels on this CPU")
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "heldout.u16"))
+	if err != nil {
+		t.Skipf("no demo model data: %v", err)
+	}
+	toks := make([]int32, len(raw)/2)
+	for i := range toks {
+		toks[i] = int32(binary.LittleEndian.Uint16(raw[2*i:]))
+	}
+	const win = 512
+	total := (len(toks) - 1) / win
+	n = min(n, total)
+	ppl := func(int8 bool) float64 {
+		src, err := loader.Open(filepath.Join(dir, "model-4bit"))
+		if err != nil {
+			t.Skipf("no demo model: %v", err)
+		}
+		b := cpu.New(cpu.WithInt8Activations(int8))
+		defer b.Close()
+		m, err := model.New(src, b, model.Options{Chunk: win, ContextLength: win + 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		var nll float64
+		var count int
+		for w := range n {
+			i := w * (total / n)
+			in, tgt := toks[i*win:(i+1)*win], toks[i*win+1:(i+1)*win+1]
+			s, err := m.NewSession()
+			if err != nil {
+				t.Fatal(err)
+			}
+			logits, err := s.ForwardAll(context.Background(), in, nil)
+			s.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r, l := range logits {
+				mx := math.Inf(-1)
+				for _, v := range l {
+					mx = math.Max(mx, float64(v))
+				}
+				var sum float64
+				for _, v := range l {
+					sum += math.Exp(float64(v) - mx)
+				}
+				nll += math.Log(sum) + mx - float64(l[tgt[r]])
+				count++
+			}
+		}
+		return math.Exp(nll / float64(count))
+	}
+	exact, fast := ppl(false), ppl(true)
+	rel := fast/exact - 1
+	t.Logf("%d windows of %d tokens: perplexity %.4f exact, %.4f with int8 activations (%+.3f%%)", n, win, exact, fast, 100*rel)
+	if math.Abs(rel) > 0.005 {
+		t.Errorf("int8 activations move the perplexity by %+.3f%% (> 0.5%%)", 100*rel)
+	}
+}
