@@ -24,6 +24,7 @@ import (
 	"bytes"
 	"fmt"
 	"log"
+	"math"
 	"os"
 )
 
@@ -530,6 +531,68 @@ func (g *gen) axpy() {
 	g.p("RET")
 }
 
+// softcap writes softcapPoly(y, x *float32, c float64, n int): for n
+// values (a multiple of the float64 lanes), y = float32(c·t(float64(x)/c))
+// with t the rational branch of Go's math.Tanh (|z| < 0.625), evaluated
+// with the same operations in the same order (no fused multiply-adds), so
+// the results are those of math.Tanh wherever that branch applies; the
+// caller redoes the other values.
+func (g *gen) softcap() {
+	D := g.isa.lanes / 2
+	name := "softcapPoly" + g.isa.name
+	h := func(i int) string {
+		if g.isa.avx512 {
+			return fmt.Sprintf("Y%d", i)
+		}
+		return fmt.Sprintf("X%d", i)
+	}
+	fmt.Fprintf(&g.buf, "\n// func %s(y, x *float32, c float64, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
+	g.p("MOVQ y+0(FP), DI")
+	g.p("MOVQ x+8(FP), SI")
+	g.p("VBROADCASTSD c+16(FP), %s", g.V(15))
+	g.p("MOVQ n+24(FP), CX")
+	for i, v := range []string{"P0", "P1", "P2", "Q0", "Q1", "Q2"} {
+		g.p("VBROADCASTSD ·tanh%s(SB), %s", v, g.V(8+i))
+	}
+	loop, done := g.newLabel("sc"), g.newLabel("scdone")
+	g.p("SHRQ $%d, CX", map[int]int{4: 2, 8: 3}[D])
+	g.p("JZ %s", done)
+	g.l(loop)
+	g.p("VCVTPS2PD (SI), %s", g.V(0))
+	g.p("VDIVPD %s, %s, %s", g.V(15), g.V(0), g.V(0)) // z = x/c
+	g.p("VMULPD %s, %s, %s", g.V(0), g.V(0), g.V(1))  // s = z·z
+	// numerator (P0·s + P1)·s + P2
+	g.p("VMULPD %s, %s, %s", g.V(8), g.V(1), g.V(2))
+	g.p("VADDPD %s, %s, %s", g.V(9), g.V(2), g.V(2))
+	g.p("VMULPD %s, %s, %s", g.V(1), g.V(2), g.V(2))
+	g.p("VADDPD %s, %s, %s", g.V(10), g.V(2), g.V(2))
+	// denominator ((s + Q0)·s + Q1)·s + Q2
+	g.p("VADDPD %s, %s, %s", g.V(11), g.V(1), g.V(3))
+	g.p("VMULPD %s, %s, %s", g.V(1), g.V(3), g.V(3))
+	g.p("VADDPD %s, %s, %s", g.V(12), g.V(3), g.V(3))
+	g.p("VMULPD %s, %s, %s", g.V(1), g.V(3), g.V(3))
+	g.p("VADDPD %s, %s, %s", g.V(13), g.V(3), g.V(3))
+	// z + z·s·num/den
+	g.p("VMULPD %s, %s, %s", g.V(1), g.V(0), g.V(4))
+	g.p("VMULPD %s, %s, %s", g.V(2), g.V(4), g.V(4))
+	g.p("VDIVPD %s, %s, %s", g.V(3), g.V(4), g.V(4))
+	g.p("VADDPD %s, %s, %s", g.V(4), g.V(0), g.V(0))
+	g.p("VMULPD %s, %s, %s", g.V(0), g.V(15), g.V(0)) // c·t
+	if g.isa.avx512 {
+		g.p("VCVTPD2PS Z0, Y0")
+	} else {
+		g.p("VCVTPD2PSY Y0, X0")
+	}
+	g.p("VMOVUPS %s, (DI)", h(0))
+	g.p("ADDQ $%d, SI", 4*D)
+	g.p("ADDQ $%d, DI", 4*D)
+	g.p("DECQ CX")
+	g.p("JNZ %s", loop)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
 // int8q writes an int8-activation quantized kernel (ymm registers) for nx
 // input rows. The input row is quantized per block of 32 values to int8 with
 // an f32 scale d; a unit of weights (4-bit: 64 values, 32 packed bytes; 8-bit:
@@ -952,6 +1015,7 @@ func main() {
 		}
 		g.dot()
 		g.axpy()
+		g.softcap()
 	}
 	g.isa = avx2
 	for _, vnni := range []bool{false, true} {
@@ -980,6 +1044,16 @@ func main() {
 		fmt.Fprintf(&g.buf, "DATA ·shufEvenOdd+%d(SB)/1, $%d\n", i, v)
 	}
 	g.buf.WriteString("GLOBL ·shufEvenOdd(SB), RODATA|NOPTR, $32\n")
+	g.buf.WriteString("\n// The coefficients of math.Tanh's rational branch (Cephes tanh.c).\n")
+	for _, c := range []struct {
+		name string
+		v    float64
+	}{
+		{"P0", -9.64399179425052238628e-1}, {"P1", -9.92877231001918586564e1}, {"P2", -1.61468768441708447952e3},
+		{"Q0", 1.12811678491632931402e2}, {"Q1", 2.23548839060100448583e3}, {"Q2", 4.84406305325125486048e3},
+	} {
+		fmt.Fprintf(&g.buf, "DATA ·tanh%s+0(SB)/8, $%#x\nGLOBL ·tanh%s(SB), RODATA|NOPTR, $8\n", c.name, math.Float64bits(c.v), c.name)
+	}
 	g.buf.WriteString("\n// The lane-to-scale index of the 4-bit group-32 int8 kernels.\n")
 	for i := range 8 {
 		fmt.Fprintf(&g.buf, "DATA ·pairIdx+%d(SB)/4, $%d\n", 4*i, i/4)

@@ -8,8 +8,12 @@ import (
 	"github.com/gemmoe/gemmoe/kernels"
 )
 
-// Elementwise ops run serially below this many elements and on the pool above.
-const parallelElems = 1 << 15
+// Elementwise ops run serially below this many elements and on the pool
+// above (parallelTanh for the ops that evaluate a tanh per element).
+const (
+	parallelElems = 1 << 15
+	parallelTanh  = 1 << 11
+)
 
 type elemOp int
 
@@ -26,6 +30,31 @@ type elemJob struct {
 	y, a []float32
 	c    []float32 // second operand
 	s    float32
+	ks   *kernelSet
+}
+
+// softcapSIMD computes y = float32(c·tanh(float64(a)/c)) like the generic
+// loop, the same bits: the kernel evaluates math.Tanh's rational branch
+// (|z| < 0.625) with the same operations, and the values outside it (and
+// zeros, whose sign math.Tanh keeps) are redone with math.Tanh. a may be y.
+func softcapSIMD(ks *kernelSet, y, a []float32, c float64) {
+	var buf [1024]float32
+	step := ks.lanes / 2
+	for lo := 0; lo < len(y); lo += len(buf) {
+		hi := min(lo+len(buf), len(y))
+		in := buf[:hi-lo]
+		copy(in, a[lo:hi])
+		out := y[lo:hi]
+		if n := len(in) / step * step; n > 0 {
+			ks.softcap(&out[0], &in[0], c, n)
+		}
+		for i, v := range in {
+			z := float64(v) / c
+			if i >= len(in)/step*step || !(math.Abs(z) < 0.625) || z == 0 {
+				out[i] = float32(c * math.Tanh(z))
+			}
+		}
+	}
 }
 
 func (j *elemJob) run(_, lo, hi int) {
@@ -43,6 +72,10 @@ func (j *elemJob) run(_, lo, hi int) {
 		}
 	case opSoftcap:
 		cap64 := float64(j.s)
+		if j.ks != nil {
+			softcapSIMD(j.ks, y, a, cap64)
+			break
+		}
 		for i := range y {
 			y[i] = float32(cap64 * math.Tanh(float64(a[i])/cap64))
 		}
@@ -62,12 +95,16 @@ func geluTanh(x float32) float32 {
 
 func (b *Backend) elementwise(op elemOp, y, a, c []float32, s float32) {
 	j := &b.ew
-	j.op, j.y, j.a, j.c, j.s = op, y, a, c, s
+	j.op, j.y, j.a, j.c, j.s, j.ks = op, y, a, c, s, b.ks
 	n := len(y)
-	if n < parallelElems {
+	limit := parallelElems
+	if op == opGeluMul || op == opSoftcap {
+		limit = parallelTanh // tanh costs ~10 ns an element
+	}
+	if n < limit {
 		j.run(0, 0, n)
 	} else {
-		b.pool.parallel(n, b.pool.chunkFor(n, 4096), j)
+		b.pool.parallel(n, b.pool.chunkFor(n, min(4096, limit/2)), j)
 	}
 	j.y, j.a, j.c = nil, nil, nil
 }

@@ -63,6 +63,8 @@ type kernelSet struct {
 	// Attention: Σ a·b in float64 (exact products), and y += a·x.
 	dot  func(a, b *float32, n int) float64
 	axpy func(y *float64, x *float32, a float64, n int)
+	// Softcap's rational tanh branch on n values (a multiple of lanes/2).
+	softcap func(y, x *float32, c float64, n int)
 }
 
 // chooseKernels returns the kernel set a backend uses: nil (generic) when

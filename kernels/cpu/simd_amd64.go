@@ -139,10 +139,16 @@ func i8bx4VNNI(a *kargs)
 func i4px4VNNI(a *kargs)
 
 //go:noescape
+func softcapPolyAVX2(y, x *float32, c float64, n int)
+
+//go:noescape
 func dotF64AVX2(a, b *float32, n int) float64
 
 //go:noescape
 func axpyF64AVX2(y *float64, x *float32, a float64, n int)
+
+//go:noescape
+func softcapPolyAVX512(y, x *float32, c float64, n int)
 
 //go:noescape
 func dotF64AVX512(a, b *float32, n int) float64
@@ -162,7 +168,7 @@ var (
 		q4: [2]func(*kargs){q4x1AVX2, q4x4AVX2}, q8: [2]func(*kargs){q8x1AVX2, q8x4AVX2},
 		q4b: [2]func(*kargs){q4bx1AVX2, q4bx4AVX2}, q8b: [2]func(*kargs){q8bx1AVX2, q8bx4AVX2},
 		bf16: [2]func(*kargs){bf16x1AVX2, bf16x4AVX2}, f32: [2]func(*kargs){f32x1AVX2, f32x4AVX2},
-		dot: dotF64AVX2, axpy: axpyF64AVX2,
+		dot: dotF64AVX2, axpy: axpyF64AVX2, softcap: softcapPolyAVX2,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
@@ -173,7 +179,7 @@ var (
 		q4: [2]func(*kargs){q4x1AVX512, q4x4AVX512}, q8: [2]func(*kargs){q8x1AVX512, q8x4AVX512},
 		q4b: [2]func(*kargs){q4bx1AVX512, q4bx4AVX512}, q8b: [2]func(*kargs){q8bx1AVX512, q8bx4AVX512},
 		bf16: [2]func(*kargs){bf16x1AVX512, bf16x4AVX512}, f32: [2]func(*kargs){f32x1AVX512, f32x4AVX512},
-		dot: dotF64AVX512, axpy: axpyF64AVX512,
+		dot: dotF64AVX512, axpy: axpyF64AVX512, softcap: softcapPolyAVX512,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,

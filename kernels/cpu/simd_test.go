@@ -303,3 +303,50 @@ func TestSIMDAttention(t *testing.T) {
 		}
 	}
 }
+
+// TestSIMDSoftcap checks the SIMD softcap against the generic loop: the
+// same bits, on values across math.Tanh's branches, zeros of both signs,
+// infinities and NaN, in place and not, with ragged lengths.
+func TestSIMDSoftcap(t *testing.T) {
+	sets := KernelSets()
+	if len(sets) == 0 {
+		t.Skip("no SIMD kernels on this CPU")
+	}
+	r := rand.New(rand.NewPCG(27, 28))
+	for _, n := range []int{1, 3, 8, 17, 1024, 1029, 5000} {
+		x := make([]float32, n)
+		for i := range x {
+			switch i % 9 {
+			case 0:
+				x[i] = float32(r.NormFloat64() * 40)
+			case 1:
+				x[i] = float32(r.NormFloat64())
+			case 2:
+				x[i] = float32(18.75 + r.Float64()*1e-3 - 5e-4) // the branch edge at c=30
+			case 3:
+				x[i] = float32(math.Copysign(0, float64(i%2)-0.5))
+			default:
+				x[i] = float32(r.NormFloat64() * 8)
+			}
+		}
+		if n > 5 {
+			x[1], x[2], x[3] = float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN())
+		}
+		want := make([]float32, n)
+		for i, v := range x {
+			want[i] = float32(30 * math.Tanh(float64(v)/30))
+		}
+		for _, name := range sets {
+			ks := chooseKernels(false, name)
+			got := make([]float32, n)
+			softcapSIMD(ks, got, x, 30)
+			inPlace := append([]float32(nil), x...)
+			softcapSIMD(ks, inPlace, inPlace, 30)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) || math.Float32bits(inPlace[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("%s n=%d: softcap(%v) = %v (in place %v), generic %v", name, n, x[i], got[i], inPlace[i], want[i])
+				}
+			}
+		}
+	}
+}
