@@ -131,6 +131,7 @@ type workerScratch struct {
 	acc    []float64 // attention output accumulator
 	ka     kargs     // SIMD matmul kernel arguments
 	sb32   []float32 // SIMD matmul: f32 scales and biases of a block of rows
+	tmp    []float32 // SIMD softcap: a block of inputs
 }
 
 // New returns a CPU backend with its worker pool started.

@@ -31,14 +31,14 @@ type elemJob struct {
 	c    []float32 // second operand
 	s    float32
 	ks   *kernelSet
+	b    *Backend
 }
 
 // softcapSIMD computes y = float32(c·tanh(float64(a)/c)) like the generic
 // loop, the same bits: the kernel evaluates math.Tanh's rational branch
 // (|z| < 0.625) with the same operations, and the values outside it (and
 // zeros, whose sign math.Tanh keeps) are redone with math.Tanh. a may be y.
-func softcapSIMD(ks *kernelSet, y, a []float32, c float64) {
-	var buf [1024]float32
+func softcapSIMD(ks *kernelSet, y, a []float32, c float64, buf []float32) {
 	step := ks.lanes / 2
 	for lo := 0; lo < len(y); lo += len(buf) {
 		hi := min(lo+len(buf), len(y))
@@ -57,7 +57,7 @@ func softcapSIMD(ks *kernelSet, y, a []float32, c float64) {
 	}
 }
 
-func (j *elemJob) run(_, lo, hi int) {
+func (j *elemJob) run(w, lo, hi int) {
 	y, a := j.y[lo:hi], j.a[lo:hi]
 	switch j.op {
 	case opAdd:
@@ -73,7 +73,9 @@ func (j *elemJob) run(_, lo, hi int) {
 	case opSoftcap:
 		cap64 := float64(j.s)
 		if j.ks != nil {
-			softcapSIMD(j.ks, y, a, cap64)
+			ws := &j.b.ws[w]
+			ws.tmp = grow(ws.tmp, 1024)
+			softcapSIMD(j.ks, y, a, cap64, ws.tmp)
 			break
 		}
 		for i := range y {
@@ -95,7 +97,7 @@ func geluTanh(x float32) float32 {
 
 func (b *Backend) elementwise(op elemOp, y, a, c []float32, s float32) {
 	j := &b.ew
-	j.op, j.y, j.a, j.c, j.s, j.ks = op, y, a, c, s, b.ks
+	j.op, j.y, j.a, j.c, j.s, j.ks, j.b = op, y, a, c, s, b.ks, b
 	n := len(y)
 	limit := parallelElems
 	if op == opGeluMul || op == opSoftcap {

@@ -339,9 +339,10 @@ func TestSIMDSoftcap(t *testing.T) {
 		for _, name := range sets {
 			ks := chooseKernels(false, name)
 			got := make([]float32, n)
-			softcapSIMD(ks, got, x, 30)
+			buf := make([]float32, 1024)
+			softcapSIMD(ks, got, x, 30, buf)
 			inPlace := append([]float32(nil), x...)
-			softcapSIMD(ks, inPlace, inPlace, 30)
+			softcapSIMD(ks, inPlace, inPlace, 30, buf)
 			for i := range want {
 				if math.Float32bits(got[i]) != math.Float32bits(want[i]) || math.Float32bits(inPlace[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("%s n=%d: softcap(%v) = %v (in place %v), generic %v", name, n, x[i], got[i], inPlace[i], want[i])
