@@ -13,21 +13,31 @@ import (
 
 // Benchmarks of the decode-time (M=1) matmuls at the real Gemma 4 26B-A4B
 // shapes. Each reports the weight bytes read per second (SetBytes) and bw_frac,
-// that rate divided by the memory read bandwidth measured once in the process
-// (MeasureReadBandwidth). The weights are replicated over at least 256 MiB and
-// the copies used in turn, so that they come from memory, not the caches, as
-// they do in a real model.
+// that rate divided by the memory read bandwidth. The bandwidth is measured
+// in the same process right before and right after each benchmark's timed
+// loop (best of a few passes over 512 MiB each time) and the larger value is
+// used (bw_GB/s), so that a change of load from other processes during a run
+// cannot inflate the fraction. The weights are replicated over at least 256
+// MiB and the copies used in turn, so that they come from memory, not the
+// caches, as they do in a real model.
 
 var (
 	bwOnce sync.Once
-	bwVal  float64
+	bwBuf  []uint64
+	bwVal  float64 // the last measurement
 )
 
+// readBandwidth measures the read bandwidth now (and prints the first
+// measurement).
 func readBandwidth(b *testing.B) float64 {
 	bwOnce.Do(func() {
-		bwVal = MeasureReadBandwidth()
-		fmt.Printf("memory read bandwidth: %.2f GB/s\n", bwVal/1e9)
+		bwBuf = make([]uint64, 512<<20/8)
+		for i := range bwBuf {
+			bwBuf[i] = uint64(i)
+		}
+		fmt.Printf("memory read bandwidth: %.2f GB/s\n", measureReadBandwidth(bwBuf, 6)/1e9)
 	})
+	bwVal = measureReadBandwidth(bwBuf, 4)
 	return bwVal
 }
 
@@ -131,10 +141,16 @@ func benchWeights(b *testing.B, be *Backend, f benchFormat, experts, n, k int) (
 	return func(c int) *kernels.Weight { return ws[c%copies] }, copies, perMatrix
 }
 
+// report adds bw_frac: the weight-read rate of the timed loop over the
+// larger of the bandwidth measured before it (readBandwidth, which the
+// benchmark calls first) and after it.
 func report(b *testing.B, bytesPerOp int64) {
-	bw := readBandwidth(b)
 	rate := float64(bytesPerOp) * float64(b.N) / b.Elapsed().Seconds()
+	before := bwVal
+	b.StopTimer()
+	bw := max(before, readBandwidth(b))
 	b.ReportMetric(rate/bw, "bw_frac")
+	b.ReportMetric(bw/1e9, "bw_GB/s")
 }
 
 func BenchmarkMatMul(b *testing.B) {
@@ -155,7 +171,6 @@ func BenchmarkMatMul(b *testing.B) {
 				continue
 			}
 			b.Run(fmt.Sprintf("%s/%s/%dx%d", f.name, s.what, s.k, s.n), func(b *testing.B) {
-				readBandwidth(b)
 				get, _, per := benchWeights(b, be, f, 0, s.n, s.k)
 				x, _ := be.Alloc(dtype.F32, 1, s.k)
 				y, _ := be.Alloc(dtype.F32, 1, s.n)
@@ -165,6 +180,7 @@ func BenchmarkMatMul(b *testing.B) {
 				}
 				b.SetBytes(per)
 				b.ReportAllocs()
+				readBandwidth(b)
 				b.ResetTimer()
 				for i := range b.N {
 					if err := be.MatMul(y, x, get(i)); err != nil {
@@ -185,7 +201,6 @@ func BenchmarkMatMulExperts(b *testing.B) {
 		for _, s := range [][2]int{{2816, 704}, {704, 2816}} {
 			k, n := s[0], s[1]
 			b.Run(fmt.Sprintf("%s/%dof%d/%dx%d", f.name, slots, experts, k, n), func(b *testing.B) {
-				readBandwidth(b)
 				get, _, per := benchWeights(b, be, f, experts, n, k)
 				x, _ := be.Alloc(dtype.F32, 1, k)
 				y, _ := be.Alloc(dtype.F32, 1, slots, n)
@@ -201,6 +216,7 @@ func BenchmarkMatMulExperts(b *testing.B) {
 				}
 				b.SetBytes(per * slots)
 				b.ReportAllocs()
+				readBandwidth(b)
 				b.ResetTimer()
 				for i := range b.N {
 					if err := be.MatMulExperts(y, x, get(i), idSets[i%len(idSets)]); err != nil {
@@ -218,12 +234,12 @@ func BenchmarkMatMulLMHead(b *testing.B) {
 	defer be.Close()
 	for _, f := range []benchFormat{fmtQ4, fmtQ8} {
 		b.Run(fmt.Sprintf("%s/2816x262144", f.name), func(b *testing.B) {
-			readBandwidth(b)
 			get, _, per := benchWeights(b, be, f, 0, 262144, 2816)
 			x, _ := be.Alloc(dtype.F32, 1, 2816)
 			y, _ := be.Alloc(dtype.F32, 1, 262144)
 			b.SetBytes(per)
 			b.ReportAllocs()
+			readBandwidth(b)
 			b.ResetTimer()
 			for i := range b.N {
 				if err := be.MatMul(y, x, get(i)); err != nil {
