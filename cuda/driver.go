@@ -40,6 +40,7 @@ type driver struct {
 	cuOccupancyMaxActiveBlocksPerMultiprocessor                                    uintptr
 	cuStreamBeginCapture, cuStreamEndCapture, cuStreamIsCapturing                  uintptr
 	cuGraphInstantiateWithFlags, cuGraphLaunch, cuGraphExecDestroy, cuGraphDestroy uintptr
+	cuLaunchKernelEx                                                               uintptr // optional (CUDA 12+)
 
 	nvrtcVersion, nvrtcCreateProgram, nvrtcCompileProgram, nvrtcDestroyProgram   uintptr
 	nvrtcGetProgramLogSize, nvrtcGetProgramLog, nvrtcGetCUBINSize, nvrtcGetCUBIN uintptr
@@ -72,6 +73,7 @@ func bindAll(lib string, sym func(string) uintptr, syms []symbol) error {
 
 func (d *driver) bindDriver(sym func(string) uintptr) error {
 	n := func(p *uintptr, names ...string) symbol { return symbol{p, names} }
+	d.cuLaunchKernelEx = sym("cuLaunchKernelEx")
 	return bindAll(d.libs.Driver, sym, []symbol{
 		n(&d.cuInit, "cuInit"),
 		n(&d.cuDriverGetVersion, "cuDriverGetVersion"),

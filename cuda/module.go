@@ -84,15 +84,31 @@ func (f *Function) Occupancy(blockSize, dynSmem int) (int, error) {
 	return int(n), nil
 }
 
+// Blob appends an argument passed by value from raw bytes (a struct
+// parameter laid out as the kernel declares it). The bytes are copied.
+func (a *Args) Blob(b []byte) *Args {
+	if a.n == maxArgs {
+		a.err = fmt.Errorf("cuda: more than %d kernel arguments", maxArgs)
+		return a
+	}
+	c := make([]byte, len(b)+8) // never empty
+	copy(c, b)
+	a.blobs[a.n] = c
+	a.ptrs[a.n] = unsafe.Pointer(&c[0])
+	a.n++
+	return a
+}
+
 // Args packs kernel arguments. Each argument takes one 8-byte slot; the
 // driver reads as many bytes from it as the kernel's parameter has, so 4-byte
 // values sit in the low half (little-endian hosts). Reuse one Args (Reset)
 // for many launches; it is not safe for concurrent use.
 type Args struct {
-	vals [maxArgs]uint64
-	ptrs [maxArgs]unsafe.Pointer
-	n    int
-	err  error
+	vals  [maxArgs]uint64
+	ptrs  [maxArgs]unsafe.Pointer
+	blobs [maxArgs][]byte // struct arguments (Blob)
+	n     int
+	err   error
 }
 
 const maxArgs = 40
@@ -125,6 +141,66 @@ func (a *Args) F32(v float32) *Args { return a.push(uint64(math.Float32bits(v)))
 
 // Dim3 is a grid or block size.
 type Dim3 struct{ X, Y, Z int }
+
+// PDLSupported reports whether the driver has cuLaunchKernelEx, which
+// LaunchPDL needs.
+func PDLSupported() bool { return Load() == nil && drv.cuLaunchKernelEx != 0 }
+
+// launchConfig is CUlaunchConfig; launchAttr is CUlaunchAttribute.
+type launchConfig struct {
+	gridX, gridY, gridZ    uint32
+	blockX, blockY, blockZ uint32
+	smem                   uint32
+	_                      uint32
+	stream                 uintptr
+	attrs                  *launchAttr
+	numAttrs               uint32
+	_                      uint32
+}
+
+type launchAttr struct {
+	id    uint32
+	_     uint32
+	value [64]byte
+}
+
+// attrProgrammaticSerialization is CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
+const attrProgrammaticSerialization = 6
+
+// LaunchPDL is Launch with programmatic dependent launch allowed: f may
+// start while the kernel before it on s is still running, and must execute
+// griddepcontrol.wait before it touches memory that kernel writes or reads
+// (weights that no kernel writes may be read before). Inside a stream
+// capture this records a programmatic edge.
+func LaunchPDL(f *Function, grid, block Dim3, smem int, s *Stream, a *Args) error {
+	if a.err != nil {
+		return a.err
+	}
+	if drv.cuLaunchKernelEx == 0 {
+		return fmt.Errorf("cuda: the driver has no cuLaunchKernelEx")
+	}
+	if grid.X <= 0 || grid.Y <= 0 || grid.Z <= 0 || block.X <= 0 || block.Y <= 0 || block.Z <= 0 {
+		return fmt.Errorf("cuda: launch of %s with grid %v block %v", f.name, grid, block)
+	}
+	if grid.Y > 65535 || grid.Z > 65535 {
+		return fmt.Errorf("cuda: launch of %s: grid %v exceeds 65535 in y or z", f.name, grid)
+	}
+	attr := &launchAttr{id: attrProgrammaticSerialization}
+	attr.value[0] = 1
+	cfg := &launchConfig{gridX: uint32(grid.X), gridY: uint32(grid.Y), gridZ: uint32(grid.Z),
+		blockX: uint32(block.X), blockY: uint32(block.Y), blockZ: uint32(block.Z),
+		smem: uint32(smem), stream: s.h, attrs: attr, numAttrs: 1}
+	var params uintptr
+	if a.n > 0 {
+		params = uintptr(unsafe.Pointer(&a.ptrs[0]))
+	}
+	r := drv.call(drv.cuLaunchKernelEx, uintptr(up(cfg)), f.h, params, 0)
+	keepAlive(attr)
+	if r != 0 {
+		return drv.err(fmt.Sprintf("cuLaunchKernelEx(%s, grid %v, block %v, smem %d)", f.name, grid, block, smem), r)
+	}
+	return nil
+}
 
 // Launch enqueues f on s with the arguments in a (which must have been built
 // on the heap, e.g. by new(Args), so the pointers stay put during the call).

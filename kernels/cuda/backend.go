@@ -12,6 +12,9 @@
 //
 // All ops are enqueued on one stream. A decode step can be recorded once as
 // a CUDA graph (BeginCapture, EndCapture) and replayed with Graph.Launch.
+// The backend is a kernels.Fuser (a decode layer in 13 launches instead of
+// 37, fused.go), and on sm_90 it launches kernels with programmatic
+// dependent launch (GEMMOE_CUDA_PDL, see probePDL).
 //
 // Measured accuracy (tests, random inputs, max |error| / max |reference|
 // against a float64 reference computed from the same rounded inputs): with
@@ -26,6 +29,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/gemmoe/gemmoe/cuda"
@@ -82,6 +86,11 @@ type Backend struct {
 	compiles, cacheHits int // kernel modules built / read from the disk cache
 
 	mvKernel string // benchmarks: force this matrix-vector kernel variant
+
+	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
+
+	pdl     bool // kernels launch with programmatic dependent launch
+	pdlLate bool // ... and leave the trigger to each block's exit (GEMMOE_CUDA_PDL=late)
 }
 
 type occKey struct {
@@ -152,8 +161,65 @@ func New(opts ...Option) (*Backend, error) {
 	}
 	b.pool = cuda.NewPool()
 	b.pool.BeforeTrim = b.stream.Sync
+	switch os.Getenv("GEMMOE_CUDA_MVDEPTH") {
+	case "2":
+		b.mvDepth = 2
+	case "3":
+		b.mvDepth = 3
+	}
+	ctx.Unbind()
+	b.pdl = b.probePDL()
+	ctx.Bind()
 	return b, nil
 }
+
+// probePDL turns on programmatic dependent launch where the device (sm_90+)
+// and driver have it and GEMMOE_CUDA_PDL is not 0: each kernel's launch
+// overlaps the end of the kernel before it. By default a kernel lets the
+// next one launch as its blocks exit; GEMMOE_CUDA_PDL=early lets it launch
+// at once, so its blocks wait on the SMs with their first weight loads
+// issued (measured slower on whole layers: 145 against 131 us, NOTES.md).
+// The probe runs two such launches directly and through a captured graph,
+// and keeps PDL off if anything fails.
+func (b *Backend) probePDL() bool {
+	mode := os.Getenv("GEMMOE_CUDA_PDL")
+	if mode == "0" || b.props.Major < 9 || !cuda.PDLSupported() {
+		return false
+	}
+	b.pdlLate = mode != "early"
+	b.pdl = true
+	ok := func() bool {
+		x, err := b.Alloc(dtype.F32, 64)
+		if err != nil {
+			return false
+		}
+		defer b.Free(x)
+		step := func() error {
+			if err := b.Scale(x, x, 2); err != nil {
+				return err
+			}
+			return b.Scale(x, x, 0.5)
+		}
+		if step() != nil || b.Sync() != nil || b.BeginCapture() != nil {
+			return false
+		}
+		serr := step()
+		g, err := b.EndCapture()
+		if err != nil {
+			return false
+		}
+		defer g.Close()
+		return serr == nil && g.Launch() == nil && b.Sync() == nil
+	}()
+	b.pdl = false
+	if !ok {
+		b.Sync()
+	}
+	return ok
+}
+
+// PDL reports whether kernels launch with programmatic dependent launch.
+func (b *Backend) PDL() bool { return b.pdl }
 
 // Name returns "cuda".
 func (b *Backend) Name() string { return "cuda" }

@@ -393,29 +393,39 @@ func BenchmarkAttentionDecode(b *testing.B) {
 	timeLoop(b, be, 2*P*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
 }
 
-// BenchmarkDecodeLayer runs the ops of one Gemma 4 26B-A4B decode layer
-// (4-bit weights, group 64, bf16 activations; 8-bit router; attention over
-// 4096 cached positions) for 8 layers with distinct weights, once issued op
-// by op and once replayed as one CUDA graph. It reports device time per
-// layer; 30 layers plus the LM head make a token.
-func BenchmarkDecodeLayer(b *testing.B) {
-	be := benchBackend(b)
+// decodeLayers is the setup of the decode-layer benchmarks: L layers of
+// Gemma 4 26B-A4B weights (4-bit, group 64; 8-bit router) with their caches
+// holding P positions, and the activations of one token (bf16).
+type decodeLayers struct {
+	layers                               []decodeLayer
+	h, xn, a, o, qv, kv, vv, g, u, m, ec kernels.Tensor
+	logits, ids, wts, eg, eu, ed         kernels.Tensor
+	pos, invf, norm                      kernels.Tensor
+	ap                                   kernels.AttentionParams
+}
+
+type decodeLayer struct {
+	q, kw, v, o, gate, up, down, router *kernels.Weight
+	eg, eu, ed                          *kernels.Weight
+	kc, vc                              kernels.Tensor
+}
+
+const (
+	dlL, dlHd, dlH, dlKVH, dlD, dlI, dlE, dlK, dlIe, dlP = 8, 2816, 16, 8, 256, 2112, 128, 8, 704, 4096
+)
+
+func newDecodeLayers(b *testing.B, be *Backend) *decodeLayers {
 	r := rand.New(rand.NewPCG(5, 5))
 	const (
-		L, Hd, H, KVH, D, I, E, k, Ie, P = 8, 2816, 16, 8, 256, 2112, 128, 8, 704, 4096
+		L, Hd, H, KVH, D, I, E, k, Ie, P = dlL, dlHd, dlH, dlKVH, dlD, dlI, dlE, dlK, dlIe, dlP
 	)
-	type layer struct {
-		q, kw, v, o, gate, up, down, router *kernels.Weight
-		eg, eu, ed                          *kernels.Weight
-		kc, vc                              kernels.Tensor
-	}
 	q4 := func(N, K int) *kernels.Weight {
 		ws, _ := makeBenchWeights(b, be, 0, N, K, 4, 64, 0)
 		return ws[0]
 	}
-	layers := make([]layer, L)
-	for i := range layers {
-		l := &layers[i]
+	dl := &decodeLayers{layers: make([]decodeLayer, L)}
+	for i := range dl.layers {
+		l := &dl.layers[i]
 		l.q, l.kw, l.v, l.o = q4(H*D, Hd), q4(KVH*D, Hd), q4(KVH*D, Hd), q4(Hd, H*D)
 		l.gate, l.up, l.down = q4(I, Hd), q4(I, Hd), q4(Hd, I)
 		rw, _ := makeBenchWeights(b, be, 0, E, Hd, 8, 64, 0)
@@ -434,59 +444,33 @@ func BenchmarkDecodeLayer(b *testing.B) {
 		}
 		return t
 	}
-	h := put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
-	xn, a, o := alloc(dtype.BF16, 1, Hd), alloc(dtype.BF16, 1, H*D), alloc(dtype.BF16, 1, Hd)
-	qv, kv, vv := alloc(dtype.BF16, 1, H*D), alloc(dtype.BF16, 1, KVH*D), alloc(dtype.BF16, 1, KVH*D)
-	g, u, m := alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, Hd)
-	logits, ids, wts := alloc(dtype.F32, 1, E), alloc(dtype.I32, 1, k), alloc(dtype.F32, 1, k)
-	eg, eu, ed, ec := alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Hd), alloc(dtype.BF16, 1, Hd)
-	pos := putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
+	dl.h = put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
+	dl.xn, dl.a, dl.o = alloc(dtype.BF16, 1, Hd), alloc(dtype.BF16, 1, H*D), alloc(dtype.BF16, 1, Hd)
+	dl.qv, dl.kv, dl.vv = alloc(dtype.BF16, 1, H*D), alloc(dtype.BF16, 1, KVH*D), alloc(dtype.BF16, 1, KVH*D)
+	dl.g, dl.u, dl.m = alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, Hd)
+	dl.logits, dl.ids, dl.wts = alloc(dtype.F32, 1, E), alloc(dtype.I32, 1, k), alloc(dtype.F32, 1, k)
+	dl.eg, dl.eu, dl.ed, dl.ec = alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Hd), alloc(dtype.BF16, 1, Hd)
+	dl.pos = putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
 	inv := make([]float32, D/2)
 	for i := range inv {
 		inv[i] = float32(math.Pow(1e4, -2*float64(i)/D))
 	}
-	invf := put(b, be, dtype.F32, inv, D/2)
-	ap := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Window: 1024, Scale: 1}
-	step := func(l *layer) error {
-		q3, _ := qv.Reshape(1, H, D)
-		k3, _ := kv.Reshape(1, KVH, D)
-		for _, f := range []func() error{
-			func() error { return be.RMSNorm(xn, h, kernels.Tensor{}, 1e-6) },
-			func() error { return be.MatMul(qv, xn, l.q) },
-			func() error { return be.MatMul(kv, xn, l.kw) },
-			func() error { return be.MatMul(vv, xn, l.v) },
-			func() error { return be.RoPE(q3, pos, invf) },
-			func() error { return be.RoPE(k3, pos, invf) },
-			func() error { return be.StoreKV(l.kc, kv, pos) },
-			func() error { return be.StoreKV(l.vc, vv, pos) },
-			func() error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) },
-			func() error { return be.MatMul(o, a, l.o) },
-			func() error { return be.Add(h, h, o) },
-			func() error { return be.RMSNorm(xn, h, kernels.Tensor{}, 1e-6) },
-			func() error { return be.MatMul(g, xn, l.gate) },
-			func() error { return be.MatMul(u, xn, l.up) },
-			func() error { return be.GeluTanhMul(g, g, u) },
-			func() error { return be.MatMul(m, g, l.down) },
-			func() error { return be.MatMul(logits, xn, l.router) },
-			func() error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) },
-			func() error { return be.MatMulExperts(eg, xn, l.eg, ids) },
-			func() error { return be.MatMulExperts(eu, xn, l.eu, ids) },
-			func() error { return be.GeluTanhMul(eg, eg, eu) },
-			func() error { return be.MatMulExperts(ed, eg, l.ed, ids) },
-			func() error { return be.MoECombine(ec, ed, wts) },
-			func() error { return be.Add(m, m, ec) },
-			func() error { return be.Add(h, h, m) },
-			func() error { return be.RMSNorm(h, h, kernels.Tensor{}, 1e-6) }, // keeps h bounded
-		} {
-			if err := f(); err != nil {
-				return err
-			}
-		}
-		return nil
+	dl.invf = put(b, be, dtype.F32, inv, D/2)
+	nv := make([]float32, Hd)
+	for i := range nv {
+		nv[i] = 1
 	}
+	dl.norm = put(b, be, dtype.F32, nv, Hd)
+	dl.ap = kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Window: 1024, Scale: 1}
+	return dl
+}
+
+// timeLayers reports the device time per layer of step over all layers,
+// issued op by op and replayed as one CUDA graph.
+func timeLayers(b *testing.B, be *Backend, dl *decodeLayers, ops int, step func(l *decodeLayer) error) {
 	all := func() error {
-		for i := range layers {
-			if err := step(&layers[i]); err != nil {
+		for i := range dl.layers {
+			if err := step(&dl.layers[i]); err != nil {
 				return err
 			}
 		}
@@ -496,7 +480,7 @@ func BenchmarkDecodeLayer(b *testing.B) {
 		b.Fatal(err)
 	}
 	be.Sync()
-	// Direct launches: device time per layer (events) and host time per op.
+	L := len(dl.layers)
 	tm := newTimer(b, be)
 	t0 := time.Now()
 	tm.mark(tm.start)
@@ -536,8 +520,169 @@ func BenchmarkDecodeLayer(b *testing.B) {
 	}
 	b.StopTimer()
 	perLayer := graphMs * 1e3 / float64(b.N*L)
-	b.ReportMetric(direct*1e3/L, "direct_us/layer")
-	b.ReportMetric(host.Seconds()*1e6/(L*26), "host_us/op")
+	b.ReportMetric(direct*1e3/float64(L), "direct_us/layer")
+	b.ReportMetric(host.Seconds()*1e6/float64(L*ops), "host_us/op")
 	b.ReportMetric(perLayer, "graph_us/layer")
 	b.ReportMetric(1e6/(30*perLayer), "tok/s_30layers_no_head")
+}
+
+// BenchmarkDecodeLayer runs the ops of one Gemma 4 26B-A4B decode layer
+// (4-bit weights, group 64, bf16 activations; 8-bit router; attention over
+// 4096 cached positions) for 8 layers with distinct weights, once issued op
+// by op and once replayed as one CUDA graph. It reports device time per
+// layer; 30 layers plus the LM head make a token. (A simplified layer: 26
+// ops, fewer norms than the model's 37.)
+func BenchmarkDecodeLayer(b *testing.B) {
+	be := benchBackend(b)
+	dl := newDecodeLayers(b, be)
+	h, xn, a, o, qv, kv, vv := dl.h, dl.xn, dl.a, dl.o, dl.qv, dl.kv, dl.vv
+	g, u, m, logits, ids, wts := dl.g, dl.u, dl.m, dl.logits, dl.ids, dl.wts
+	eg, eu, ed, ec, pos, invf, ap := dl.eg, dl.eu, dl.ed, dl.ec, dl.pos, dl.invf, dl.ap
+	const H, KVH, D, k = dlH, dlKVH, dlD, dlK
+	step := func(l *decodeLayer) error {
+		q3, _ := qv.Reshape(1, H, D)
+		k3, _ := kv.Reshape(1, KVH, D)
+		for _, f := range []func() error{
+			func() error { return be.RMSNorm(xn, h, kernels.Tensor{}, 1e-6) },
+			func() error { return be.MatMul(qv, xn, l.q) },
+			func() error { return be.MatMul(kv, xn, l.kw) },
+			func() error { return be.MatMul(vv, xn, l.v) },
+			func() error { return be.RoPE(q3, pos, invf) },
+			func() error { return be.RoPE(k3, pos, invf) },
+			func() error { return be.StoreKV(l.kc, kv, pos) },
+			func() error { return be.StoreKV(l.vc, vv, pos) },
+			func() error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) },
+			func() error { return be.MatMul(o, a, l.o) },
+			func() error { return be.Add(h, h, o) },
+			func() error { return be.RMSNorm(xn, h, kernels.Tensor{}, 1e-6) },
+			func() error { return be.MatMul(g, xn, l.gate) },
+			func() error { return be.MatMul(u, xn, l.up) },
+			func() error { return be.GeluTanhMul(g, g, u) },
+			func() error { return be.MatMul(m, g, l.down) },
+			func() error { return be.MatMul(logits, xn, l.router) },
+			func() error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) },
+			func() error { return be.MatMulExperts(eg, xn, l.eg, ids) },
+			func() error { return be.MatMulExperts(eu, xn, l.eu, ids) },
+			func() error { return be.GeluTanhMul(eg, eg, eu) },
+			func() error { return be.MatMulExperts(ed, eg, l.ed, ids) },
+			func() error { return be.MoECombine(ec, ed, wts) },
+			func() error { return be.Add(m, m, ec) },
+			func() error { return be.Add(h, h, m) },
+			func() error { return be.RMSNorm(h, h, kernels.Tensor{}, 1e-6) }, // keeps h bounded
+		} {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	timeLayers(b, be, dl, 26, step)
+}
+
+// BenchmarkDecodeLayerFused runs the model's whole decode layer (every norm
+// of it, the layer scalar) through the fused ops (kernels.Fuser): 13
+// launches where the plain ops take 37.
+func BenchmarkDecodeLayerFused(b *testing.B) {
+	be := benchBackend(b)
+	dl := newDecodeLayers(b, be)
+	h, a, o, qv, kv, vv := dl.h, dl.a, dl.o, dl.qv, dl.kv, dl.vv
+	g, m, logits, ids, wts := dl.g, dl.m, dl.logits, dl.ids, dl.wts
+	eg, ed, pos, invf, ap, nw := dl.eg, dl.ed, dl.pos, dl.invf, dl.ap, dl.norm
+	const H, KVH, D, k, Hd = dlH, dlKVH, dlD, dlK, dlHd
+	dnorm, _ := nw.RowRange(0, 1)
+	dnorm.Shape = []int{D}
+	np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
+	rp := kernels.NormParams{Weight: nw, Eps: 1e-6, Scale: float32(1 / math.Sqrt(Hd)), XDType: dtype.F32}
+	step := func(l *decodeLayer) error {
+		pp := kernels.AttentionPrepParams{QNorm: dnorm, KNorm: dnorm, Positions: pos, InvFreq: invf, KCache: l.kc, VCache: l.vc,
+			Heads: H, KVHeads: KVH, HeadDim: D, Eps: 1e-6}
+		ep := kernels.MoEEpilogueParams{Post1: nw, Post2: nw, PostFF: nw, Eps: 1e-6, Scale: 0.999}
+		for _, f := range []func() error{
+			func() error {
+				return be.NormMatMul([]kernels.Tensor{qv, kv, vv}, []*kernels.Weight{l.q, l.kw, l.v}, h, np, 0)
+			},
+			func() error { return be.AttentionPrep(qv, kv, vv, pp) },
+			func() error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) },
+			func() error { return be.MatMul(o, a, l.o) },
+			func() error { return be.AddRMSNorm(h, o, nw, 1e-6, 1) },
+			func() error { return be.NormGLU(g, l.gate, l.up, kernels.Tensor{}, h, np) },
+			func() error { return be.MatMul(m, g, l.down) },
+			func() error { return be.NormMatMul([]kernels.Tensor{logits}, []*kernels.Weight{l.router}, h, rp, 0) },
+			func() error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) },
+			func() error { return be.NormGLU(eg, l.eg, l.eu, ids, h, np) },
+			func() error {
+				egf, _ := eg.Reshape(k, dlIe)
+				return be.MatMulExperts(ed, egf, l.ed, ids)
+			},
+			func() error { return be.MoEEpilogue(h, m, ed, wts, ep) },
+		} {
+			if err := f(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	timeLayers(b, be, dl, 13, step)
+}
+
+// BenchmarkFusedMV: the fused matrix-vector launches of a decode layer
+// (norm in the staging): the experts' gate and up (8 of 128, 2816→704,
+// ids on the device), q/k/v in one launch, the dense gate and up, and the LM
+// head with its softcap. Bytes count every weight read.
+func BenchmarkFusedMV(b *testing.B) {
+	be := benchBackend(b)
+	r := rand.New(rand.NewPCG(6, 6))
+	const Hd = 2816
+	nv := make([]float32, Hd)
+	for i := range nv {
+		nv[i] = 1
+	}
+	nw := put(b, be, dtype.F32, nv, Hd)
+	np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
+	x := put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
+	l2 := max(be.props.L2Bytes, 50<<20)
+	b.Run("experts_glu_q4_128x704x2816_top8", func(b *testing.B) {
+		const E, k, sets = 128, 8, 64
+		gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
+		us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
+		ids := make([]int32, sets*k)
+		for s := range sets {
+			for j, e := range r.Perm(E)[:k] {
+				ids[s*k+j] = int32(e)
+			}
+		}
+		idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
+		views := make([]kernels.Tensor, sets)
+		for s := range views {
+			views[s], _ = idt.RowRange(s, s+1)
+		}
+		y, _ := be.Alloc(dtype.BF16, 1, k, 704)
+		timeLoop(b, be, 2*k*float64(one/E), func(i int) error { return be.NormGLU(y, gs[0], us[0], views[i%sets], x, np) })
+	})
+	b.Run("qkv_q4_8192x2816", func(b *testing.B) {
+		qs, oq := benchWeights(b, be, 0, 4096, Hd, 4, 64, 4*l2)
+		ks, ok := benchWeights(b, be, 0, 2048, Hd, 4, 64, 4*l2)
+		vs, _ := makeBenchWeights(b, be, 0, 2048, Hd, 4, 64, 4*l2)
+		q, _ := be.Alloc(dtype.BF16, 1, 4096)
+		kk, _ := be.Alloc(dtype.BF16, 1, 2048)
+		v, _ := be.Alloc(dtype.BF16, 1, 2048)
+		n := min(len(qs), len(ks), len(vs))
+		timeLoop(b, be, float64(oq+2*ok), func(i int) error {
+			return be.NormMatMul([]kernels.Tensor{q, kk, v}, []*kernels.Weight{qs[i%n], ks[i%n], vs[i%n]}, x, np, 0)
+		})
+	})
+	b.Run("dense_glu_q4_2112x2816", func(b *testing.B) {
+		gs, one := benchWeights(b, be, 0, 2112, Hd, 4, 64, 4*l2)
+		us, _ := makeBenchWeights(b, be, 0, 2112, Hd, 4, 64, 4*l2)
+		y, _ := be.Alloc(dtype.BF16, 1, 2112)
+		n := min(len(gs), len(us))
+		timeLoop(b, be, 2*float64(one), func(i int) error { return be.NormGLU(y, gs[i%n], us[i%n], kernels.Tensor{}, x, np) })
+	})
+	b.Run("lm_head_q4_262144x2816_softcap", func(b *testing.B) {
+		ws, one := benchWeights(b, be, 0, 262144, Hd, 4, 64, 4*l2)
+		y, _ := be.Alloc(dtype.BF16, 1, 262144)
+		timeLoop(b, be, float64(one), func(i int) error {
+			return be.NormMatMul([]kernels.Tensor{y}, []*kernels.Weight{ws[i%len(ws)]}, x, np, 30)
+		})
+	})
 }

@@ -28,6 +28,9 @@ func (b *Backend) launch(mod, name string, grid, block cuda.Dim3, smem int, a *c
 			b.occ[k] = smem
 		}
 	}
+	if b.pdl {
+		return cuda.LaunchPDL(f, grid, block, smem, b.stream, a)
+	}
 	return cuda.Launch(f, grid, block, smem, b.stream, a)
 }
 
@@ -773,5 +776,5 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	}
 	a = b.args.Reset()
 	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(part).I32(H).I32(D).I32(Z)
-	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 4*Z, a)
 }

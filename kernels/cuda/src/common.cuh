@@ -108,3 +108,36 @@ __device__ __forceinline__ u32 qval(const u32* row, int k, int bits) {
 }
 
 __device__ __forceinline__ const char* cadd(const void* p, i64 bytes) { return (const char*)p + bytes; }
+
+// Programmatic dependent launch (sm_90): the backend may launch a kernel
+// while the one before it still runs. pdl_trigger lets the next kernel
+// launch; pdl_wait blocks until the kernel before has finished and its
+// writes are visible. Every kernel calls pdl_wait, in every thread, before
+// it touches activations (anything a kernel writes); only weights may be
+// read before. Without the launch attribute both are no-ops.
+// PDL_LATE (a module define) leaves the trigger to each block's exit.
+#ifndef PDL_LATE
+#define PDL_LATE 0
+#endif
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    if (!PDL_LATE) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+#define PDL_ENTRY() \
+    do {            \
+        pdl_trigger(); \
+        pdl_wait();    \
+    } while (0)
+
+__device__ __forceinline__ float gelu_tanh(float g) {
+    const float k0 = 0.7978845608028654f; // sqrt(2/pi)
+    return 0.5f * g * (1.f + tanhf(k0 * (g + 0.044715f * g * g * g)));
+}

@@ -4,7 +4,7 @@
 
 // rmsnorm: one block per row. y = x * rsqrt(mean(x^2) + eps) [* w].
 extern "C" __global__ void rmsnorm(void* y, int ydt, const void* x, int xdt, const void* w, int wdt,
-                                   int cols, float eps) {
+                                   int cols, float eps) { PDL_ENTRY();
     __shared__ float red[32];
     i64 base = (i64)blockIdx.x * cols;
     float ss = 0.f;
@@ -22,7 +22,7 @@ extern "C" __global__ void rmsnorm(void* y, int ydt, const void* x, int xdt, con
 }
 
 // rope: x [T, heads, D] in place; block per (t, head), thread per pair.
-extern "C" __global__ void rope(void* x, int dt, const int* pos, const void* invf, int fdt, int heads, int D) {
+extern "C" __global__ void rope(void* x, int dt, const int* pos, const void* invf, int fdt, int heads, int D) { PDL_ENTRY();
     int t = blockIdx.x / heads;
     i64 base = (i64)blockIdx.x * D;
     int half = D / 2;
@@ -38,34 +38,29 @@ extern "C" __global__ void rope(void* x, int dt, const int* pos, const void* inv
     }
 }
 
-__device__ __forceinline__ float gelu_tanh(float g) {
-    const float k0 = 0.7978845608028654f; // sqrt(2/pi)
-    return 0.5f * g * (1.f + tanhf(k0 * (g + 0.044715f * g * g * g)));
-}
-
-extern "C" __global__ void gelu_mul(void* y, int ydt, const void* g, int gdt, const void* u, int udt, i64 n) {
+extern "C" __global__ void gelu_mul(void* y, int ydt, const void* g, int gdt, const void* u, int udt, i64 n) { PDL_ENTRY();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         stf(y, i, ydt, gelu_tanh(ldf(g, i, gdt)) * ldf(u, i, udt));
 }
 
-extern "C" __global__ void add(void* y, int ydt, const void* a, int adt, const void* b, int bdt, i64 n) {
+extern "C" __global__ void add(void* y, int ydt, const void* a, int adt, const void* b, int bdt, i64 n) { PDL_ENTRY();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         stf(y, i, ydt, ldf(a, i, adt) + ldf(b, i, bdt));
 }
 
-extern "C" __global__ void scale(void* y, int ydt, const void* x, int xdt, float s, i64 n) {
+extern "C" __global__ void scale(void* y, int ydt, const void* x, int xdt, float s, i64 n) { PDL_ENTRY();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         stf(y, i, ydt, s * ldf(x, i, xdt));
 }
 
-extern "C" __global__ void softcap(void* y, int ydt, const void* x, int xdt, float c, i64 n) {
+extern "C" __global__ void softcap(void* y, int ydt, const void* x, int xdt, float c, i64 n) { PDL_ENTRY();
     float inv = 1.f / c;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         stf(y, i, ydt, c * tanhf(ldf(x, i, xdt) * inv));
 }
 
 // softmax: one block per row, f32 inside.
-extern "C" __global__ void softmax(void* y, int ydt, const void* x, int xdt, int cols) {
+extern "C" __global__ void softmax(void* y, int ydt, const void* x, int xdt, int cols) { PDL_ENTRY();
     __shared__ float red[32];
     i64 base = (i64)blockIdx.x * cols;
     float m = NEG_INF;
@@ -79,7 +74,7 @@ extern "C" __global__ void softmax(void* y, int ydt, const void* x, int xdt, int
 }
 
 // moe_combine: y[m, n] = sum_j w[m, j] * x[m, j, n]; grid (ceil(N/256), M).
-extern "C" __global__ void moe_combine(void* y, int ydt, const void* x, int xdt, const float* w, int k, int N) {
+extern "C" __global__ void moe_combine(void* y, int ydt, const void* x, int xdt, const float* w, int k, int N) { PDL_ENTRY();
     int m = blockIdx.y;
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
@@ -92,7 +87,7 @@ extern "C" __global__ void moe_combine(void* y, int ydt, const void* x, int xdt,
 // Dense tables have bits = 0 and type tdt; quantized ones packed words with
 // scales/biases of type sdt. An id outside [0, V) yields NaN.
 extern "C" __global__ void embed(void* y, int ydt, const void* table, int tdt, const void* sc, const void* bi,
-                                 int sdt, int bits, int group, const int* ids, int V, int N, float scale) {
+                                 int sdt, int bits, int group, const int* ids, int V, int N, float scale) { PDL_ENTRY();
     int m = blockIdx.y;
     int n = blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N) return;
@@ -111,7 +106,7 @@ extern "C" __global__ void embed(void* y, int ydt, const void* table, int tdt, c
 }
 
 // store_kv: cache[pos[t] mod cap, :] = src[t, :]; grid (ceil(cols/256), T).
-extern "C" __global__ void store_kv(void* cache, int cdt, const void* src, int sdt, const int* pos, int cols, int cap) {
+extern "C" __global__ void store_kv(void* cache, int cdt, const void* src, int sdt, const int* pos, int cols, int cap) { PDL_ENTRY();
     int t = blockIdx.y;
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
@@ -125,7 +120,7 @@ extern "C" __global__ void store_kv(void* cache, int cdt, const void* src, int s
 // k experts of softmax(logits) (ties: lower index) and their renormalized
 // probabilities times pes[id] (if pes is set).
 extern "C" __global__ void router_topk(float* wout, int* iout, const void* logits, int ldt, const void* pes, int pdt,
-                                       int M, int E, int k) {
+                                       int M, int E, int k) { PDL_ENTRY();
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= M) return;
@@ -174,5 +169,220 @@ extern "C" __global__ void router_topk(float* wout, int* iout, const void* logit
         if (pes) wv *= ldf(pes, myid, pdt);
         wout[(i64)row * k + lane] = wv;
         iout[(i64)row * k + lane] = myid;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fused ops (kernels.Fuser). Each rounds its intermediates to the type the
+// unfused sequence stores them in (round_act), so both give the same values
+// up to the order of the norms' sums.
+
+// norm_row normalizes buf[0..D) (this block's copy of a row of type dt) in
+// place: buf = round(buf·rsqrt(mean(buf²)+eps)·w), w null: no weight. The
+// caller has filled buf; ss is this thread's part of Σbuf².
+__device__ __forceinline__ void norm_row(float* buf, float ss, int D, const void* w, int wdt, float eps, int dt,
+                                         float* red) {
+    ss = block_sum(ss, red); // its barriers also publish buf
+    const float r = rsqrtf(ss / (float)D + eps);
+#pragma unroll 4
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = buf[i] * r;
+        if (w) v *= ldf(w, i, wdt);
+        buf[i] = round_act(v, dt);
+    }
+    __syncthreads();
+}
+
+// rope_store rotates buf (a normed head of D values) by pos·invf and writes
+// it to x at xoff (type dt) and, if cache is set, at coff of the cache.
+__device__ __forceinline__ void rope_store(const float* buf, int D, float p, const void* invf, int fdt, void* x, i64 xoff,
+                                           int dt, void* cache, i64 coff, int cdt) {
+    const int half = D / 2;
+#pragma unroll 2
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float a = buf[i], b = buf[i + half];
+        float f = ldf(invf, i, fdt);
+        if (f != 0.f) {
+            float s, c;
+            sincosf(p * f, &s, &c);
+            float a2 = a * c - b * s, b2 = b * c + a * s;
+            a = round_act(a2, dt);
+            b = round_act(b2, dt);
+        }
+        stf(x, xoff + i, dt, a);
+        stf(x, xoff + i + half, dt, b);
+        if (cache) {
+            stf(cache, coff + i, cdt, a);
+            stf(cache, coff + i + half, cdt, b);
+        }
+    }
+}
+
+// attn_prep: q_norm + RoPE of q heads; for kv heads v_norm (from the raw k
+// when keqv), k_norm + RoPE and the cache stores. Grid (H + KVH or H, T),
+// block 128, dynamic shared memory D floats. D is even.
+extern "C" __global__ void attn_prep(void* q, int qdt, void* k, int kdt, void* v, int vdt, const void* qn, int qndt,
+                                     const void* kn, int kndt, const int* pos, const void* invf, int fdt, void* kc,
+                                     void* vc, int cdt, int cap, int H, int KVH, int D, int keqv, float eps) {
+    PDL_ENTRY();
+    __shared__ float red[32];
+    float* buf = dyn_smem;
+    const int t = blockIdx.y;
+    int hh = blockIdx.x;
+    const float p = (float)pos[t];
+    if (hh < H) {
+        const i64 off = ((i64)t * H + hh) * D;
+        float ss = 0.f;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < D; i += blockDim.x) {
+            float a = ldf(q, off + i, qdt);
+            buf[i] = a;
+            ss += a * a;
+        }
+        norm_row(buf, ss, D, qn, qndt, eps, qdt, red);
+        rope_store(buf, D, p, invf, fdt, q, off, qdt, nullptr, 0, cdt);
+        return;
+    }
+    hh -= H;
+    const i64 off = ((i64)t * KVH + hh) * D;
+    int slot = pos[t] % cap;
+    if (slot < 0) slot += cap;
+    const i64 coff = (i64)slot * KVH * D + (i64)hh * D;
+    // v first: it may be the raw k.
+    {
+        const void* src = keqv ? (const void*)k : (const void*)v;
+        const int sdt = keqv ? kdt : vdt;
+        float ss = 0.f;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < D; i += blockDim.x) {
+            float a = ldf(src, off + i, sdt);
+            buf[i] = a;
+            ss += a * a;
+        }
+        norm_row(buf, ss, D, nullptr, 0, eps, vdt, red);
+        for (int i = threadIdx.x; i < D; i += blockDim.x) {
+            stf(v, off + i, vdt, buf[i]);
+            stf(vc, coff + i, cdt, buf[i]);
+        }
+        __syncthreads();
+    }
+    float ss = 0.f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float a = ldf(k, off + i, kdt);
+        buf[i] = a;
+        ss += a * a;
+    }
+    norm_row(buf, ss, D, kn, kndt, eps, kdt, red);
+    rope_store(buf, D, p, invf, fdt, k, off, kdt, kc, coff, cdt);
+}
+
+// add_rmsnorm: h = round(h + round(rms(a)·w)), then ·scale (if not 1);
+// one block per row, cols <= EPI_MAX·blockDim (values in registers, all
+// loads of a pass in flight at once).
+#define EPI_MAX 8
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(void* h, int hdt, const void* a, int adt, const void* w,
+                                                               int wdt, int cols, float eps, float scale) {
+    PDL_ENTRY();
+    __shared__ float red[32];
+    const int tid = threadIdx.x, bd = blockDim.x;
+    const i64 base = (i64)blockIdx.x * cols;
+    float av[EPI_MAX];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < EPI_MAX; j++) {
+        int n = tid + j * bd;
+        av[j] = n < cols ? ldf(a, base + n, adt) : 0.f;
+        ss += av[j] * av[j];
+    }
+    ss = block_sum(ss, red);
+    const float r = rsqrtf(ss / (float)cols + eps);
+#pragma unroll
+    for (int j = 0; j < EPI_MAX; j++) {
+        int n = tid + j * bd;
+        if (n < cols) {
+            float v = av[j] * r;
+            if (w) v *= ldf(w, n, wdt);
+            v = round_act(v, adt);
+            float hv = ldf(h, base + n, hdt) + v;
+            if (scale != 1.f) hv = scale * round_act(hv, hdt);
+            stf(h, base + n, hdt, hv);
+        }
+    }
+}
+
+// moe_epilogue ends a MoE layer for one row per block (N <= EPI_MAX·blockDim):
+// d1 = round(rms(d)·w1), e = round(rms(round(Σ wts·x))·w2), s = round(d1+e),
+// h = round(h + round(rms(s)·wf)), then ·scale (if not 1). Types: d, e and s
+// of d's type ddt.
+extern "C" __global__ void __launch_bounds__(1024) moe_epilogue(void* h, int hdt, const void* d, int ddt, const void* x,
+                                                                int xdt, const float* wts, int k, const void* w1,
+                                                                int wdt1, const void* w2, int wdt2, const void* wf,
+                                                                int wdtf, int N, float eps, float scale) {
+    PDL_ENTRY();
+    __shared__ float red[32];
+    const int m = blockIdx.x;
+    const int tid = threadIdx.x, bd = blockDim.x;
+    const i64 row = (i64)m * N;
+    float dv[EPI_MAX], ev[EPI_MAX];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < EPI_MAX; j++) {
+        int n = tid + j * bd;
+        dv[j] = n < N ? ldf(d, row + n, ddt) : 0.f;
+        ss += dv[j] * dv[j];
+    }
+    ss = block_sum(ss, red);
+    const float r1 = rsqrtf(ss / (float)N + eps);
+    float se = 0.f;
+#pragma unroll
+    for (int j = 0; j < EPI_MAX; j++) {
+        int n = tid + j * bd;
+        ev[j] = 0.f;
+        if (n < N) {
+            float v = dv[j] * r1;
+            if (w1) v *= ldf(w1, n, wdt1);
+            dv[j] = round_act(v, ddt);
+            float acc = 0.f;
+            for (int s0 = 0; s0 < k; s0 += 8) { // eight loads in flight, summed in order
+                float xv[8];
+#pragma unroll
+                for (int s = 0; s < 8; s++)
+                    xv[s] = s0 + s < k ? ldf(x, ((i64)m * k + s0 + s) * N + n, xdt) : 0.f;
+#pragma unroll
+                for (int s = 0; s < 8; s++)
+                    if (s0 + s < k) acc += wts[(i64)m * k + s0 + s] * xv[s];
+            }
+            ev[j] = round_act(acc, ddt);
+            se += ev[j] * ev[j];
+        }
+    }
+    se = block_sum(se, red);
+    const float r2 = rsqrtf(se / (float)N + eps);
+    float s2 = 0.f;
+#pragma unroll
+    for (int j = 0; j < EPI_MAX; j++) {
+        int n = tid + j * bd;
+        if (n < N) {
+            float e = ev[j] * r2;
+            if (w2) e *= ldf(w2, n, wdt2);
+            e = round_act(e, ddt);
+            dv[j] = round_act(dv[j] + e, ddt);
+            s2 += dv[j] * dv[j];
+        }
+    }
+    s2 = block_sum(s2, red);
+    const float rf = rsqrtf(s2 / (float)N + eps);
+#pragma unroll
+    for (int j = 0; j < EPI_MAX; j++) {
+        int n = tid + j * bd;
+        if (n < N) {
+            float f = dv[j] * rf;
+            if (wf) f *= ldf(wf, n, wdtf);
+            f = round_act(f, ddt);
+            float hv = ldf(h, row + n, hdt) + f;
+            if (scale != 1.f) hv = scale * round_act(hv, hdt);
+            stf(h, row + n, hdt, hv);
+        }
     }
 }

@@ -76,7 +76,10 @@ func TestDemoBF16(t *testing.T) {
 		}
 	}
 	t.Logf("bf16 activations: max |logits - f32 logits| over %d tokens = %.3g", len(want), bound)
-	if bound > 1 {
+	// Measured: 2.97 on an H200; the CPU backend with bf16 activations
+	// through the plain ops gives 3.03 on the same window, so this is the
+	// bf16 rounding of the activations, not a CUDA kernel. Twice that.
+	if bound > 6 {
 		t.Fatalf("bf16 logits deviate by %.3g", bound)
 	}
 
