@@ -3,7 +3,6 @@ package model_test
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 
 	"github.com/gemmoe/gemmoe/model"
@@ -15,7 +14,7 @@ import (
 func TestFixtureGreedy(t *testing.T) {
 	for _, name := range fixtures {
 		t.Run(name, func(t *testing.T) {
-			ref := readReference(t, filepath.Join("..", "testdata", name))
+			ref := readReference(t, name)
 			m, _ := open(t, name, model.Options{Chunk: 8})
 			s, err := m.NewSession()
 			if err != nil {
@@ -23,19 +22,19 @@ func TestFixtureGreedy(t *testing.T) {
 			}
 			defer s.Close()
 			var got []int32
-			opts := model.GenerateOptions{MaxTokens: len(ref.greedyTokens)}
-			for tok, err := range s.Generate(context.Background(), ref.greedyPrompt, opts, nil) {
+			opts := model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)}
+			for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, opts, nil) {
 				if err != nil {
 					t.Fatal(err)
 				}
 				got = append(got, tok.ID)
 			}
-			if len(got) != len(ref.greedyTokens) {
-				t.Fatalf("generated %d tokens, want %d", len(got), len(ref.greedyTokens))
+			if len(got) != len(ref.GreedyTokens) {
+				t.Fatalf("generated %d tokens, want %d", len(got), len(ref.GreedyTokens))
 			}
 			for i := range got {
-				if got[i] != ref.greedyTokens[i] {
-					t.Fatalf("token %d: got %d want %d (all: %v)", i, got[i], ref.greedyTokens[i], got)
+				if got[i] != ref.GreedyTokens[i] {
+					t.Fatalf("token %d: got %d want %d (all: %v)", i, got[i], ref.GreedyTokens[i], got)
 				}
 			}
 		})
@@ -47,10 +46,10 @@ func TestFixtureGreedy(t *testing.T) {
 func TestChunkedPrefill(t *testing.T) {
 	for _, name := range fixtures {
 		t.Run(name, func(t *testing.T) {
-			ref := readReference(t, filepath.Join("..", "testdata", name))
-			oneShot := forwardInChunks(t, name, ref.inputIDs, 64)
+			ref := readReference(t, name)
+			oneShot := forwardInChunks(t, name, ref.InputIDs, 64)
 			for _, chunk := range []int{5, 1} {
-				got := forwardInChunks(t, name, ref.inputIDs, chunk)
+				got := forwardInChunks(t, name, ref.InputIDs, chunk)
 				for r := range got {
 					if d := maxAbsDiff(got[r], oneShot[r]); d > 1e-4 {
 						t.Fatalf("chunk %d: row %d differs from one-shot prefill by %.3g > 1e-4", chunk, r, d)
@@ -196,8 +195,8 @@ func TestSeededSampling(t *testing.T) {
 // cache is reallocated several times over 48 tokens, and the logits stay
 // those of a cache that never grows.
 func TestFullCacheGrows(t *testing.T) {
-	ref := readReference(t, filepath.Join("..", "testdata", "tiny-moe"))
-	want := forwardInChunks(t, "tiny-moe", ref.inputIDs, 5)
+	ref := readReference(t, "tiny-moe")
+	want := forwardInChunks(t, "tiny-moe", ref.InputIDs, 5)
 	m, _ := open(t, "tiny-moe", model.Options{Chunk: 5, CacheGrow: 8})
 	s, err := m.NewSession()
 	if err != nil {
@@ -206,8 +205,8 @@ func TestFullCacheGrows(t *testing.T) {
 	defer s.Close()
 	before := s.CacheBytes()
 	var got [][]float32
-	for start := 0; start < len(ref.inputIDs); start += 5 {
-		l, err := s.ForwardAll(context.Background(), ref.inputIDs[start:min(start+5, len(ref.inputIDs))], nil)
+	for start := 0; start < len(ref.InputIDs); start += 5 {
+		l, err := s.ForwardAll(context.Background(), ref.InputIDs[start:min(start+5, len(ref.InputIDs))], nil)
 		if err != nil {
 			t.Fatal(err)
 		}

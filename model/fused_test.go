@@ -19,7 +19,7 @@ import (
 func TestFusedPath(t *testing.T) {
 	for _, name := range fixtures {
 		t.Run(name, func(t *testing.T) {
-			ref := readReference(t, filepath.Join("..", "testdata", name))
+			ref := readReference(t, name)
 			run := func(fused bool) (prefill, steps [][]float32, routed int, tokens []int32) {
 				src, err := loader.Open(filepath.Join("..", "testdata", name))
 				if err != nil {
@@ -41,10 +41,10 @@ func TestFusedPath(t *testing.T) {
 					t.Fatal(err)
 				}
 				trace := &model.Trace{Router: func(int, []int32, []float32) { routed++ }}
-				if prefill, err = s.ForwardAll(context.Background(), ref.inputIDs[:20], trace); err != nil {
+				if prefill, err = s.ForwardAll(context.Background(), ref.InputIDs[:20], trace); err != nil {
 					t.Fatal(err)
 				}
-				for _, id := range ref.inputIDs[20:] {
+				for _, id := range ref.InputIDs[20:] {
 					l, err := s.Forward(context.Background(), []int32{id})
 					if err != nil {
 						t.Fatal(err)
@@ -57,7 +57,7 @@ func TestFusedPath(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer s.Close()
-				for tok, err := range s.Generate(context.Background(), ref.greedyPrompt, model.GenerateOptions{MaxTokens: len(ref.greedyTokens)}, nil) {
+				for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)}, nil) {
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -80,9 +80,9 @@ func TestFusedPath(t *testing.T) {
 					}
 				}
 			}
-			for i := range ref.greedyTokens {
-				if i >= len(tok) || tok[i] != ref.greedyTokens[i] {
-					t.Fatalf("greedy tokens %v, want %v", tok, ref.greedyTokens)
+			for i := range ref.GreedyTokens {
+				if i >= len(tok) || tok[i] != ref.GreedyTokens[i] {
+					t.Fatalf("greedy tokens %v, want %v", tok, ref.GreedyTokens)
 				}
 			}
 		})

@@ -127,7 +127,7 @@ func (r *recorder) Attention(o, q, k, v, p kernels.Tensor, ap kernels.AttentionP
 // and the graph must be re-recorded only when a full cache grows.
 func TestGraphDecode(t *testing.T) {
 	const name = "tiny-moe-mixed"
-	ref := readReference(t, filepath.Join("..", "testdata", name))
+	ref := readReference(t, name)
 	src, err := loader.Open(filepath.Join("..", "testdata", name))
 	if err != nil {
 		t.Fatal(err)
@@ -146,19 +146,19 @@ func TestGraphDecode(t *testing.T) {
 	}
 	defer s.Close()
 	var got []int32
-	for tok, err := range s.Generate(context.Background(), ref.greedyPrompt, model.GenerateOptions{MaxTokens: len(ref.greedyTokens)}, nil) {
+	for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)}, nil) {
 		if err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, tok.ID)
 	}
-	for i := range ref.greedyTokens {
-		if i >= len(got) || got[i] != ref.greedyTokens[i] {
-			t.Fatalf("greedy tokens through the graph %v, want %v", got, ref.greedyTokens)
+	for i := range ref.GreedyTokens {
+		if i >= len(got) || got[i] != ref.GreedyTokens[i] {
+			t.Fatalf("greedy tokens through the graph %v, want %v", got, ref.GreedyTokens)
 		}
 	}
 	// 12 prompt tokens + 27 decode steps; the full cache grows at 32 positions.
-	if r.captures != 2 || r.launches != len(ref.greedyTokens)-1 {
-		t.Fatalf("%d captures and %d launches, want 2 and %d", r.captures, r.launches, len(ref.greedyTokens)-1)
+	if r.captures != 2 || r.launches != len(ref.GreedyTokens)-1 {
+		t.Fatalf("%d captures and %d launches, want 2 and %d", r.captures, r.launches, len(ref.GreedyTokens)-1)
 	}
 }

@@ -2,7 +2,6 @@ package model_test
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -12,7 +11,7 @@ import (
 // TestConcurrentSessions runs several sessions of one model at once (run
 // with -race) and checks each gets the reference greedy tokens.
 func TestConcurrentSessions(t *testing.T) {
-	ref := readReference(t, filepath.Join("..", "testdata", "tiny-moe-4bit"))
+	ref := readReference(t, "tiny-moe-4bit")
 	m, _ := open(t, "tiny-moe-4bit", model.Options{Chunk: 8})
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
@@ -27,7 +26,7 @@ func TestConcurrentSessions(t *testing.T) {
 				return
 			}
 			defer s.Close()
-			for tok, err := range s.Generate(context.Background(), ref.greedyPrompt, model.GenerateOptions{MaxTokens: 10}, nil) {
+			for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, model.GenerateOptions{MaxTokens: 10}, nil) {
 				if err != nil {
 					errs[g] = err
 					return
@@ -42,8 +41,8 @@ func TestConcurrentSessions(t *testing.T) {
 			t.Fatal(errs[g])
 		}
 		for i, id := range got[g] {
-			if id != ref.greedyTokens[i] {
-				t.Fatalf("session %d token %d: got %d want %d", g, i, id, ref.greedyTokens[i])
+			if id != ref.GreedyTokens[i] {
+				t.Fatalf("session %d token %d: got %d want %d", g, i, id, ref.GreedyTokens[i])
 			}
 		}
 	}
@@ -53,8 +52,8 @@ func TestConcurrentSessions(t *testing.T) {
 // the logits of a fresh session over the same sequence; rolling back further
 // than a sliding ring still holds is refused.
 func TestTruncateReuse(t *testing.T) {
-	ref := readReference(t, filepath.Join("..", "testdata", "tiny-moe"))
-	ids := ref.inputIDs
+	ref := readReference(t, "tiny-moe")
+	ids := ref.InputIDs
 	m, _ := open(t, "tiny-moe", model.Options{Chunk: 4})
 	ctx := context.Background()
 	fresh, err := m.NewSession()
