@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	fixturedata "github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
 	"os"
 	"path/filepath"
@@ -20,7 +21,6 @@ import (
 	"github.com/gemmoe/gemmoe/loader"
 	"github.com/gemmoe/gemmoe/model"
 	"github.com/gemmoe/gemmoe/quant"
-	"github.com/nlpodyssey/safetensors"
 )
 
 const testdata = "../../testdata"
@@ -177,30 +177,11 @@ func compareWith(t *testing.T, got, want *loader.Model, src map[string]rowSource
 // reference reads a fixture's input ids and transformers logits [T·V].
 func reference(t *testing.T, dir string) (ids []int32, logits []float32) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, "reference.safetensors"))
+	ref, err := fixturedata.Load(filepath.Base(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := safetensors.Deserialize(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw := func(name string) []byte {
-		v, ok := st.Tensor(name)
-		if !ok {
-			t.Fatalf("reference has no %s", name)
-		}
-		return v.Data()
-	}
-	b := raw("input_ids")
-	for i := 0; i < len(b); i += 4 {
-		ids = append(ids, int32(binary.LittleEndian.Uint32(b[i:])))
-	}
-	b = raw("logits")
-	for i := 0; i < len(b); i += 4 {
-		logits = append(logits, math.Float32frombits(binary.LittleEndian.Uint32(b[i:])))
-	}
-	return ids, logits
+	return ref.InputIDs, ref.Logits
 }
 
 // logitsDiff runs the converted model on the CPU backend over the fixture's
