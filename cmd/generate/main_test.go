@@ -3,16 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
+	fixturedata "github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/nlpodyssey/safetensors"
 )
 
 const fixture = "../../testdata/tiny-moe-4bit"
@@ -30,21 +28,13 @@ func runCLI(t *testing.T, f flags, stdin string) (string, error) {
 // TestScoreMatchesReference: -score's NLLs equal -log softmax of the
 // transformers reference logits at the next token.
 func TestScoreMatchesReference(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join(fixture, "reference.safetensors"))
+	ref, err := fixturedata.Load(filepath.Base(fixture))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := safetensors.Deserialize(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	idsV, _ := st.Tensor("input_ids")
-	logV, _ := st.Tensor("logits")
-	ids := make([]string, 0)
-	var idv []int32
-	for i := 0; i < len(idsV.Data()); i += 4 {
-		id := int32(binary.LittleEndian.Uint32(idsV.Data()[i:]))
-		idv = append(idv, id)
+	idv := ref.InputIDs
+	var ids []string
+	for _, id := range idv {
 		ids = append(ids, strconv.Itoa(int(id)))
 	}
 	out, err := runCLI(t, flags{model: fixture, tokens: strings.Join(ids, ","), score: true}, "")
@@ -59,14 +49,13 @@ func TestScoreMatchesReference(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	V := 512
-	lb := logV.Data()
+	V := ref.Vocab
 	var sum float64
 	for i := 0; i+1 < len(idv); i++ {
 		row := make([]float64, V)
 		mx := math.Inf(-1)
 		for j := range row {
-			row[j] = float64(math.Float32frombits(binary.LittleEndian.Uint32(lb[4*(i*V+j):])))
+			row[j] = float64(ref.Logits[i*V+j])
 			mx = max(mx, row[j])
 		}
 		var z float64

@@ -6,11 +6,9 @@ package fixturetest
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
+	"github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -18,49 +16,14 @@ import (
 	kmetal "github.com/gemmoe/gemmoe/kernels/metal"
 	"github.com/gemmoe/gemmoe/loader"
 	"github.com/gemmoe/gemmoe/model"
-	"github.com/nlpodyssey/safetensors"
 )
 
-type reference struct {
-	logits       []float32
-	inputIDs     []int32
-	greedyPrompt []int32
-	greedyTokens []int32
-}
-
-func readReference(t *testing.T, dir string) reference {
+func readReference(t *testing.T, name string) *fixture.Reference {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, "reference.safetensors"))
+	ref, err := fixture.Load(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := safetensors.Deserialize(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, ok := st.Tensor("logits")
-	if !ok {
-		t.Fatal("reference has no logits")
-	}
-	raw := v.Data()
-	var ref reference
-	ref.logits = make([]float32, len(raw)/4)
-	for i := range ref.logits {
-		ref.logits[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
-	}
-	var js struct {
-		IDs          []int32 `json:"input_ids"`
-		GreedyPrompt []int32 `json:"greedy_prompt"`
-		GreedyTokens []int32 `json:"greedy_tokens"`
-	}
-	jb, err := os.ReadFile(filepath.Join(dir, "reference.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(jb, &js); err != nil {
-		t.Fatal(err)
-	}
-	ref.inputIDs, ref.greedyPrompt, ref.greedyTokens = js.IDs, js.GreedyPrompt, js.GreedyTokens
 	return ref
 }
 
@@ -98,14 +61,14 @@ func TestFixtureLogitsF32(t *testing.T) {
 	}
 	for _, name := range []string{"tiny-moe-4bit", "tiny-moe-mixed"} {
 		t.Run(name, func(t *testing.T) {
-			ref := readReference(t, filepath.Join("..", "..", "..", "..", "testdata", name))
+			ref := readReference(t, name)
 			m := open(t, name, dtype.F32)
 			s, err := m.NewSession()
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			logits, err := s.ForwardAll(context.Background(), ref.inputIDs, nil)
+			logits, err := s.ForwardAll(context.Background(), ref.InputIDs, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -113,7 +76,7 @@ func TestFixtureLogitsF32(t *testing.T) {
 			worst := 0.0
 			for r, row := range logits {
 				for i, x := range row {
-					worst = math.Max(worst, math.Abs(float64(x-ref.logits[r*v+i])))
+					worst = math.Max(worst, math.Abs(float64(x-ref.Logits[r*v+i])))
 				}
 			}
 			t.Logf("max |logits - reference| = %.3g", worst)
@@ -131,7 +94,7 @@ func TestFixtureGreedyF32(t *testing.T) {
 		t.Skip("a whole model through the emulator")
 	}
 	const name = "tiny-moe-8bit"
-	ref := readReference(t, filepath.Join("..", "..", "..", "..", "testdata", name))
+	ref := readReference(t, name)
 	m := open(t, name, dtype.F32)
 	s, err := m.NewSession()
 	if err != nil {
@@ -139,15 +102,15 @@ func TestFixtureGreedyF32(t *testing.T) {
 	}
 	defer s.Close()
 	var got []int32
-	for tok, err := range s.Generate(context.Background(), ref.greedyPrompt, model.GenerateOptions{MaxTokens: len(ref.greedyTokens)}, nil) {
+	for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)}, nil) {
 		if err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, tok.ID)
 	}
-	for i := range ref.greedyTokens {
-		if i >= len(got) || got[i] != ref.greedyTokens[i] {
-			t.Fatalf("greedy tokens %v, want %v", got, ref.greedyTokens)
+	for i := range ref.GreedyTokens {
+		if i >= len(got) || got[i] != ref.GreedyTokens[i] {
+			t.Fatalf("greedy tokens %v, want %v", got, ref.GreedyTokens)
 		}
 	}
 }
