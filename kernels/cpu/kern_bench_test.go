@@ -10,15 +10,21 @@ import (
 	"github.com/gemmoe/gemmoe/dtype"
 )
 
+// threadCPU returns the CPU time of the calling thread (Linux; 0 where
+// RUSAGE_THREAD is not supported).
 func threadCPU() time.Duration {
 	var ru syscall.Rusage
-	syscall.Getrusage(1, &ru) // RUSAGE_THREAD
+	if syscall.Getrusage(1, &ru) != nil { // RUSAGE_THREAD
+		return 0
+	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkKernelCached runs the decode matmul kernels on one thread with
-// weights that fit the L2 cache: the compute ceiling of each kernel set,
-// per second of the thread's CPU time (cpuGB/s) as well as wall time.
+// weights that fit the L2 cache: the compute ceiling of each kernel set (and
+// of the int8 path with GEMMOE_CPU_INT8=1), per second of the thread's CPU
+// time (cpuGB/s, immune to other processes taking the core) as well as of
+// wall time.
 func BenchmarkKernelCached(b *testing.B) {
 	for _, ks := range append(KernelSets(), "generic") {
 		for _, f := range []benchFormat{fmtQ4, fmtQ8, fmtBF16} {
@@ -43,14 +49,16 @@ func BenchmarkKernelCached(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				c := threadCPU() - c0
-				b.ReportMetric(float64(per)*float64(b.N)/c.Seconds()/1e9, "cpuGB/s")
+				if c := threadCPU() - c0; c > 0 {
+					b.ReportMetric(float64(per)*float64(b.N)/c.Seconds()/1e9, "cpuGB/s")
+				}
 			})
 		}
 	}
 }
 
-// BenchmarkStream is BenchmarkMatMul's q4 gate_up shape with 1 and 2 threads.
+// BenchmarkStream is BenchmarkMatMul's gate_up shape at 4 and 8 bits with
+// one thread and with two: how far the threads scale from memory.
 func BenchmarkStream(b *testing.B) {
 	for _, th := range []int{1, 2} {
 		for _, f := range []benchFormat{fmtQ4, fmtQ8} {
