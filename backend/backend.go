@@ -1,5 +1,6 @@
 // Package backend picks a kernels backend by name: "cpu" (pure Go, every
-// platform), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
+// platform), "cpu-int8" (the CPU backend with int8 activations in its
+// quantized matmuls: faster, slightly less exact), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
 // Silicon), "metal-emulated" (the Metal kernels run on the CPU, for
 // debugging), or "auto": the fastest one available here, else the CPU.
 package backend
@@ -19,6 +20,9 @@ type opener func() (kernels.Backend, error)
 var (
 	openers = map[string]opener{
 		"cpu": func() (kernels.Backend, error) { return cpu.New(), nil },
+		// int8 activations: ~2× faster quantized matmuls on x86, ~0.25% higher
+		// perplexity on the demo model (kernels/cpu: WithInt8Activations).
+		"cpu-int8": func() (kernels.Backend, error) { return cpu.New(cpu.WithInt8Activations(true)), nil },
 	}
 	// autoOrder lists the backends "auto" tries, best first.
 	autoOrder []string
