@@ -35,12 +35,19 @@ func (o SampleOptions) Validate() error {
 	return nil
 }
 
-// Sampler picks tokens from logits with a seeded generator.
+// Sampler picks tokens from logits with a seeded generator. It never sorts
+// the whole vocabulary: the candidates of top-k, top-p and min-p come from a
+// partial selection that widens until the filters are decided, and plain
+// temperature sampling scans the logits once.
 type Sampler struct {
 	opts  SampleOptions
 	rng   *rand.Rand
 	idx   []int
 	probs []float64
+	heap  []int
+	seen  map[int32]bool
+	one   [1]int
+	unit  [1]float64
 }
 
 // NewSampler returns a sampler for opts.
@@ -48,90 +55,215 @@ func NewSampler(opts SampleOptions) *Sampler {
 	if opts.RepeatWindow <= 0 {
 		opts.RepeatWindow = 64
 	}
-	return &Sampler{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15))}
+	return &Sampler{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, 0x9e3779b97f4a7c15)), seen: map[int32]bool{}}
 }
 
-// Candidates returns the token ids that may be drawn from logits and their
-// probabilities (summing to 1), after the penalty, temperature, top-k, min-p
-// and top-p filters; greedy returns the argmax alone. recent is the history
-// the repetition penalty looks at. logits is modified by the penalty.
-func (s *Sampler) Candidates(logits []float32, recent []int32) ([]int, []float64) {
+// penalize applies the repetition penalty to the tokens of the recent window.
+func (s *Sampler) penalize(logits []float32, recent []int32) {
 	o := s.opts
-	if o.RepeatPenalty > 0 && o.RepeatPenalty != 1 {
-		from := max(0, len(recent)-o.RepeatWindow)
-		seen := map[int32]bool{}
-		for _, id := range recent[from:] {
-			if seen[id] || int(id) >= len(logits) || id < 0 {
-				continue
-			}
-			seen[id] = true
-			if logits[id] > 0 {
-				logits[id] /= float32(o.RepeatPenalty)
-			} else {
-				logits[id] *= float32(o.RepeatPenalty)
-			}
+	if o.RepeatPenalty <= 0 || o.RepeatPenalty == 1 {
+		return
+	}
+	clear(s.seen)
+	for _, id := range recent[max(0, len(recent)-o.RepeatWindow):] {
+		if s.seen[id] || int(id) >= len(logits) || id < 0 {
+			continue
+		}
+		s.seen[id] = true
+		if logits[id] > 0 {
+			logits[id] /= float32(o.RepeatPenalty)
+		} else {
+			logits[id] *= float32(o.RepeatPenalty)
 		}
 	}
+}
+
+// before orders token a before b: higher logit first, the lower id on ties.
+func before(logits []float32, a, b int) bool {
+	return logits[a] > logits[b] || (logits[a] == logits[b] && a < b)
+}
+
+// topN returns the n best tokens, best first, into dst (a bounded heap:
+// O(V log n)).
+func (s *Sampler) topN(logits []float32, n int, dst []int) []int {
+	h := s.heap[:0]
+	// h is a min-heap under before: h[0] is the worst kept token.
+	down := func(i int) {
+		for {
+			l := 2*i + 1
+			if l >= len(h) {
+				return
+			}
+			w := l
+			if r := l + 1; r < len(h) && before(logits, h[l], h[r]) {
+				w = r
+			}
+			if !before(logits, h[i], h[w]) {
+				return
+			}
+			h[i], h[w] = h[w], h[i]
+			i = w
+		}
+	}
+	for id := range logits {
+		if len(h) < n {
+			h = append(h, id)
+			for i := len(h) - 1; i > 0; {
+				p := (i - 1) / 2
+				if !before(logits, h[p], h[i]) {
+					break
+				}
+				h[i], h[p] = h[p], h[i]
+				i = p
+			}
+		} else if before(logits, id, h[0]) {
+			h[0] = id
+			down(0)
+		}
+	}
+	dst = append(dst[:0], h...)
+	sort.Slice(dst, func(a, b int) bool { return before(logits, dst[a], dst[b]) })
+	s.heap = h
+	return dst
+}
+
+// Candidates returns the token ids that may be drawn from logits, best
+// first, and their probabilities (summing to 1), after the penalty,
+// temperature, top-k, min-p and top-p filters; greedy returns the argmax
+// alone, and plain temperature sampling (no filter) every token. recent is
+// the history the repetition penalty looks at; logits is modified by it.
+func (s *Sampler) Candidates(logits []float32, recent []int32) ([]int, []float64) {
+	s.penalize(logits, recent)
+	o := s.opts
 	if o.Temperature == 0 {
-		best := 0
-		for i, v := range logits {
-			if v > logits[best] {
-				best = i
+		s.one[0], s.unit[0] = argmax(logits), 1
+		return s.one[:], s.unit[:]
+	}
+	K := len(logits)
+	if o.TopK > 0 {
+		K = min(o.TopK, K)
+	}
+	filtered := K < len(logits) || (o.TopP > 0 && o.TopP < 1) || o.MinP > 0
+	if !filtered {
+		s.idx = s.topN(logits, K, s.idx)
+		return s.idx, s.softmax(logits, s.idx, 0)
+	}
+	// Widen the candidate set until it holds every token the filters keep.
+	for m := min(K, 64); ; m = min(K, m*8) {
+		s.idx = s.topN(logits, m, s.idx)
+		var z float64 // normalizer over the top-k set (all of it, beyond m)
+		if m == K {
+			z = 0
+		} else {
+			z = s.partition(logits, K)
+		}
+		probs := s.softmax(logits, s.idx, z)
+		n := len(probs)
+		if o.MinP > 0 {
+			cut := o.MinP * probs[0]
+			for n > 1 && probs[n-1] < cut {
+				n--
 			}
 		}
-		return []int{best}, []float64{1}
+		if o.TopP > 0 && o.TopP < 1 {
+			var acc float64
+			for i, p := range probs[:n] {
+				acc += p
+				if acc >= o.TopP {
+					n = i + 1
+					break
+				}
+			}
+		}
+		if n < len(probs) || m == K {
+			idx, probs := s.idx[:n], probs[:n]
+			var sum float64
+			for _, p := range probs {
+				sum += p
+			}
+			for i := range probs {
+				probs[i] /= sum
+			}
+			return idx, probs
+		}
 	}
-	idx := s.idx[:0]
-	for i := range logits {
-		idx = append(idx, i)
-	}
-	// Stable: equal logits keep the lower id first.
-	sort.SliceStable(idx, func(a, b int) bool { return logits[idx[a]] > logits[idx[b]] })
-	if o.TopK > 0 && o.TopK < len(idx) {
-		idx = idx[:o.TopK]
-	}
+}
+
+// softmax returns the probabilities of the tokens idx (best first) at the
+// sampler's temperature, normalized by z, or by their own sum when z is 0.
+func (s *Sampler) softmax(logits []float32, idx []int, z float64) []float64 {
+	t := s.opts.Temperature
+	mx := float64(logits[idx[0]])
 	probs := s.probs[:0]
-	maxL := float64(logits[idx[0]])
 	var sum float64
 	for _, i := range idx {
-		p := math.Exp((float64(logits[i]) - maxL) / o.Temperature)
+		p := math.Exp((float64(logits[i]) - mx) / t)
 		probs = append(probs, p)
 		sum += p
 	}
-	for i := range probs {
-		probs[i] /= sum
-	}
-	if o.MinP > 0 {
-		cut := o.MinP * probs[0]
-		n := len(probs)
-		for n > 1 && probs[n-1] < cut {
-			n--
-		}
-		idx, probs = idx[:n], probs[:n]
-	}
-	if o.TopP > 0 && o.TopP < 1 {
-		var acc float64
-		for n, p := range probs {
-			acc += p
-			if acc >= o.TopP {
-				idx, probs = idx[:n+1], probs[:n+1]
-				break
-			}
-		}
-	}
-	sum = 0
-	for _, p := range probs {
-		sum += p
+	if z == 0 {
+		z = sum
 	}
 	for i := range probs {
-		probs[i] /= sum
+		probs[i] /= z
 	}
-	s.idx, s.probs = idx, probs
-	return idx, probs
+	s.probs = probs
+	return probs
+}
+
+// partition returns Σ exp((l - max)/T) over the k best tokens (all tokens
+// when k is the vocabulary), relative to the best token.
+func (s *Sampler) partition(logits []float32, k int) float64 {
+	t := s.opts.Temperature
+	if k < len(logits) {
+		var z float64
+		top := s.topN(logits, k, nil)
+		mx := float64(logits[top[0]])
+		for _, i := range top {
+			z += math.Exp((float64(logits[i]) - mx) / t)
+		}
+		return z
+	}
+	mx := float64(logits[argmax(logits)])
+	var z float64
+	for _, l := range logits {
+		z += math.Exp((float64(l) - mx) / t)
+	}
+	return z
+}
+
+func argmax(logits []float32) int {
+	best := 0
+	for i, v := range logits {
+		if v > logits[best] {
+			best = i
+		}
+	}
+	return best
 }
 
 // Sample draws the next token.
 func (s *Sampler) Sample(logits []float32, recent []int32) int32 {
+	o := s.opts
+	if o.Temperature > 0 && o.TopK <= 0 && (o.TopP <= 0 || o.TopP >= 1) && o.MinP <= 0 {
+		// Plain temperature sampling: one scan in id order, no selection.
+		s.penalize(logits, recent)
+		z := s.partition(logits, len(logits))
+		mx := float64(logits[argmax(logits)])
+		r := s.rng.Float64() * z
+		last := 0
+		for i, l := range logits {
+			p := math.Exp((float64(l) - mx) / o.Temperature)
+			if p > 0 {
+				last = i
+			}
+			r -= p
+			if r < 0 {
+				return int32(i)
+			}
+		}
+		return int32(last)
+	}
 	idx, probs := s.Candidates(logits, recent)
 	if len(idx) == 1 {
 		return int32(idx[0])

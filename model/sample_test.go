@@ -2,6 +2,8 @@ package model
 
 import (
 	"math"
+	"math/rand/v2"
+	"sort"
 	"testing"
 )
 
@@ -95,5 +97,98 @@ func TestRepeatPenalty(t *testing.T) {
 	NewSampler(SampleOptions{RepeatPenalty: 2}).Candidates(l, []int32{0, 1})
 	if l[0] != 2 || l[1] != -8 {
 		t.Fatalf("penalty: got %v, want positive logits divided and negative multiplied", l)
+	}
+}
+
+// bruteCandidates is the filter chain done the slow way: sort everything.
+func bruteCandidates(logits []float32, o SampleOptions) ([]int, []float64) {
+	idx := make([]int, len(logits))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return logits[idx[a]] > logits[idx[b]] })
+	if o.TopK > 0 && o.TopK < len(idx) {
+		idx = idx[:o.TopK]
+	}
+	probs := make([]float64, len(idx))
+	var sum float64
+	for i, id := range idx {
+		probs[i] = math.Exp((float64(logits[id]) - float64(logits[idx[0]])) / o.Temperature)
+		sum += probs[i]
+	}
+	for i := range probs {
+		probs[i] /= sum
+	}
+	n := len(probs)
+	if o.MinP > 0 {
+		for n > 1 && probs[n-1] < o.MinP*probs[0] {
+			n--
+		}
+	}
+	if o.TopP > 0 && o.TopP < 1 {
+		var acc float64
+		for i, p := range probs[:n] {
+			acc += p
+			if acc >= o.TopP {
+				n = i + 1
+				break
+			}
+		}
+	}
+	idx, probs = idx[:n], probs[:n]
+	sum = 0
+	for _, p := range probs {
+		sum += p
+	}
+	for i := range probs {
+		probs[i] /= sum
+	}
+	return idx, probs
+}
+
+// TestCandidatesLargeVocab: the widening partial selection keeps exactly the
+// tokens a full sort keeps, on a 262,144-token vocabulary.
+func TestCandidatesLargeVocab(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	logits := make([]float32, 262144)
+	for i := range logits {
+		logits[i] = float32(r.NormFloat64() * 3)
+	}
+	logits[7], logits[9] = 25, 25 // a tie at the top
+	for _, o := range []SampleOptions{
+		{Temperature: 1, TopP: 0.9}, {Temperature: 0.7, TopP: 0.95}, {Temperature: 1, MinP: 0.05},
+		{Temperature: 2, TopP: 0.5, MinP: 0.001}, {Temperature: 1, TopK: 40}, {Temperature: 1, TopK: 5000, TopP: 0.99},
+		{Temperature: 1.5, TopP: 0.999},
+	} {
+		wantIdx, wantP := bruteCandidates(logits, o)
+		gotIdx, gotP := NewSampler(o).Candidates(append([]float32(nil), logits...), nil)
+		if len(gotIdx) != len(wantIdx) {
+			t.Fatalf("%+v: kept %d tokens, want %d", o, len(gotIdx), len(wantIdx))
+		}
+		for i := range gotIdx {
+			if gotIdx[i] != wantIdx[i] || math.Abs(gotP[i]-wantP[i]) > 1e-12 {
+				t.Fatalf("%+v: candidate %d is %d (p %g), want %d (p %g)", o, i, gotIdx[i], gotP[i], wantIdx[i], wantP[i])
+			}
+		}
+	}
+}
+
+// BenchmarkSampleTopP samples with top-p 0.95 from a peaked distribution
+// over 262,144 tokens, as a language model's usually is (a few dozen likely
+// tokens over a broad tail).
+func BenchmarkSampleTopP(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	logits := make([]float32, 262144)
+	for i := range logits {
+		logits[i] = float32(r.NormFloat64() * 2)
+	}
+	for i := range 40 {
+		logits[r.IntN(len(logits))] = 18 + float32(i%7)
+	}
+	s := NewSampler(SampleOptions{Temperature: 0.8, TopP: 0.95, Seed: 1})
+	work := make([]float32, len(logits))
+	for b.Loop() {
+		copy(work, logits)
+		s.Sample(work, nil)
 	}
 }
