@@ -92,18 +92,9 @@ func (c *Chat) Send(ctx context.Context, text string) iter.Seq2[Event, error] {
 			return
 		}
 		var reply []int32
-		var sb strings.Builder
-		tap := func(ev Event, err error) bool {
-			if err == nil {
-				if ev.Token != 0 || ev.Text != "" {
-					reply = append(reply, ev.Token)
-				}
-				sb.WriteString(ev.Text)
-			}
-			return yield(ev, err)
-		}
-		streamTokens(ctx, c.m, c.sess, feed, c.opts.GenerateOptions, &c.stats, tap)
-		full := c.m.tok.Decode(trimZero(reply), false)
+		streamTokens(ctx, c.m, c.sess, feed, c.opts.GenerateOptions, &c.stats,
+			func(id int32) { reply = append(reply, id) }, yield)
+		full := c.m.tok.Decode(reply, false)
 		c.msgs = append(c.msgs, chat.Message{Role: "assistant", Content: chat.Text(strings.TrimSpace(full))})
 	}
 }
@@ -129,14 +120,4 @@ func (c *Chat) reuse(ids []int32) ([]int32, error) {
 	}
 	c.sess = s
 	return ids, nil
-}
-
-func trimZero(ids []int32) []int32 {
-	out := ids[:0:0]
-	for _, id := range ids {
-		if id != 0 {
-			out = append(out, id)
-		}
-	}
-	return out
 }

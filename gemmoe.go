@@ -196,7 +196,7 @@ func (m *Model) Stream(ctx context.Context, prompt string, opts GenerateOptions)
 			return
 		}
 		defer s.Close()
-		streamTokens(ctx, m, s, m.tok.Encode(prompt, true), opts, nil, yield)
+		streamTokens(ctx, m, s, m.tok.Encode(prompt, true), opts, nil, nil, yield)
 	}
 }
 
@@ -212,9 +212,10 @@ func (m *Model) Generate(ctx context.Context, prompt string, opts GenerateOption
 	return sb.String(), nil
 }
 
-// streamTokens runs generation on a session and turns tokens into text.
+// streamTokens runs generation on a session and turns tokens into text;
+// onToken (if not nil) sees every generated token but the final eos.
 func streamTokens(ctx context.Context, m *Model, s *model.Session, prompt []int32, opts GenerateOptions,
-	stats *model.Stats, yield func(Event, error) bool) bool {
+	stats *model.Stats, onToken func(int32), yield func(Event, error) bool) bool {
 	dec := m.tok.NewStreamDecoder(true)
 	for tok, err := range s.Generate(ctx, prompt, opts.inner(), stats) {
 		if err != nil {
@@ -223,6 +224,9 @@ func streamTokens(ctx context.Context, m *Model, s *model.Session, prompt []int3
 		}
 		if m.model.IsEOS(tok.ID) {
 			break
+		}
+		if onToken != nil {
+			onToken(tok.ID)
 		}
 		if !yield(Event{Token: tok.ID, Text: dec.Add(tok.ID)}, nil) {
 			return false
