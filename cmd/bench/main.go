@@ -32,6 +32,10 @@ import (
 	"github.com/gemmoe/gemmoe/synth"
 )
 
+// memAvailable reports the memory a synthetic model may use (a variable so
+// tests can shrink it).
+var memAvailable = availableMemory
+
 type options struct {
 	synthetic, modelDir, backend string
 	layers, bits, group          int
@@ -223,7 +227,7 @@ func open(o options, log io.Writer) (*loader.Model, string, error) {
 	}
 	// Weights plus a margin for caches and activations.
 	need := size + size/20 + 1<<30
-	if avail, ok := availableMemory(); ok && need > avail {
+	if avail, ok := memAvailable(); ok && need > avail {
 		perLayer := size / int64(layers)
 		fit := int((avail - 1<<30 - size/20) / max(perLayer, 1))
 		return nil, "", fmt.Errorf("the synthetic %s with %d layers needs about %.1f GiB but %.1f GiB is available; try -layers %d",
