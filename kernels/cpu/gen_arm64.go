@@ -1,0 +1,379 @@
+//go:build ignore
+
+// gen_arm64.go writes simd_arm64.s, the arm64 NEON matmul and attention
+// kernels. Run `GOARCH=arm64 go generate` in kernels/cpu (or `go run
+// gen_arm64.go`).
+//
+// Unlike the amd64 kernels, which sum in their own lane order, these do the
+// generic Go kernels' float64 arithmetic operation for operation, so their
+// results are bit-identical to the generic kernels' on arm64:
+//
+//   - qdot4 keeps four accumulators s0..s3; per 16 values (two words) it adds
+//     (q[j]·x[j] + q[j+8]·x[j+8]) then (q[j+4]·x[j+4] + q[j+12]·x[j+12]) to
+//     s[j]. The products are exact in float64, so a fused multiply-add of one
+//     onto the other rounds once, like the generic sum. With the input
+//     permuted per block of 16 (the even-indexed values, then the odd ones:
+//     permute4 with lanes 16), the low nibbles feed (s0, s2) and the high ones
+//     (s1, s3). The group's sum is (s0+s1) + (s2+s3).
+//   - qdot8 likewise per 8 values: s[j] += q[j]·x[j] + q[j+4]·x[j+4], the
+//     accumulators (s0, s1) and (s2, s3).
+//   - The combination per group is what the Go compiler makes of
+//     combineF32 and combineBF16 on arm64 (FMADDD fusion): f32 scales
+//     t = fma(bias, Σx, scale·Σqx), bf16 scales t = fma(scale, Σqx, bias·Σx),
+//     then s += t, group after group.
+//   - dotRowF32 and dotRowBF16: s[j] += w[i+j]·x[i+j] per 4 values, the tail
+//     into s0, the result (s0+s1) + (s2+s3).
+//   - axpy: y[i] = fma(a, x[i], y[i]), as the compiler fuses the generic loop.
+//
+// Go's assembler lacks the vector float instructions other than VFMLA; they
+// are emitted as WORD encodings (see the helpers below).
+//
+// Register use of the matmul kernels: R0 kargs, R1 weight row, R2 rows left,
+// R3 scales cursor, R4 bias offset, R5 y cursor, R6 weight cursor, R7 x
+// cursor, R9 group sums cursor, R10 groups left (dense: tail count), R11
+// blocks left, R12 temporary. V24, V25 the accumulators, F30 the row total.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"log"
+	"os"
+)
+
+// kargs field offsets (see kargs in simd.go; TestKargsLayout checks them).
+const (
+	offW      = 0
+	offStride = 8
+	offRows   = 16
+	offSB     = 24
+	offBoff   = 32
+	offGroups = 40
+	offBPG    = 48
+	offK      = 56
+	offX      = 64
+	offY      = 96
+)
+
+type gen struct {
+	buf   bytes.Buffer
+	label int
+}
+
+func (g *gen) p(format string, args ...any) {
+	fmt.Fprintf(&g.buf, "\t"+format+"\n", args...)
+}
+
+func (g *gen) l(name string) { fmt.Fprintf(&g.buf, "%s:\n", name) }
+
+func (g *gen) newLabel(base string) string {
+	g.label++
+	return fmt.Sprintf("%s_%d", base, g.label)
+}
+
+func (g *gen) word(w uint32, comment string, args ...any) {
+	g.p("WORD $0x%08x // %s", w, fmt.Sprintf(comment, args...))
+}
+
+// fadd2d: Vd.2D = Vn.2D + Vm.2D.
+func (g *gen) fadd2d(d, n, m int) {
+	g.word(0x4E60D400|uint32(m)<<16|uint32(n)<<5|uint32(d), "FADD V%d.2D, V%d.2D, V%d.2D", d, n, m)
+}
+
+// fmul2d: Vd.2D = Vn.2D · Vm.2D.
+func (g *gen) fmul2d(d, n, m int) {
+	g.word(0x6E60DC00|uint32(m)<<16|uint32(n)<<5|uint32(d), "FMUL V%d.2D, V%d.2D, V%d.2D", d, n, m)
+}
+
+// ucvtf4s: Vd.4S = float32(Vn.4S unsigned).
+func (g *gen) ucvtf4s(d, n int) {
+	g.word(0x6E21D800|uint32(n)<<5|uint32(d), "UCVTF V%d.4S, V%d.4S", d, n)
+}
+
+// fcvtl: Vd.2D = float64(Vn.2S) (the lower two lanes).
+func (g *gen) fcvtl(d, n int) {
+	g.word(0x0E617800|uint32(n)<<5|uint32(d), "FCVTL V%d.2D, V%d.2S", d, n)
+}
+
+// fcvtl2: Vd.2D = float64 of the upper two f32 lanes of Vn.
+func (g *gen) fcvtl2(d, n int) {
+	g.word(0x4E617800|uint32(n)<<5|uint32(d), "FCVTL2 V%d.2D, V%d.4S", d, n)
+}
+
+// faddp: Dd = Vn.D[0] + Vn.D[1].
+func (g *gen) faddp(d, n int) {
+	g.word(0x7E70D800|uint32(n)<<5|uint32(d), "FADDP D%d, V%d.2D", d, n)
+}
+
+func (g *gen) header(name string) {
+	fmt.Fprintf(&g.buf, "\n// func %s(a *kargs)\nTEXT ·%s(SB), NOSPLIT, $0-8\n", name, name)
+	g.p("MOVD a+0(FP), R0")
+	g.p("MOVD %d(R0), R1", offW)
+	g.p("MOVD %d(R0), R2", offRows)
+	g.p("MOVD %d(R0), R5", offY)
+}
+
+// widenU8 widens the 8 bytes in the lower half of Vsrc (clobbered) to four
+// float64 pairs in V[d], V[d+1], V[d+2], V[d+3] (values 0-1, 2-3, 4-5, 6-7),
+// using Vtmp.
+func (g *gen) widenU8(src, tmp, d int) {
+	g.p("VUXTL V%d.B8, V%d.H8", src, src)
+	g.p("VUXTL V%d.H4, V%d.S4", src, tmp)
+	g.p("VUXTL2 V%d.H8, V%d.S4", src, src)
+	g.ucvtf4s(tmp, tmp)
+	g.ucvtf4s(src, src)
+	g.fcvtl(d, tmp)
+	g.fcvtl2(d+1, tmp)
+	g.fcvtl(d+2, src)
+	g.fcvtl2(d+3, src)
+}
+
+// quant writes a one-input-row quantized kernel (bits 4 or 8; scales and
+// biases f32 or bf16) for a.rows weight rows.
+func (g *gen) quant(bits int, sdt string) {
+	name := fmt.Sprintf("q%d%sx1NEON", bits, sfx(sdt))
+	g.header(name)
+	g.p("MOVD %d(R0), R3", offSB)
+	g.p("MOVD %d(R0), R4", offBoff)
+	if bits == 4 {
+		g.p("VMOVI $15, V31.B16")
+	}
+	row, grp, blk := g.newLabel("row"), g.newLabel("grp"), g.newLabel("blk")
+	g.l(row)
+	g.p("MOVD R1, R6")
+	g.p("MOVD %d(R0), R7", offX)
+	g.p("MOVD %d(R0), R12", offK)
+	g.p("ADD R12<<3, R7, R9") // the group sums follow the k values
+	g.p("FMOVD ZR, F30")
+	g.p("MOVD %d(R0), R10", offGroups)
+	g.l(grp)
+	g.p("MOVD %d(R0), R11", offBPG)
+	g.p("VEOR V24.B16, V24.B16, V24.B16")
+	g.p("VEOR V25.B16, V25.B16, V25.B16")
+	g.l(blk)
+	if bits == 4 {
+		// 16 values: 8 bytes; the input holds the block's even-indexed
+		// values, then its odd ones.
+		g.p("VLD1.P 8(R6), [V0.B8]")
+		g.p("VAND V31.B16, V0.B16, V1.B16")
+		g.p("VUSHR $4, V0.B16, V2.B16")
+		g.widenU8(1, 3, 4) // q0,q2 | q4,q6 | q8,q10 | q12,q14 in V4..V7
+		g.widenU8(2, 3, 8) // q1,q3 | ... in V8..V11
+		g.p("VLD1.P 64(R7), [V16.D2, V17.D2, V18.D2, V19.D2]")
+		g.p("VLD1.P 64(R7), [V20.D2, V21.D2, V22.D2, V23.D2]")
+		// (s0, s2) += (q0x0 + q8x8, q2x2 + q10x10), then the +4 terms.
+		g.fmul2d(12, 6, 18)
+		g.p("VFMLA V4.D2, V16.D2, V12.D2")
+		g.fadd2d(24, 24, 12)
+		g.fmul2d(13, 7, 19)
+		g.p("VFMLA V5.D2, V17.D2, V13.D2")
+		g.fadd2d(24, 24, 13)
+		// (s1, s3) likewise from the odd values.
+		g.fmul2d(12, 10, 22)
+		g.p("VFMLA V8.D2, V20.D2, V12.D2")
+		g.fadd2d(25, 25, 12)
+		g.fmul2d(13, 11, 23)
+		g.p("VFMLA V9.D2, V21.D2, V13.D2")
+		g.fadd2d(25, 25, 13)
+	} else {
+		// 16 values, 16 bytes, two generic steps of 8.
+		g.p("VLD1.P 16(R6), [V0.B16]")
+		g.p("VUXTL2 V0.B16, V1.H8")
+		g.widenU8(0, 3, 8) // q0..q7 in V8..V11
+		g.p("VUXTL V1.H4, V3.S4")
+		g.p("VUXTL2 V1.H8, V1.S4")
+		g.ucvtf4s(3, 3)
+		g.ucvtf4s(1, 1)
+		g.fcvtl(12, 3)
+		g.fcvtl2(13, 3)
+		g.fcvtl(14, 1)
+		g.fcvtl2(15, 1) // q8..q15 in V12..V15
+		g.p("VLD1.P 64(R7), [V16.D2, V17.D2, V18.D2, V19.D2]")
+		g.p("VLD1.P 64(R7), [V20.D2, V21.D2, V22.D2, V23.D2]")
+		for h := 0; h < 2; h++ {
+			q, x := 8+4*h, 16+4*h
+			// (s0, s1) += (q0x0 + q4x4, q1x1 + q5x5); (s2, s3) likewise.
+			g.fmul2d(26, q+2, x+2)
+			g.p("VFMLA V%d.D2, V%d.D2, V26.D2", q, x)
+			g.fadd2d(24, 24, 26)
+			g.fmul2d(27, q+3, x+3)
+			g.p("VFMLA V%d.D2, V%d.D2, V27.D2", q+1, x+1)
+			g.fadd2d(25, 25, 27)
+		}
+	}
+	g.p("SUB $1, R11")
+	g.p("CBNZ R11, %s", blk)
+	// The group's Σq·x = (s0+s1) + (s2+s3) in F24.
+	if bits == 4 {
+		g.fadd2d(24, 24, 25) // (s0+s1, s2+s3)
+		g.faddp(24, 24)
+	} else {
+		g.faddp(24, 24)
+		g.faddp(25, 25)
+		g.p("FADDD F25, F24, F24")
+	}
+	// Scale F26 and bias F27 in float64, Σx F28.
+	if sdt == "bf16" {
+		g.p("MOVHU (R3), R12")
+		g.p("LSLW $16, R12, R12")
+		g.p("FMOVS R12, F26")
+		g.p("MOVHU (R3)(R4), R12")
+		g.p("LSLW $16, R12, R12")
+		g.p("FMOVS R12, F27")
+	} else {
+		g.p("FMOVS (R3), F26")
+		g.p("FMOVS (R3)(R4), F27")
+	}
+	g.p("FCVTSD F26, F26")
+	g.p("FCVTSD F27, F27")
+	g.p("FMOVD.P 8(R9), F28")
+	if sdt == "bf16" {
+		g.p("FMULD F28, F27, F29")       // bias·Σx
+		g.p("FMADDD F26, F29, F24, F29") // + scale·Σqx, fused
+	} else {
+		g.p("FMULD F26, F24, F29")       // scale·Σqx
+		g.p("FMADDD F28, F29, F27, F29") // + bias·Σx, fused
+	}
+	g.p("FADDD F29, F30, F30")
+	g.p("ADD $%d, R3", esize(sdt))
+	g.p("SUB $1, R10")
+	g.p("CBNZ R10, %s", grp)
+	g.store(row)
+	g.p("RET")
+}
+
+// store writes F30 as f32 to the y cursor and moves to the next weight
+// row, looping to row while rows are left.
+func (g *gen) store(row string) {
+	g.p("FCVTDS F30, F30")
+	g.p("FMOVS.P F30, 4(R5)")
+	g.p("MOVD %d(R0), R12", offStride)
+	g.p("ADD R12, R1")
+	g.p("SUB $1, R2")
+	g.p("CBNZ R2, %s", row)
+}
+
+// dense writes a one-input-row dense kernel (bf16 or f32 weights).
+func (g *gen) dense(wdt string) {
+	name := fmt.Sprintf("%sx1NEON", wdt)
+	g.header(name)
+	if wdt == "bf16" {
+		g.p("VEOR V31.B16, V31.B16, V31.B16")
+	}
+	row, blk, tail, tl, done := g.newLabel("row"), g.newLabel("blk"), g.newLabel("tail"), g.newLabel("tl"), g.newLabel("done")
+	g.l(row)
+	g.p("MOVD R1, R6")
+	g.p("MOVD %d(R0), R7", offX)
+	g.p("VEOR V24.B16, V24.B16, V24.B16")
+	g.p("VEOR V25.B16, V25.B16, V25.B16")
+	g.p("MOVD %d(R0), R10", offK)
+	g.p("LSR $2, R10, R11")
+	g.p("AND $3, R10")
+	g.p("CBZ R11, %s", tail)
+	g.l(blk)
+	if wdt == "bf16" {
+		g.p("VLD1.P 8(R6), [V0.H4]")
+		g.p("VZIP1 V0.H8, V31.H8, V0.H8") // bf16 << 16
+	} else {
+		g.p("VLD1.P 16(R6), [V0.S4]")
+	}
+	g.fcvtl(2, 0)
+	g.fcvtl2(3, 0)
+	g.p("VLD1.P 32(R7), [V16.D2, V17.D2]")
+	g.p("VFMLA V2.D2, V16.D2, V24.D2")
+	g.p("VFMLA V3.D2, V17.D2, V25.D2")
+	g.p("SUB $1, R11")
+	g.p("CBNZ R11, %s", blk)
+	g.l(tail)
+	g.p("VMOV V24.D[1], R12") // s1
+	g.p("FMOVD R12, F26")
+	g.p("CBZ R10, %s", done)
+	g.l(tl)
+	if wdt == "bf16" {
+		g.p("MOVHU.P 2(R6), R12")
+		g.p("LSLW $16, R12, R12")
+		g.p("FMOVS R12, F0")
+	} else {
+		g.p("FMOVS.P 4(R6), F0")
+	}
+	g.p("FCVTSD F0, F0")
+	g.p("FMOVD.P 8(R7), F1")
+	g.p("FMADDD F0, F24, F1, F24") // s0 += w·x
+	g.p("SUB $1, R10")
+	g.p("CBNZ R10, %s", tl)
+	g.l(done)
+	g.p("FADDD F26, F24, F24") // s0 + s1
+	g.faddp(25, 25)            // s2 + s3
+	g.p("FADDD F25, F24, F30")
+	g.store(row)
+	g.p("RET")
+}
+
+// axpy writes axpyF64NEON(y *float64, x *float32, a float64, n int):
+// y[i] = fma(a, x[i], y[i]).
+func (g *gen) axpy() {
+	name := "axpyF64NEON"
+	fmt.Fprintf(&g.buf, "\n// func %s(y *float64, x *float32, a float64, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
+	g.p("MOVD y+0(FP), R0")
+	g.p("MOVD x+8(FP), R1")
+	g.p("FMOVD a+16(FP), F0")
+	g.p("MOVD n+24(FP), R2")
+	g.p("VDUP V0.D[0], V1.D2")
+	loop, tail, tl, done := g.newLabel("ax"), g.newLabel("axtail"), g.newLabel("axtl"), g.newLabel("axdone")
+	g.p("LSR $2, R2, R3")
+	g.p("AND $3, R2")
+	g.p("CBZ R3, %s", tail)
+	g.l(loop)
+	g.p("VLD1.P 16(R1), [V2.S4]")
+	g.fcvtl(3, 2)
+	g.fcvtl2(4, 2)
+	g.p("VLD1 (R0), [V5.D2, V6.D2]")
+	g.p("VFMLA V3.D2, V1.D2, V5.D2")
+	g.p("VFMLA V4.D2, V1.D2, V6.D2")
+	g.p("VST1.P [V5.D2, V6.D2], 32(R0)")
+	g.p("SUB $1, R3")
+	g.p("CBNZ R3, %s", loop)
+	g.l(tail)
+	g.p("CBZ R2, %s", done)
+	g.l(tl)
+	g.p("FMOVS.P 4(R1), F2")
+	g.p("FCVTSD F2, F2")
+	g.p("FMOVD (R0), F3")
+	g.p("FMADDD F2, F3, F0, F3")
+	g.p("FMOVD.P F3, 8(R0)")
+	g.p("SUB $1, R2")
+	g.p("CBNZ R2, %s", tl)
+	g.l(done)
+	g.p("RET")
+}
+
+// sfx is the kernel name suffix of a scale dtype.
+func sfx(sdt string) string {
+	if sdt == "bf16" {
+		return "b"
+	}
+	return ""
+}
+
+// esize is the byte size of a scale dtype.
+func esize(sdt string) int {
+	if sdt == "bf16" {
+		return 2
+	}
+	return 4
+}
+
+func main() {
+	g := &gen{}
+	g.buf.WriteString("// Code generated by gen_arm64.go; DO NOT EDIT.\n\n//go:build !purego\n\n#include \"textflag.h\"\n")
+	for _, sdt := range []string{"f32", "bf16"} {
+		g.quant(4, sdt)
+		g.quant(8, sdt)
+	}
+	g.dense("bf16")
+	g.dense("f32")
+	g.axpy()
+	if err := os.WriteFile("simd_arm64.s", g.buf.Bytes(), 0o644); err != nil {
+		log.Fatal(err)
+	}
+}
