@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 )
 
 // LayerType is the attention kind of a decoder layer.
@@ -132,7 +134,8 @@ type rawText struct {
 	BOSTokenID            *int                       `json:"bos_token_id"`
 	PadTokenID            int                        `json:"pad_token_id"`
 	EOSTokenID            json.RawMessage            `json:"eos_token_id"`
-	PerLayerConfig        []perLayer                 `json:"per_layer_config"`
+	PerLayerRaw           json.RawMessage            `json:"per_layer_config"`
+	PerLayerConfig        []perLayer                 `json:"-"` // PerLayerRaw resolved to one entry per layer
 }
 
 // perLayer is one entry of the per_layer_config form: per-layer values that
@@ -290,6 +293,9 @@ func resolve(r *rawText) (*Config, error) {
 			}
 		}
 	}
+	if r.PerLayerConfig, err = parsePerLayer(r.PerLayerRaw, c.NumLayers); err != nil {
+		return nil, err
+	}
 	if len(r.PerLayerConfig) > 0 && len(r.PerLayerConfig) != c.NumLayers {
 		return nil, fmt.Errorf("per_layer_config has %d entries for %d layers", len(r.PerLayerConfig), c.NumLayers)
 	}
@@ -378,6 +384,40 @@ func resolve(r *rawText) (*Config, error) {
 		c.MaxPositionEmbeddings = 131072
 	}
 	return c, nil
+}
+
+// parsePerLayer reads per_layer_config in either form: a list with one entry
+// per layer, or an object keyed by layer index holding only the overridden
+// layers (what transformers 5.17's Gemma4TextConfig writes, e.g.
+// {"3": {"head_dim": 64, "num_key_value_heads": 1}}); the latter is expanded
+// to a list with empty entries for the other layers.
+func parsePerLayer(raw json.RawMessage, layers int) ([]perLayer, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var list []perLayer
+	if trimmed := strings.TrimSpace(string(raw)); strings.HasPrefix(trimmed, "[") {
+		if err := json.Unmarshal(raw, &list); err != nil {
+			return nil, fmt.Errorf("per_layer_config: %w", err)
+		}
+		return list, nil
+	}
+	var byIndex map[string]perLayer
+	if err := json.Unmarshal(raw, &byIndex); err != nil {
+		return nil, fmt.Errorf("per_layer_config: want a list or an object keyed by layer index: %w", err)
+	}
+	if len(byIndex) == 0 {
+		return nil, nil
+	}
+	list = make([]perLayer, layers)
+	for k, v := range byIndex {
+		i, err := strconv.Atoi(k)
+		if err != nil || i < 0 || i >= layers {
+			return nil, fmt.Errorf("per_layer_config: key %q is not a layer index in [0, %d)", k, layers)
+		}
+		list[i] = v
+	}
+	return list, nil
 }
 
 func perLayerWidth(pl *perLayer) bool { return pl != nil && pl.IntermediateSize > 0 }
