@@ -28,10 +28,18 @@
 // Go's assembler lacks the vector float instructions other than VFMLA; they
 // are emitted as WORD encodings (see the helpers below).
 //
+// The four-input-row kernels (prefill) unpack a block of weights once and
+// run each input row through the one-row arithmetic.
+//
 // Register use of the matmul kernels: R0 kargs, R1 weight row, R2 rows left,
-// R3 scales cursor, R4 bias offset, R5 y cursor, R6 weight cursor, R7 x
-// cursor, R9 group sums cursor, R10 groups left (dense: tail count), R11
-// blocks left, R12 temporary. V24, V25 the accumulators, F30 the row total.
+// R3 scales cursor, R4 bias offset, R6 weight cursor, R7, R8, R13, R14 the
+// x cursors of input rows 0..3, R15 the byte offset of the current group sum
+// in an x row, R10 groups left (dense: tail count), R11 blocks left, R12
+// temporary, R19..R22 the row totals (dense: s1). Quantized: V0..V3
+// unpacking, V4..V11 a block's weights as float64 pairs, V12, V13 products,
+// V15 the nibble mask, V16..V23 a block of x, V24+2t, V25+2t the
+// accumulators of input row t. Dense: V2, V3 the weights, V4, V5 x, V16+2t,
+// V17+2t the accumulators, V31 zero.
 package main
 
 import (
@@ -110,7 +118,6 @@ func (g *gen) header(name string) {
 	g.p("MOVD a+0(FP), R0")
 	g.p("MOVD %d(R0), R1", offW)
 	g.p("MOVD %d(R0), R2", offRows)
-	g.p("MOVD %d(R0), R5", offY)
 }
 
 // widenU8 widens the 8 bytes in the lower half of Vsrc (clobbered) to four
@@ -128,144 +135,190 @@ func (g *gen) widenU8(src, tmp, d int) {
 	g.fcvtl2(d+3, src)
 }
 
-// quant writes a one-input-row quantized kernel (bits 4 or 8; scales and
-// biases f32 or bf16) for a.rows weight rows.
-func (g *gen) quant(bits int, sdt string) {
-	name := fmt.Sprintf("q%d%sx1NEON", bits, sfx(sdt))
+// xc are the x cursors of input rows 0..3; tot the registers holding their
+// row totals (float64 bits) while the vector registers are busy.
+var (
+	xc  = []string{"R7", "R8", "R13", "R14"}
+	tot = []string{"R19", "R20", "R21", "R22"}
+)
+
+// rowStart points the x cursors of nx input rows at their rows.
+func (g *gen) rowStart(nx int) {
+	g.p("MOVD R1, R6")
+	for t := range nx {
+		g.p("MOVD %d(R0), %s", offX+8*t, xc[t])
+	}
+}
+
+// quant writes a quantized kernel (bits 4 or 8; scales and biases f32 or
+// bf16) for a.rows weight rows and nx input rows: the weights of a block are
+// unpacked once and multiplied with each input row in turn, every row with
+// the same operations (batch invariance).
+func (g *gen) quant(bits int, sdt string, nx int) {
+	name := fmt.Sprintf("q%d%sx%dNEON", bits, sfx(sdt), nx)
 	g.header(name)
 	g.p("MOVD %d(R0), R3", offSB)
 	g.p("MOVD %d(R0), R4", offBoff)
 	if bits == 4 {
-		g.p("VMOVI $15, V31.B16")
+		g.p("VMOVI $15, V15.B16")
 	}
 	row, grp, blk := g.newLabel("row"), g.newLabel("grp"), g.newLabel("blk")
 	g.l(row)
-	g.p("MOVD R1, R6")
-	g.p("MOVD %d(R0), R7", offX)
-	g.p("MOVD %d(R0), R12", offK)
-	g.p("ADD R12<<3, R7, R9") // the group sums follow the k values
-	g.p("FMOVD ZR, F30")
+	g.rowStart(nx)
+	g.p("MOVD %d(R0), R15", offK)
+	g.p("LSL $3, R15") // byte offset of the group sums in an x row
+	for t := range nx {
+		g.p("MOVD ZR, %s", tot[t])
+	}
 	g.p("MOVD %d(R0), R10", offGroups)
 	g.l(grp)
 	g.p("MOVD %d(R0), R11", offBPG)
-	g.p("VEOR V24.B16, V24.B16, V24.B16")
-	g.p("VEOR V25.B16, V25.B16, V25.B16")
+	for t := range nx {
+		g.p("VEOR V%d.B16, V%d.B16, V%d.B16", 24+2*t, 24+2*t, 24+2*t)
+		g.p("VEOR V%d.B16, V%d.B16, V%d.B16", 25+2*t, 25+2*t, 25+2*t)
+	}
 	g.l(blk)
 	if bits == 4 {
 		// 16 values: 8 bytes; the input holds the block's even-indexed
 		// values, then its odd ones.
 		g.p("VLD1.P 8(R6), [V0.B8]")
-		g.p("VAND V31.B16, V0.B16, V1.B16")
+		g.p("VAND V15.B16, V0.B16, V1.B16")
 		g.p("VUSHR $4, V0.B16, V2.B16")
 		g.widenU8(1, 3, 4) // q0,q2 | q4,q6 | q8,q10 | q12,q14 in V4..V7
 		g.widenU8(2, 3, 8) // q1,q3 | ... in V8..V11
-		g.p("VLD1.P 64(R7), [V16.D2, V17.D2, V18.D2, V19.D2]")
-		g.p("VLD1.P 64(R7), [V20.D2, V21.D2, V22.D2, V23.D2]")
-		// (s0, s2) += (q0x0 + q8x8, q2x2 + q10x10), then the +4 terms.
-		g.fmul2d(12, 6, 18)
-		g.p("VFMLA V4.D2, V16.D2, V12.D2")
-		g.fadd2d(24, 24, 12)
-		g.fmul2d(13, 7, 19)
-		g.p("VFMLA V5.D2, V17.D2, V13.D2")
-		g.fadd2d(24, 24, 13)
-		// (s1, s3) likewise from the odd values.
-		g.fmul2d(12, 10, 22)
-		g.p("VFMLA V8.D2, V20.D2, V12.D2")
-		g.fadd2d(25, 25, 12)
-		g.fmul2d(13, 11, 23)
-		g.p("VFMLA V9.D2, V21.D2, V13.D2")
-		g.fadd2d(25, 25, 13)
+		for t := range nx {
+			e, o := 24+2*t, 25+2*t
+			g.p("VLD1.P 64(%s), [V16.D2, V17.D2, V18.D2, V19.D2]", xc[t])
+			g.p("VLD1.P 64(%s), [V20.D2, V21.D2, V22.D2, V23.D2]", xc[t])
+			// (s0, s2) += (q0x0 + q8x8, q2x2 + q10x10), then the +4 terms.
+			g.fmul2d(12, 6, 18)
+			g.p("VFMLA V4.D2, V16.D2, V12.D2")
+			g.fadd2d(e, e, 12)
+			g.fmul2d(13, 7, 19)
+			g.p("VFMLA V5.D2, V17.D2, V13.D2")
+			g.fadd2d(e, e, 13)
+			// (s1, s3) likewise from the odd values.
+			g.fmul2d(12, 10, 22)
+			g.p("VFMLA V8.D2, V20.D2, V12.D2")
+			g.fadd2d(o, o, 12)
+			g.fmul2d(13, 11, 23)
+			g.p("VFMLA V9.D2, V21.D2, V13.D2")
+			g.fadd2d(o, o, 13)
+		}
 	} else {
 		// 16 values, 16 bytes, two generic steps of 8.
 		g.p("VLD1.P 16(R6), [V0.B16]")
 		g.p("VUXTL2 V0.B16, V1.H8")
-		g.widenU8(0, 3, 8) // q0..q7 in V8..V11
+		g.widenU8(0, 3, 4) // q0..q7 in V4..V7
 		g.p("VUXTL V1.H4, V3.S4")
 		g.p("VUXTL2 V1.H8, V1.S4")
 		g.ucvtf4s(3, 3)
 		g.ucvtf4s(1, 1)
-		g.fcvtl(12, 3)
-		g.fcvtl2(13, 3)
-		g.fcvtl(14, 1)
-		g.fcvtl2(15, 1) // q8..q15 in V12..V15
-		g.p("VLD1.P 64(R7), [V16.D2, V17.D2, V18.D2, V19.D2]")
-		g.p("VLD1.P 64(R7), [V20.D2, V21.D2, V22.D2, V23.D2]")
-		for h := 0; h < 2; h++ {
-			q, x := 8+4*h, 16+4*h
-			// (s0, s1) += (q0x0 + q4x4, q1x1 + q5x5); (s2, s3) likewise.
-			g.fmul2d(26, q+2, x+2)
-			g.p("VFMLA V%d.D2, V%d.D2, V26.D2", q, x)
-			g.fadd2d(24, 24, 26)
-			g.fmul2d(27, q+3, x+3)
-			g.p("VFMLA V%d.D2, V%d.D2, V27.D2", q+1, x+1)
-			g.fadd2d(25, 25, 27)
+		g.fcvtl(8, 3)
+		g.fcvtl2(9, 3)
+		g.fcvtl(10, 1)
+		g.fcvtl2(11, 1) // q8..q15 in V8..V11
+		for t := range nx {
+			a0, a1 := 24+2*t, 25+2*t
+			g.p("VLD1.P 64(%s), [V16.D2, V17.D2, V18.D2, V19.D2]", xc[t])
+			g.p("VLD1.P 64(%s), [V20.D2, V21.D2, V22.D2, V23.D2]", xc[t])
+			for h := range 2 {
+				q, x := 4+4*h, 16+4*h
+				// (s0, s1) += (q0x0 + q4x4, q1x1 + q5x5); (s2, s3) likewise.
+				g.fmul2d(12, q+2, x+2)
+				g.p("VFMLA V%d.D2, V%d.D2, V12.D2", q, x)
+				g.fadd2d(a0, a0, 12)
+				g.fmul2d(13, q+3, x+3)
+				g.p("VFMLA V%d.D2, V%d.D2, V13.D2", q+1, x+1)
+				g.fadd2d(a1, a1, 13)
+			}
 		}
 	}
 	g.p("SUB $1, R11")
 	g.p("CBNZ R11, %s", blk)
-	// The group's Σq·x = (s0+s1) + (s2+s3) in F24.
-	if bits == 4 {
-		g.fadd2d(24, 24, 25) // (s0+s1, s2+s3)
-		g.faddp(24, 24)
-	} else {
-		g.faddp(24, 24)
-		g.faddp(25, 25)
-		g.p("FADDD F25, F24, F24")
-	}
-	// Scale F26 and bias F27 in float64, Σx F28.
+	// Scale F12 and bias F13 in float64.
 	if sdt == "bf16" {
 		g.p("MOVHU (R3), R12")
 		g.p("LSLW $16, R12, R12")
-		g.p("FMOVS R12, F26")
+		g.p("FMOVS R12, F12")
 		g.p("MOVHU (R3)(R4), R12")
 		g.p("LSLW $16, R12, R12")
-		g.p("FMOVS R12, F27")
+		g.p("FMOVS R12, F13")
 	} else {
-		g.p("FMOVS (R3), F26")
-		g.p("FMOVS (R3)(R4), F27")
+		g.p("FMOVS (R3), F12")
+		g.p("FMOVS (R3)(R4), F13")
 	}
-	g.p("FCVTSD F26, F26")
-	g.p("FCVTSD F27, F27")
-	g.p("FMOVD.P 8(R9), F28")
-	if sdt == "bf16" {
-		g.p("FMULD F28, F27, F29")       // bias·Σx
-		g.p("FMADDD F26, F29, F24, F29") // + scale·Σqx, fused
-	} else {
-		g.p("FMULD F26, F24, F29")       // scale·Σqx
-		g.p("FMADDD F28, F29, F27, F29") // + bias·Σx, fused
+	g.p("FCVTSD F12, F12")
+	g.p("FCVTSD F13, F13")
+	for t := range nx {
+		a0, a1 := 24+2*t, 25+2*t
+		// The group's Σq·x = (s0+s1) + (s2+s3) in F0.
+		if bits == 4 {
+			g.fadd2d(0, a0, a1) // (s0+s1, s2+s3)
+			g.faddp(0, 0)
+		} else {
+			g.faddp(0, a0)
+			g.faddp(1, a1)
+			g.p("FADDD F1, F0, F0")
+		}
+		g.p("MOVD %d(R0), R12", offX+8*t)
+		g.p("FMOVD (R12)(R15), F1") // Σx
+		if sdt == "bf16" {
+			g.p("FMULD F1, F13, F2")      // bias·Σx
+			g.p("FMADDD F12, F2, F0, F2") // + scale·Σqx, fused
+		} else {
+			g.p("FMULD F12, F0, F2")      // scale·Σqx
+			g.p("FMADDD F1, F2, F13, F2") // + bias·Σx, fused
+		}
+		g.p("FMOVD %s, F3", tot[t])
+		g.p("FADDD F2, F3, F3")
+		g.p("FMOVD F3, %s", tot[t])
 	}
-	g.p("FADDD F29, F30, F30")
+	g.p("ADD $8, R15")
 	g.p("ADD $%d, R3", esize(sdt))
 	g.p("SUB $1, R10")
 	g.p("CBNZ R10, %s", grp)
-	g.store(row)
+	for t := range nx {
+		g.p("FMOVD %s, F0", tot[t])
+		g.store(t, 0)
+	}
+	g.next(row)
 	g.p("RET")
 }
 
-// store writes F30 as f32 to the y cursor and moves to the next weight
-// row, looping to row while rows are left.
-func (g *gen) store(row string) {
-	g.p("FCVTDS F30, F30")
-	g.p("FMOVS.P F30, 4(R5)")
+// store writes F(reg) rounded to f32 to a.y[t][row], the row index being
+// a.rows - R2. (The kernels never write derived pointers to memory: the
+// garbage collector may scan kargs while they run.) It uses R11, R12.
+func (g *gen) store(t, reg int) {
+	g.p("FCVTDS F%d, F%d", reg, reg)
+	g.p("MOVD %d(R0), R12", offRows)
+	g.p("SUB R2, R12, R12")
+	g.p("MOVD %d(R0), R11", offY+8*t)
+	g.p("FMOVS F%d, (R11)(R12<<2)", reg)
+}
+
+// next moves to the next weight row, looping to row while rows are left.
+func (g *gen) next(row string) {
 	g.p("MOVD %d(R0), R12", offStride)
 	g.p("ADD R12, R1")
 	g.p("SUB $1, R2")
 	g.p("CBNZ R2, %s", row)
 }
 
-// dense writes a one-input-row dense kernel (bf16 or f32 weights).
-func (g *gen) dense(wdt string) {
-	name := fmt.Sprintf("%sx1NEON", wdt)
+// dense writes a dense kernel (bf16 or f32 weights) for nx input rows.
+func (g *gen) dense(wdt string, nx int) {
+	name := fmt.Sprintf("%sx%dNEON", wdt, nx)
 	g.header(name)
 	if wdt == "bf16" {
 		g.p("VEOR V31.B16, V31.B16, V31.B16")
 	}
 	row, blk, tail, tl, done := g.newLabel("row"), g.newLabel("blk"), g.newLabel("tail"), g.newLabel("tl"), g.newLabel("done")
 	g.l(row)
-	g.p("MOVD R1, R6")
-	g.p("MOVD %d(R0), R7", offX)
-	g.p("VEOR V24.B16, V24.B16, V24.B16")
-	g.p("VEOR V25.B16, V25.B16, V25.B16")
+	g.rowStart(nx)
+	for t := range nx {
+		g.p("VEOR V%d.B16, V%d.B16, V%d.B16", 16+2*t, 16+2*t, 16+2*t)
+		g.p("VEOR V%d.B16, V%d.B16, V%d.B16", 17+2*t, 17+2*t, 17+2*t)
+	}
 	g.p("MOVD %d(R0), R10", offK)
 	g.p("LSR $2, R10, R11")
 	g.p("AND $3, R10")
@@ -279,14 +332,18 @@ func (g *gen) dense(wdt string) {
 	}
 	g.fcvtl(2, 0)
 	g.fcvtl2(3, 0)
-	g.p("VLD1.P 32(R7), [V16.D2, V17.D2]")
-	g.p("VFMLA V2.D2, V16.D2, V24.D2")
-	g.p("VFMLA V3.D2, V17.D2, V25.D2")
+	for t := range nx {
+		// (s0, s1) += w·x, (s2, s3) += w·x.
+		g.p("VLD1.P 32(%s), [V4.D2, V5.D2]", xc[t])
+		g.p("VFMLA V2.D2, V4.D2, V%d.D2", 16+2*t)
+		g.p("VFMLA V3.D2, V5.D2, V%d.D2", 17+2*t)
+	}
 	g.p("SUB $1, R11")
 	g.p("CBNZ R11, %s", blk)
 	g.l(tail)
-	g.p("VMOV V24.D[1], R12") // s1
-	g.p("FMOVD R12, F26")
+	for t := range nx {
+		g.p("VMOV V%d.D[1], %s", 16+2*t, tot[t]) // s1
+	}
 	g.p("CBZ R10, %s", done)
 	g.l(tl)
 	if wdt == "bf16" {
@@ -297,15 +354,21 @@ func (g *gen) dense(wdt string) {
 		g.p("FMOVS.P 4(R6), F0")
 	}
 	g.p("FCVTSD F0, F0")
-	g.p("FMOVD.P 8(R7), F1")
-	g.p("FMADDD F0, F24, F1, F24") // s0 += w·x
+	for t := range nx {
+		g.p("FMOVD.P 8(%s), F1", xc[t])
+		g.p("FMADDD F0, F%d, F1, F%d", 16+2*t, 16+2*t) // s0 += w·x
+	}
 	g.p("SUB $1, R10")
 	g.p("CBNZ R10, %s", tl)
 	g.l(done)
-	g.p("FADDD F26, F24, F24") // s0 + s1
-	g.faddp(25, 25)            // s2 + s3
-	g.p("FADDD F25, F24, F30")
-	g.store(row)
+	for t := range nx {
+		g.p("FMOVD %s, F1", tot[t])
+		g.p("FADDD F1, F%d, F0", 16+2*t) // s0 + s1
+		g.faddp(1, 17+2*t)               // s2 + s3
+		g.p("FADDD F1, F0, F0")
+		g.store(t, 0)
+	}
+	g.next(row)
 	g.p("RET")
 }
 
@@ -366,12 +429,14 @@ func esize(sdt string) int {
 func main() {
 	g := &gen{}
 	g.buf.WriteString("// Code generated by gen_arm64.go; DO NOT EDIT.\n\n//go:build !purego\n\n#include \"textflag.h\"\n")
-	for _, sdt := range []string{"f32", "bf16"} {
-		g.quant(4, sdt)
-		g.quant(8, sdt)
+	for _, nx := range []int{1, 4} {
+		for _, sdt := range []string{"f32", "bf16"} {
+			g.quant(4, sdt, nx)
+			g.quant(8, sdt, nx)
+		}
+		g.dense("bf16", nx)
+		g.dense("f32", nx)
 	}
-	g.dense("bf16")
-	g.dense("f32")
 	g.axpy()
 	if err := os.WriteFile("simd_arm64.s", g.buf.Bytes(), 0o644); err != nil {
 		log.Fatal(err)

@@ -15,7 +15,10 @@ import (
 // operation for operation (see gen_arm64.go), so their results are the
 // generic kernels' bits. The set's lanes are 16: a block of the matmul
 // kernels is one step of the generic 4-bit loop (two words), which is how
-// permute4 must lay out the input for the nibble order to match.
+// permute4 must lay out the input for the nibble order to match. The
+// attention dot product (a sequential sum in the generic kernel) and the
+// softcap stay in Go; there are no int8-activation kernels yet, so
+// WithInt8Activations runs the exact kernels.
 
 //go:noescape
 func q4x1NEON(a *kargs)
@@ -36,20 +39,25 @@ func bf16x1NEON(a *kargs)
 func f32x1NEON(a *kargs)
 
 //go:noescape
-func axpyF64NEON(y *float64, x *float32, a float64, n int)
+func q4x4NEON(a *kargs)
 
-// x4 runs a one-input-row kernel on each of the four input rows of a: the
-// same operations per row, so batch invariance holds trivially. (A kernel
-// that unpacks the weights once for four rows is left to do.)
-func x4(k func(*kargs)) func(*kargs) {
-	return func(a *kargs) {
-		b := *a
-		for t := range 4 {
-			b.x[0], b.y[0] = a.x[t], a.y[t]
-			k(&b)
-		}
-	}
-}
+//go:noescape
+func q8x4NEON(a *kargs)
+
+//go:noescape
+func q4bx4NEON(a *kargs)
+
+//go:noescape
+func q8bx4NEON(a *kargs)
+
+//go:noescape
+func bf16x4NEON(a *kargs)
+
+//go:noescape
+func f32x4NEON(a *kargs)
+
+//go:noescape
+func axpyF64NEON(y *float64, x *float32, a float64, n int)
 
 // dotF64Go is the generic attention dot product (a sequential float64 sum,
 // which NEON lanes would reorder).
@@ -126,12 +134,12 @@ func quantInt8Go(dst *byte, bsum *float64, x *float32, nblocks, mode int) {
 
 var setNEON = &kernelSet{
 	name: "neon", lanes: 16,
-	q4:   [2]func(*kargs){q4x1NEON, x4(q4x1NEON)},
-	q8:   [2]func(*kargs){q8x1NEON, x4(q8x1NEON)},
-	q4b:  [2]func(*kargs){q4bx1NEON, x4(q4bx1NEON)},
-	q8b:  [2]func(*kargs){q8bx1NEON, x4(q8bx1NEON)},
-	bf16: [2]func(*kargs){bf16x1NEON, x4(bf16x1NEON)},
-	f32:  [2]func(*kargs){f32x1NEON, x4(f32x1NEON)},
+	q4:   [2]func(*kargs){q4x1NEON, q4x4NEON},
+	q8:   [2]func(*kargs){q8x1NEON, q8x4NEON},
+	q4b:  [2]func(*kargs){q4bx1NEON, q4bx4NEON},
+	q8b:  [2]func(*kargs){q8bx1NEON, q8bx4NEON},
+	bf16: [2]func(*kargs){bf16x1NEON, bf16x4NEON},
+	f32:  [2]func(*kargs){f32x1NEON, f32x4NEON},
 	dot:  dotF64Go, axpy: axpyF64NEON, softcap: softcapGo,
 	widenBF16F32: widenBF16F32Go, quant: quantInt8Go,
 }
