@@ -68,13 +68,17 @@ type kernelSet struct {
 }
 
 // chooseKernels returns the kernel set a backend uses: nil (generic) when
-// forced or when the CPU has none, else the named set if given and
-// available, else the best available.
+// forced (WithGeneric; GEMMOE_CPU_GENERIC=1 unless WithKernels names a set)
+// or when the CPU has none, else the named set if given and available, else
+// the best available.
 func chooseKernels(generic bool, name string) *kernelSet {
-	if generic || os.Getenv("GEMMOE_CPU_GENERIC") == "1" {
+	if generic {
 		return nil
 	}
-	if name == "" {
+	if name == "" { // an explicit WithKernels wins over the environment
+		if os.Getenv("GEMMOE_CPU_GENERIC") == "1" {
+			return nil
+		}
 		name = os.Getenv("GEMMOE_CPU_KERNELS")
 	}
 	sets := archKernels()
