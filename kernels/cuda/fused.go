@@ -511,13 +511,23 @@ func (b *Backend) AddRMSNorm(h, a, w kernels.Tensor, eps, scale float32) error {
 		}
 		args := b.args.Reset()
 		args.Ptr(ptrs[0]).I32(int(h.DType)).Ptr(ptrs[1]).I32(int(a.DType)).Ptr(wp).I32(wdt).I32(cols).F32(eps).F32(scale)
-		return b.launch("elementwise", "add_rmsnorm", cuda.Dim3{X: a.Rows(), Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, args)
+		return b.launch("elementwise", epiKernel("add_rmsnorm", threads), cuda.Dim3{X: a.Rows(), Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, args)
 	})
 }
 
 // epiMax is EPI_MAX of elementwise.cu: values per thread of add_rmsnorm
 // and moe_epilogue.
 const epiMax = 8
+
+// epiKernel names the variant of add_rmsnorm or moe_epilogue for a block
+// of threads: "_e4" (4 values a thread, registers for all loads at once)
+// up to 768 threads, where rows of RMSNorm's thread count have at most 4.
+func epiKernel(name string, threads int) string {
+	if threads <= 768 {
+		return name + "_e4"
+	}
+	return name
+}
 
 // MoEEpilogue ends a MoE layer (see kernels.Fuser) in one launch per row
 // block: three norms, the combine, two adds and the layer scalar.
@@ -567,6 +577,6 @@ func (b *Backend) MoEEpilogue(h, d, down, weights kernels.Tensor, p kernels.MoEE
 		a := b.args.Reset()
 		a.Ptr(ptrs[0]).I32(int(h.DType)).Ptr(ptrs[1]).I32(int(d.DType)).Ptr(ptrs[2]).I32(int(down.DType)).Ptr(ptrs[3]).I32(k).
 			Ptr(wp[0]).I32(wdt[0]).Ptr(wp[1]).I32(wdt[1]).Ptr(wp[2]).I32(wdt[2]).I32(N).F32(p.Eps).F32(p.Scale)
-		return b.launch("elementwise", "moe_epilogue", cuda.Dim3{X: M, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, a)
+		return b.launch("elementwise", epiKernel("moe_epilogue", threads), cuda.Dim3{X: M, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, a)
 	})
 }

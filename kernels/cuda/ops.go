@@ -757,7 +757,7 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 		gmax *= 2
 	}
 	mod := "attention_" + map[dtype.DType]string{dtype.F32: "f32", dtype.BF16: "bf16", dtype.F16: "f16"}[kCache.DType]
-	smem := (G*D + G*64 + 3*gmax) * 4
+	smem := (G*D + 2*G*64 + 3*gmax + 128*8) * 4 // q, both halves' scores, m, l, alpha, the key groups' sums
 	var part cuda.DevicePtr
 	if Z > 1 {
 		if part, err = b.scratch(int64(T*H*Z*(D+2)) * 4); err != nil {

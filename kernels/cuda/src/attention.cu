@@ -43,19 +43,32 @@ template <> struct CacheT<f16_t> {
     __device__ static float one(const void* p, i64 i) { return h2f(((const u16*)p)[i]); }
 };
 
-template <typename CT, int GMAX>
+// Phase 1 (scores): thread (j = key of the chunk, half) reads half of key
+// j's row (8 16-byte loads in flight) and dots it with every head's q; the
+// two halves meet in shared memory (S and S1). Phase 3 (P·V), VEC: thread
+// (key group, column) owns V consecutive columns (one 16-byte load a key)
+// of the keys of its group, up to 16 keys' loads in flight, and the groups
+// are summed through shared memory at the end; otherwise (too many
+// registers, or D/V not a power of two dividing 128) thread over d, ND
+// scalar loads a key, eight keys in flight.
+template <typename CT, int GMAX, bool VEC>
 __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt, const void* kc, const void* vc,
                                      const int* pos, int H, int KVH, int D, int cap, int window, float scale, int Z,
                                      float* part) {
     typedef CacheT<CT> C;
     constexpr int ND = 4; // D <= 512 = ND·ATT_THREADS
+    constexpr int V = C::V;
+    constexpr int NV = VEC ? V : 1;
+    constexpr int KU = (GMAX * V <= 16) ? 16 : 8; // VEC: keys' loads in flight
     float* sm = dyn_smem;
     const int G = H / KVH;
     float* qs = sm;                     // [G][D]
     float* S = qs + G * D;              // [G][ATT_CH]
-    float* mrow = S + G * ATT_CH;       // [G]
+    float* S1 = S + G * ATT_CH;         // [G][ATT_CH]: second half's dots
+    float* mrow = S1 + G * ATT_CH;      // [G]
     float* lrow = mrow + GMAX;          // [G]
     float* alpha = lrow + GMAX;         // [G]
+    float* R = alpha + GMAX;            // [ATT_THREADS·V]: VEC's group sums
     const int kvh = blockIdx.x, t = blockIdx.y, z = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int p = pos[t];
@@ -63,49 +76,49 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
     const int nkeys = p - lo + 1;
     const int nch = (nkeys + ATT_CH - 1) / ATT_CH;
     const int HD = H * D, KD = KVH * D;
+    const int TR = D / V, KG = ATT_THREADS / TR; // VEC: threads a key row, key groups
+    const int grp = tid / TR, col = (tid % TR) * V;
 
     for (int i = tid; i < G * D; i += ATT_THREADS) qs[i] = ldf(q, (i64)t * HD + (i64)kvh * G * D + i, qdt);
     if (tid < GMAX) { mrow[tid] = NEG_INF; lrow[tid] = 0.f; }
-    float acc[GMAX][ND];
+    float acc[GMAX][VEC ? NV : ND];
 #pragma unroll
     for (int g = 0; g < GMAX; g++)
 #pragma unroll
-        for (int i = 0; i < ND; i++) acc[g][i] = 0.f;
+        for (int i = 0; i < (VEC ? NV : ND); i++) acc[g][i] = 0.f;
     __syncthreads();
 
     for (int ch = z; ch < nch; ch += Z) {
         const int kb = lo + ch * ATT_CH;
         const int nk = min(ATT_CH, p - kb + 1);
-        // Phase 1: scores. Thread (j = tid % 64, half = tid / 64) takes heads half, half+2, ...
+        // Phase 1: scores.
         {
             const int j = tid & (ATT_CH - 1), half = tid >> 6;
-            float dot[(GMAX + 1) / 2];
+            const int nvec = D / V, vlo = half ? nvec / 2 : 0, vhi = half ? nvec : nvec / 2;
+            float dot[GMAX];
 #pragma unroll
-            for (int i = 0; i < (GMAX + 1) / 2; i++) dot[i] = 0.f;
+            for (int g = 0; g < GMAX; g++) dot[g] = 0.f;
             if (j < nk) {
                 int slot = (kb + j) % cap;
                 const char* krow = (const char*)kc + ((i64)slot * KD + (i64)kvh * D) * C::ES;
-                // Four 16-byte loads in flight per thread: the loads are
-                // unconditional (clamped index) so they issue together.
-                for (int d0 = 0; d0 < D; d0 += 4 * C::V) {
-                    float kf[4][C::V];
+                for (int c0 = vlo; c0 < vhi; c0 += 8) {
+                    float kf[8][V];
 #pragma unroll
-                    for (int u = 0; u < 4; u++) C::load(krow + (i64)min(d0 + u * C::V, D - C::V) * C::ES, kf[u]);
+                    for (int u = 0; u < 8; u++) C::load(krow + (i64)min(c0 + u, vhi - 1) * V * C::ES, kf[u]);
 #pragma unroll
-                    for (int u = 0; u < 4; u++) {
-                        if (d0 + u * C::V < D) {
+                    for (int u = 0; u < 8; u++) {
+                        if (c0 + u < vhi) {
 #pragma unroll
-                            for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
-                                int g = 2 * gi + half;
+                            for (int g = 0; g < GMAX; g++) {
                                 if (g < G) {
-                                    const float4* qq = (const float4*)(qs + g * D + d0 + u * C::V);
+                                    const float4* qq = (const float4*)(qs + g * D + (c0 + u) * V);
 #pragma unroll
-                                    for (int v4 = 0; v4 < C::V / 4; v4++) {
+                                    for (int v4 = 0; v4 < V / 4; v4++) {
                                         float4 qv = qq[v4];
-                                        dot[gi] = fmaf(qv.x, kf[u][4 * v4], dot[gi]);
-                                        dot[gi] = fmaf(qv.y, kf[u][4 * v4 + 1], dot[gi]);
-                                        dot[gi] = fmaf(qv.z, kf[u][4 * v4 + 2], dot[gi]);
-                                        dot[gi] = fmaf(qv.w, kf[u][4 * v4 + 3], dot[gi]);
+                                        dot[g] = fmaf(qv.x, kf[u][4 * v4], dot[g]);
+                                        dot[g] = fmaf(qv.y, kf[u][4 * v4 + 1], dot[g]);
+                                        dot[g] = fmaf(qv.z, kf[u][4 * v4 + 2], dot[g]);
+                                        dot[g] = fmaf(qv.w, kf[u][4 * v4 + 3], dot[g]);
                                     }
                                 }
                             }
@@ -113,16 +126,16 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
                     }
                 }
             }
+            float* Sh = half ? S1 : S;
 #pragma unroll
-            for (int gi = 0; gi < (GMAX + 1) / 2; gi++) {
-                int g = 2 * gi + half;
-                if (g < G) S[g * ATT_CH + j] = j < nk ? dot[gi] * scale : NEG_INF;
-            }
+            for (int g = 0; g < GMAX; g++)
+                if (g < G) Sh[g * ATT_CH + j] = j < nk ? dot[g] * scale : (half ? 0.f : NEG_INF);
         }
         __syncthreads();
         // Phase 2: online softmax statistics, one warp per head.
         for (int g = warp; g < G; g += ATT_THREADS / 32) {
-            float s0 = S[g * ATT_CH + lane], s1 = S[g * ATT_CH + lane + 32];
+            float s0 = S[g * ATT_CH + lane] + S1[g * ATT_CH + lane];
+            float s1 = S[g * ATT_CH + lane + 32] + S1[g * ATT_CH + lane + 32];
             float cm = warp_max(fmaxf(s0, s1));
             float mold = mrow[g];
             float mnew = fmaxf(mold, cm);
@@ -139,33 +152,61 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
             }
         }
         __syncthreads();
-        // Phase 3: acc = acc·alpha + P·V, thread over d.
+        // Phase 3: acc = acc·alpha + P·V.
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g < G) {
                 float a = alpha[g];
 #pragma unroll
-                for (int i = 0; i < ND; i++) acc[g][i] *= a;
+                for (int i = 0; i < (VEC ? NV : ND); i++) acc[g][i] *= a;
             }
         }
-        // Eight keys' V loads in flight per thread, unconditional (clamped
-        // key and column; keys past nk have p = 0 from phase 2).
-        for (int j0 = 0; j0 < nk; j0 += 8) {
-            float v[8][ND];
+        if constexpr (VEC) {
+            // Keys grp, grp+KG, ...: KU loads in flight (clamped key; keys
+            // past nk have p = 0 from phase 2).
+            for (int j0 = grp; j0 < nk; j0 += KU * KG) {
+                float v[KU][NV];
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
-                i64 vbase = (i64)((kb + min(j0 + u, nk - 1)) % cap) * KD + (i64)kvh * D;
+                for (int u = 0; u < KU; u++) {
+                    int j = min(j0 + u * KG, nk - 1);
+                    i64 vbase = (i64)((kb + j) % cap) * KD + (i64)kvh * D + col;
+                    C::load((const char*)vc + vbase * C::ES, v[u]);
+                }
 #pragma unroll
-                for (int i = 0; i < ND; i++) v[u][i] = C::one(vc, vbase + min(tid + ATT_THREADS * i, D - 1));
+                for (int u = 0; u < KU; u++) {
+                    int j = j0 + u * KG;
+                    if (j < nk) {
+#pragma unroll
+                        for (int g = 0; g < GMAX; g++) {
+                            if (g < G) {
+                                float pj = S[g * ATT_CH + j];
+#pragma unroll
+                                for (int i = 0; i < NV; i++) acc[g][i] = fmaf(pj, v[u][i], acc[g][i]);
+                            }
+                        }
+                    }
+                }
             }
+        } else {
+            // Eight keys' V loads in flight per thread, unconditional (clamped
+            // key and column; keys past nk have p = 0 from phase 2).
+            for (int j0 = 0; j0 < nk; j0 += 8) {
+                float v[8][ND];
 #pragma unroll
-            for (int u = 0; u < 8; u++) {
+                for (int u = 0; u < 8; u++) {
+                    i64 vbase = (i64)((kb + min(j0 + u, nk - 1)) % cap) * KD + (i64)kvh * D;
 #pragma unroll
-                for (int g = 0; g < GMAX; g++) {
-                    if (g < G) {
-                        float pj = S[g * ATT_CH + j0 + u];
+                    for (int i = 0; i < ND; i++) v[u][i] = C::one(vc, vbase + min(tid + ATT_THREADS * i, D - 1));
+                }
 #pragma unroll
-                        for (int i = 0; i < ND; i++) acc[g][i] = fmaf(pj, v[u][i], acc[g][i]);
+                for (int u = 0; u < 8; u++) {
+#pragma unroll
+                    for (int g = 0; g < GMAX; g++) {
+                        if (g < G) {
+                            float pj = S[g * ATT_CH + j0 + u];
+#pragma unroll
+                            for (int i = 0; i < ND; i++) acc[g][i] = fmaf(pj, v[u][i], acc[g][i]);
+                        }
                     }
                 }
             }
@@ -177,19 +218,37 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
     for (int g = 0; g < GMAX; g++) {
         if (g >= G) continue;
         int h = kvh * G + g;
+        float o[ND];
+        if constexpr (VEC) {
+            // Sum the key groups' columns: R[grp][col..col+V).
+#pragma unroll
+            for (int i = 0; i < NV; i++) R[grp * D + col + i] = acc[g][i];
+            __syncthreads();
+#pragma unroll
+            for (int i = 0; i < ND; i++) {
+                int d = tid + ATT_THREADS * i;
+                o[i] = 0.f;
+                if (d < D)
+                    for (int k = 0; k < KG; k++) o[i] += R[k * D + d];
+            }
+            __syncthreads();
+        } else {
+#pragma unroll
+            for (int i = 0; i < ND; i++) o[i] = acc[g][i];
+        }
         if (Z == 1) {
             float inv = lrow[g] > 0.f ? 1.f / lrow[g] : 0.f;
 #pragma unroll
             for (int i = 0; i < ND; i++) {
                 int d = tid + ATT_THREADS * i;
-                if (d < D) stf(out, (i64)t * HD + (i64)h * D + d, odt, acc[g][i] * inv);
+                if (d < D) stf(out, (i64)t * HD + (i64)h * D + d, odt, o[i] * inv);
             }
         } else {
             float* pp = part + (((i64)t * H + h) * Z + z) * (D + 2);
 #pragma unroll
             for (int i = 0; i < ND; i++) {
                 int d = tid + ATT_THREADS * i;
-                if (d < D) pp[d] = acc[g][i];
+                if (d < D) pp[d] = o[i];
             }
             if (tid == 0) { pp[D] = mrow[g]; pp[D + 1] = lrow[g]; }
         }
@@ -205,8 +264,22 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
 #ifndef CACHE_T
 #define CACHE_T bf16_t
 #endif
+// VEC phase 3 where its registers fit (GMAX·V <= 64) and D/V is a power of
+// two dividing ATT_THREADS (a block-uniform branch).
+template <typename CT, int G>
+__device__ __forceinline__ void attn_any(ATT_ARGS) {
+    constexpr int V = CacheT<CT>::V;
+    const int TR = D / V;
+    if constexpr (G * V <= 64) {
+        if (TR <= ATT_THREADS && (TR & (TR - 1)) == 0 && D % V == 0) {
+            attn<CT, G, true>(ATT_PASS);
+            return;
+        }
+    }
+    attn<CT, G, false>(ATT_PASS);
+}
 #define ATT_KERNEL(NAME, G) \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS) NAME(ATT_ARGS) { PDL_ENTRY(); attn<CACHE_T, G>(ATT_PASS); }
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) NAME(ATT_ARGS) { PDL_ENTRY(); attn_any<CACHE_T, G>(ATT_PASS); }
 ATT_KERNEL(attn_g1, 1)
 ATT_KERNEL(attn_g2, 2)
 ATT_KERNEL(attn_g4, 4)

@@ -278,111 +278,170 @@ extern "C" __global__ void attn_prep(void* q, int qdt, void* k, int kdt, void* v
 }
 
 // add_rmsnorm: h = round(h + round(rms(a)·w)), then ·scale (if not 1);
-// one block per row, cols <= EPI_MAX·blockDim (values in registers, all
-// loads of a pass in flight at once).
+// one block per row, cols <= E·blockDim. Every load is issued before the
+// first reduction (the weight before the PDL wait, a and h together), so
+// the kernel waits for one DRAM round trip instead of three.
+// add_rmsnorm_e4: E = 4, at most 768 threads (room for the registers);
+// add_rmsnorm: E = EPI_MAX = 8, 1024 threads.
 #define EPI_MAX 8
-extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(void* h, int hdt, const void* a, int adt, const void* w,
-                                                               int wdt, int cols, float eps, float scale) {
-    PDL_ENTRY();
+template <int E>
+__device__ __forceinline__ void add_rmsnorm_t(void* h, int hdt, const void* a, int adt, const void* w, int wdt, int cols,
+                                              float eps, float scale) {
     __shared__ float red[32];
     const int tid = threadIdx.x, bd = blockDim.x;
     const i64 base = (i64)blockIdx.x * cols;
-    float av[EPI_MAX];
+    float wv[E], av[E], hv[E];
+#pragma unroll
+    for (int j = 0; j < E; j++) {
+        int n = tid + j * bd;
+        wv[j] = (w && n < cols) ? ldf(w, n, wdt) : 1.f;
+    }
+    PDL_ENTRY();
     float ss = 0.f;
 #pragma unroll
-    for (int j = 0; j < EPI_MAX; j++) {
+    for (int j = 0; j < E; j++) {
         int n = tid + j * bd;
         av[j] = n < cols ? ldf(a, base + n, adt) : 0.f;
-        ss += av[j] * av[j];
+        hv[j] = n < cols ? ldf(h, base + n, hdt) : 0.f;
     }
+#pragma unroll
+    for (int j = 0; j < E; j++) ss += av[j] * av[j];
     ss = block_sum(ss, red);
     const float r = rsqrtf(ss / (float)cols + eps);
 #pragma unroll
-    for (int j = 0; j < EPI_MAX; j++) {
+    for (int j = 0; j < E; j++) {
         int n = tid + j * bd;
         if (n < cols) {
             float v = av[j] * r;
-            if (w) v *= ldf(w, n, wdt);
+            if (w) v *= wv[j];
             v = round_act(v, adt);
-            float hv = ldf(h, base + n, hdt) + v;
-            if (scale != 1.f) hv = scale * round_act(hv, hdt);
-            stf(h, base + n, hdt, hv);
+            float o = hv[j] + v;
+            if (scale != 1.f) o = scale * round_act(o, hdt);
+            stf(h, base + n, hdt, o);
         }
     }
 }
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(void* h, int hdt, const void* a, int adt, const void* w,
+                                                               int wdt, int cols, float eps, float scale) {
+    add_rmsnorm_t<EPI_MAX>(h, hdt, a, adt, w, wdt, cols, eps, scale);
+}
+extern "C" __global__ void __launch_bounds__(768) add_rmsnorm_e4(void* h, int hdt, const void* a, int adt, const void* w,
+                                                                 int wdt, int cols, float eps, float scale) {
+    add_rmsnorm_t<4>(h, hdt, a, adt, w, wdt, cols, eps, scale);
+}
 
-// moe_epilogue ends a MoE layer for one row per block (N <= EPI_MAX·blockDim):
+// moe_epilogue ends a MoE layer for one row per block (N <= E·blockDim):
 // d1 = round(rms(d)·w1), e = round(rms(round(Σ wts·x))·w2), s = round(d1+e),
 // h = round(h + round(rms(s)·wf)), then ·scale (if not 1). Types: d, e and s
-// of d's type ddt.
-extern "C" __global__ void __launch_bounds__(1024) moe_epilogue(void* h, int hdt, const void* d, int ddt, const void* x,
-                                                                int xdt, const float* wts, int k, const void* w1,
-                                                                int wdt1, const void* w2, int wdt2, const void* wf,
-                                                                int wdtf, int N, float eps, float scale) {
-    PDL_ENTRY();
+// of d's type ddt. The three norm weights are read before the PDL wait;
+// d, h, the routing weights and (E = 4, k <= 8) all k expert rows are
+// issued together, and the combine runs before the first reduction, so
+// the whole kernel waits for one DRAM round trip (it was five).
+template <int E>
+__device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, int ddt, const void* x, int xdt,
+                                               const float* wts, int k, const void* w1, int wdt1, const void* w2,
+                                               int wdt2, const void* wf, int wdtf, int N, float eps, float scale) {
     __shared__ float red[32];
     const int m = blockIdx.x;
     const int tid = threadIdx.x, bd = blockDim.x;
     const i64 row = (i64)m * N;
-    float dv[EPI_MAX], ev[EPI_MAX];
-    float ss = 0.f;
+    float w1v[E], w2v[E], wfv[E];
 #pragma unroll
-    for (int j = 0; j < EPI_MAX; j++) {
+    for (int j = 0; j < E; j++) {
+        int n = tid + j * bd;
+        w1v[j] = (w1 && n < N) ? ldf(w1, n, wdt1) : 1.f;
+        w2v[j] = (w2 && n < N) ? ldf(w2, n, wdt2) : 1.f;
+        wfv[j] = (wf && n < N) ? ldf(wf, n, wdtf) : 1.f;
+    }
+    PDL_ENTRY();
+    float dv[E], ev[E], hv[E];
+#pragma unroll
+    for (int j = 0; j < E; j++) {
         int n = tid + j * bd;
         dv[j] = n < N ? ldf(d, row + n, ddt) : 0.f;
-        ss += dv[j] * dv[j];
+        hv[j] = n < N ? ldf(h, row + n, hdt) : 0.f;
     }
-    ss = block_sum(ss, red);
-    const float r1 = rsqrtf(ss / (float)N + eps);
-    float se = 0.f;
+    if (E <= 4 && k <= 8) {
+        float wk[8];
 #pragma unroll
-    for (int j = 0; j < EPI_MAX; j++) {
-        int n = tid + j * bd;
-        ev[j] = 0.f;
-        if (n < N) {
-            float v = dv[j] * r1;
-            if (w1) v *= ldf(w1, n, wdt1);
-            dv[j] = round_act(v, ddt);
+        for (int s = 0; s < 8; s++) wk[s] = s < k ? wts[(i64)m * k + s] : 0.f;
+        float xv[E][8];
+#pragma unroll
+        for (int j = 0; j < E; j++) {
+            int n = min(tid + j * bd, N - 1);
+#pragma unroll
+            for (int s = 0; s < 8; s++) xv[j][s] = s < k ? ldf(x, ((i64)m * k + s) * N + n, xdt) : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < E; j++) {
             float acc = 0.f;
-            for (int s0 = 0; s0 < k; s0 += 8) { // eight loads in flight, summed in order
-                float xv[8];
 #pragma unroll
-                for (int s = 0; s < 8; s++)
-                    xv[s] = s0 + s < k ? ldf(x, ((i64)m * k + s0 + s) * N + n, xdt) : 0.f;
+            for (int s = 0; s < 8; s++)
+                if (s < k) acc += wk[s] * xv[j][s];
+            ev[j] = tid + j * bd < N ? round_act(acc, ddt) : 0.f;
+        }
+    } else {
 #pragma unroll
-                for (int s = 0; s < 8; s++)
-                    if (s0 + s < k) acc += wts[(i64)m * k + s0 + s] * xv[s];
+        for (int j = 0; j < E; j++) {
+            int n = tid + j * bd;
+            ev[j] = 0.f;
+            if (n < N) {
+                float acc = 0.f;
+                for (int s0 = 0; s0 < k; s0 += 8) { // eight loads in flight, summed in order
+                    float xv[8];
+#pragma unroll
+                    for (int s = 0; s < 8; s++)
+                        xv[s] = s0 + s < k ? ldf(x, ((i64)m * k + s0 + s) * N + n, xdt) : 0.f;
+#pragma unroll
+                    for (int s = 0; s < 8; s++)
+                        if (s0 + s < k) acc += wts[(i64)m * k + s0 + s] * xv[s];
+                }
+                ev[j] = round_act(acc, ddt);
             }
-            ev[j] = round_act(acc, ddt);
-            se += ev[j] * ev[j];
         }
     }
+    float ss = 0.f, se = 0.f;
+#pragma unroll
+    for (int j = 0; j < E; j++) {
+        ss += dv[j] * dv[j];
+        se += ev[j] * ev[j];
+    }
+    ss = block_sum(ss, red);
     se = block_sum(se, red);
+    const float r1 = rsqrtf(ss / (float)N + eps);
     const float r2 = rsqrtf(se / (float)N + eps);
     float s2 = 0.f;
 #pragma unroll
-    for (int j = 0; j < EPI_MAX; j++) {
+    for (int j = 0; j < E; j++) {
         int n = tid + j * bd;
         if (n < N) {
+            float v = dv[j] * r1;
+            if (w1) v *= w1v[j];
             float e = ev[j] * r2;
-            if (w2) e *= ldf(w2, n, wdt2);
+            if (w2) e *= w2v[j];
             e = round_act(e, ddt);
-            dv[j] = round_act(dv[j] + e, ddt);
+            dv[j] = round_act(round_act(v, ddt) + e, ddt);
             s2 += dv[j] * dv[j];
         }
     }
     s2 = block_sum(s2, red);
     const float rf = rsqrtf(s2 / (float)N + eps);
 #pragma unroll
-    for (int j = 0; j < EPI_MAX; j++) {
+    for (int j = 0; j < E; j++) {
         int n = tid + j * bd;
         if (n < N) {
             float f = dv[j] * rf;
-            if (wf) f *= ldf(wf, n, wdtf);
+            if (wf) f *= wfv[j];
             f = round_act(f, ddt);
-            float hv = ldf(h, row + n, hdt) + f;
-            if (scale != 1.f) hv = scale * round_act(hv, hdt);
-            stf(h, row + n, hdt, hv);
+            float o = hv[j] + f;
+            if (scale != 1.f) o = scale * round_act(o, hdt);
+            stf(h, row + n, hdt, o);
         }
     }
 }
+#define MOE_EPI_ARGS                                                                                              \
+    void *h, int hdt, const void *d, int ddt, const void *x, int xdt, const float *wts, int k, const void *w1,   \
+        int wdt1, const void *w2, int wdt2, const void *wf, int wdtf, int N, float eps, float scale
+#define MOE_EPI_PASS h, hdt, d, ddt, x, xdt, wts, k, w1, wdt1, w2, wdt2, wf, wdtf, N, eps, scale
+extern "C" __global__ void __launch_bounds__(1024) moe_epilogue(MOE_EPI_ARGS) { moe_epilogue_t<EPI_MAX>(MOE_EPI_PASS); }
+extern "C" __global__ void __launch_bounds__(768) moe_epilogue_e4(MOE_EPI_ARGS) { moe_epilogue_t<4>(MOE_EPI_PASS); }
