@@ -11,7 +11,9 @@ type buf int64
 
 func (b buf) Len() int64 { return int64(b) }
 
-func tensor(dt dtype.DType, shape ...int) Tensor { return Tensor{Buf: buf(1 << 30), DType: dt, Shape: shape} }
+func tensor(dt dtype.DType, shape ...int) Tensor {
+	return Tensor{Buf: buf(1 << 30), DType: dt, Shape: shape}
+}
 
 // q4 is a valid 4-bit group-64 weight [N=8, K=128].
 func q4() Weight {
