@@ -66,7 +66,7 @@ func (s *Scratch) Free(b kernels.Backend) {
 
 // view returns the first rows·cols elements of t shaped [rows, cols].
 func view(t kernels.Tensor, rows, cols int) kernels.Tensor {
-	t.Shape = shapeOf(rows, cols)
+	t.Shape = kernels.Shape(rows, cols)
 	return t
 }
 

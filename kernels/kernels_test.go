@@ -102,3 +102,16 @@ func TestTensorViews(t *testing.T) {
 		t.Error("IsZero")
 	}
 }
+
+func TestShapeInterned(t *testing.T) {
+	a, b := Shape(2, 3), Shape(2, 3)
+	if &a[0] != &b[0] || len(a) != 2 || a[1] != 3 {
+		t.Fatalf("Shape(2, 3) not shared: %v %v", a, b)
+	}
+	if c := Shape(2, 3, 0); len(c) != 3 {
+		t.Fatalf("Shape(2, 3, 0) = %v", c)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = Shape(7, 11) }); n != 0 {
+		t.Fatalf("Shape allocates %v times per call", n)
+	}
+}

@@ -307,7 +307,7 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 		return nil
 	}
 	h := s.h
-	h.Shape = shapeOf(T, H)
+	h.Shape = kernels.Shape(T, H)
 	if err := s.layers(h, ids, pos, trace); err != nil {
 		s.tokens = s.tokens[:p0]
 		return err
@@ -336,7 +336,7 @@ func (s *Session) step(tokens []int32, trace *Trace, emit func(int, []float32), 
 // layers and the head, replaying a recorded graph where the backend can.
 func (s *Session) decode(ids, pos kernels.Tensor) error {
 	h := s.h
-	h.Shape = shapeOf(1, s.m.Config.HiddenSize)
+	h.Shape = kernels.Shape(1, s.m.Config.HiddenSize)
 	run := func() error {
 		if err := s.layers(h, ids, pos, nil); err != nil {
 			return err
@@ -456,7 +456,7 @@ func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
 	l := &m.layers[i]
 	H := cfg.HiddenSize
 	eps := float32(cfg.RMSNormEps)
-	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = shapeOf(T, cols); return t }
+	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = kernels.Shape(T, cols); return t }
 	x, a, d := rows(s.x, H), rows(s.a, H), rows(s.d, H)
 	if err := b.RMSNorm(x, h, l.inputNorm, eps); err != nil {
 		return fmt.Errorf("input_layernorm: %w", err)
@@ -529,7 +529,7 @@ func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
 func (s *Session) perLayerInputs(e, ids kernels.Tensor) error {
 	m, b, cfg := s.m, s.m.Backend, s.m.Config
 	L, P := cfg.NumLayers, cfg.PLEDim
-	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = shapeOf(1, L*P); return t }
+	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = kernels.Shape(1, L*P); return t }
 	if err := b.Embed(flat(s.pleTok), &m.pleEmbed, ids, float32(math.Sqrt(float64(P)))); err != nil {
 		return fmt.Errorf("per-layer embedding: %w", err)
 	}
@@ -558,7 +558,7 @@ func (s *Session) perLayerStep(i int, h kernels.Tensor) error {
 	}
 	pi := s.ple // row i, as RowRange(i, i+1) gives it
 	pi.Offset += int64(i) * int64(P) * int64(pi.DType.Size())
-	pi.Shape = shapeOf(1, P)
+	pi.Shape = kernels.Shape(1, P)
 	if err := b.MatMul(s.pleG, h, &l.pleGate); err != nil {
 		return fmt.Errorf("per_layer_input_gate: %w", err)
 	}
@@ -566,7 +566,7 @@ func (s *Session) perLayerStep(i int, h kernels.Tensor) error {
 		return err
 	}
 	e := s.e
-	e.Shape = shapeOf(1, s.m.Config.HiddenSize)
+	e.Shape = kernels.Shape(1, s.m.Config.HiddenSize)
 	if err := b.MatMul(e, s.pleG, &l.pleProj); err != nil {
 		return fmt.Errorf("per_layer_projection: %w", err)
 	}

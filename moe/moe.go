@@ -76,9 +76,9 @@ func (sc *Scratch) Free(b kernels.Backend) {
 func rows(t kernels.Tensor, n int, shape ...int) kernels.Tensor {
 	switch len(shape) {
 	case 1:
-		t.Shape = shapeOf(n, shape[0])
+		t.Shape = kernels.Shape(n, shape[0])
 	case 2:
-		t.Shape = shapeOf(n, shape[0], shape[1])
+		t.Shape = kernels.Shape(n, shape[0], shape[1])
 	default:
 		t.Shape = append([]int{n}, shape...)
 	}
