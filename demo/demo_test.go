@@ -3,7 +3,7 @@ package demo_test
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
+	"github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
 	"os"
 	"path/filepath"
@@ -16,40 +16,12 @@ import (
 	"github.com/gemmoe/gemmoe/model"
 )
 
-// reference is what transformers computed on the demo model's 4-bit weights
-// (dequantized, float32), written by tools/demo/evaluate.py (see
-// testdata/demo/README.md).
-type reference struct {
-	FirstWindows struct {
-		Windows   int     `json:"windows"`
-		WindowLen int     `json:"window_len"`
-		PPL       float64 `json:"ppl"`
-	} `json:"heldout_first_windows"`
-	All struct {
-		PPL float64 `json:"ppl"`
-	} `json:"heldout_all"`
-	Window struct {
-		InputIDs  []int32   `json:"input_ids"`
-		TargetIDs []int32   `json:"target_ids"`
-		NLL       []float64 `json:"nll"`
-	} `json:"window"`
-	Greedy struct {
-		Prompt    []int32 `json:"prompt_ids"`
-		Tokens    []int32 `json:"tokens"`
-		MinMargin float64 `json:"min_margin"`
-	} `json:"greedy"`
-}
-
 const randomModelPPL = 8584 // the same architecture at its random init, on all held-out tokens (tools/demo/README.md)
 
-func setup(t *testing.T) (*model.Model, *reference) {
+func setup(t *testing.T) (*model.Model, *fixture.DemoReference) {
 	t.Helper()
-	b, err := os.ReadFile("../testdata/demo/reference.json")
+	ref, err := fixture.LoadDemo()
 	if err != nil {
-		t.Fatal(err)
-	}
-	var ref reference
-	if err := json.Unmarshal(b, &ref); err != nil {
 		t.Fatal(err)
 	}
 	src, err := demo.Open()
@@ -62,20 +34,10 @@ func setup(t *testing.T) (*model.Model, *reference) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close(); be.Close(); src.Close() })
-	return m, &ref
+	return m, ref
 }
 
-func nlls(logits []float32, target int32) float64 {
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = math.Max(mx, float64(v))
-	}
-	var z float64
-	for _, v := range logits {
-		z += math.Exp(float64(v) - mx)
-	}
-	return -(float64(logits[target]) - mx - math.Log(z))
-}
+func nlls(logits []float32, target int32) float64 { return fixture.NLL(logits, target) }
 
 // TestHeldOutPerplexity is the whole-pipeline check: the embedded
 // checkpoint through the loader, the 4-bit kernels and the model scores the

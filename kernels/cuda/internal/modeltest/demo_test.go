@@ -2,9 +2,8 @@ package modeltest
 
 import (
 	"context"
-	"encoding/json"
+	"github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
-	"os"
 	"testing"
 
 	"github.com/gemmoe/gemmoe/demo"
@@ -22,21 +21,8 @@ import (
 // the greedy continuation must be transformers' wherever its top-2 margin
 // exceeds twice that bound.
 func TestDemoBF16(t *testing.T) {
-	var ref struct {
-		Window struct {
-			InputIDs []int32 `json:"input_ids"`
-		} `json:"window"`
-		Greedy struct {
-			Prompt    []int32 `json:"prompt_ids"`
-			Tokens    []int32 `json:"tokens"`
-			MinMargin float64 `json:"min_margin"`
-		} `json:"greedy"`
-	}
-	b, err := os.ReadFile(dir("demo") + "/reference.json")
+	ref, err := fixture.LoadDemo()
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &ref); err != nil {
 		t.Fatal(err)
 	}
 	gpu, err := kcuda.New(kcuda.WithActivationDType(dtype.BF16))

@@ -2,11 +2,9 @@ package fixturetest
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/gemmoe/gemmoe/demo"
@@ -24,18 +22,8 @@ func TestDemoBF16(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a model through the emulator")
 	}
-	var ref struct {
-		Window struct {
-			InputIDs  []int32   `json:"input_ids"`
-			TargetIDs []int32   `json:"target_ids"`
-			NLL       []float64 `json:"nll"`
-		} `json:"window"`
-	}
-	b, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "testdata", "demo", "reference.json"))
+	ref, err := fixture.LoadDemo()
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &ref); err != nil {
 		t.Fatal(err)
 	}
 	be, err := kmetal.NewEmulated()
@@ -68,16 +56,7 @@ func TestDemoBF16(t *testing.T) {
 	}
 	var worst float64
 	for i, row := range logits {
-		mx := math.Inf(-1)
-		for _, v := range row {
-			mx = math.Max(mx, float64(v))
-		}
-		var z float64
-		for _, v := range row {
-			z += math.Exp(float64(v) - mx)
-		}
-		nll := -(float64(row[ref.Window.TargetIDs[i]]) - mx - math.Log(z))
-		worst = math.Max(worst, math.Abs(nll-ref.Window.NLL[i]))
+		worst = math.Max(worst, math.Abs(fixture.NLL(row, ref.Window.TargetIDs[i])-ref.Window.NLL[i]))
 	}
 	t.Logf("bf16 activations: max |NLL - reference| over %d tokens = %.3g", n, worst)
 	if worst > 0.25 {
