@@ -53,3 +53,22 @@ func ExampleModel_Inner() {
 	// Output:
 	// 117 115 104 124
 }
+
+// The demo model built into the binary completes Go code (greedy here).
+func ExampleLoadDemo() {
+	ctx := context.Background()
+	m, err := gemmoe.LoadDemo(ctx, gemmoe.WithBackend("cpu"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer m.Close()
+	text, err := m.Generate(ctx, "func (b *Buffer) Len() int {", gemmoe.GenerateOptions{MaxTokens: 8})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Printf("%q\n", text)
+	// Output:
+	// " return len(b.buf) }"
+}
