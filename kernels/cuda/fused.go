@@ -118,6 +118,9 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 	K, bits := w0.K, w0.Bits
 	e := 128 / bits
 	smem := (K/e)*(e+4)*4 + (K/e)*2*4
+	if n.w != 0 {
+		smem += K * 4 // the norm weight as f32 (nws in qmvx)
+	}
 	if smem > b.props.MaxSharedOptin {
 		return fmt.Errorf("cuda: fused matvec of K %d needs %d bytes of shared memory", K, smem)
 	}
@@ -470,7 +473,7 @@ func (b *Backend) AttentionPrep(q, k, v kernels.Tensor, p kernels.AttentionPrepP
 		a := b.args.Reset()
 		a.Ptr(qp).I32(qdt).Ptr(kp).I32(kdt).Ptr(vp).I32(vdt).Ptr(qn).I32(qndt).Ptr(kn).I32(kndt).Ptr(pos).Ptr(inv).I32(fdt).
 			Ptr(kc).Ptr(vc).I32(cdt).I32(max(capacity, 1)).I32(p.Heads).I32(p.KVHeads).I32(D).I32(keqv).F32(p.Eps)
-		return b.launch("elementwise", "attn_prep", cuda.Dim3{X: blocks, Y: T, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, D*4, a)
+		return b.launch("elementwise", "attn_prep", cuda.Dim3{X: blocks, Y: T, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 2*D*4, a)
 	})
 }
 

@@ -193,44 +193,99 @@ __device__ __forceinline__ void norm_row(float* buf, float ss, int D, const void
     __syncthreads();
 }
 
-// rope_store rotates buf (a normed head of D values) by pos·invf and writes
-// it to x at xoff (type dt) and, if cache is set, at coff of the cache.
-__device__ __forceinline__ void rope_store(const float* buf, int D, float p, const void* invf, int fdt, void* x, i64 xoff,
-                                           int dt, void* cache, i64 coff, int cdt) {
-    const int half = D / 2;
-#pragma unroll 2
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float a = buf[i], b = buf[i + half];
-        float f = ldf(invf, i, fdt);
-        if (f != 0.f) {
-            float s, c;
-            sincosf(p * f, &s, &c);
-            float a2 = a * c - b * s, b2 = b * c + a * s;
-            a = round_act(a2, dt);
-            b = round_act(b2, dt);
-        }
-        stf(x, xoff + i, dt, a);
-        stf(x, xoff + i + half, dt, b);
-        if (cache) {
-            stf(cache, coff + i, cdt, a);
-            stf(cache, coff + i + half, cdt, b);
+// The weights of attn_prep (the head's norm weight, RoPE's inverse
+// frequencies) are read into registers before the PDL wait: element i =
+// threadIdx.x + j·blockDim.x of each for j < PREP_W (norm) or PREP_F (RoPE,
+// i < D/2); the rest, if any (D > PREP_W·blockDim), is read where used.
+#define PREP_W 4
+#define PREP_F 2
+
+// norm_row_w is norm_row with the first PREP_W·blockDim weights in wr.
+__device__ __forceinline__ void norm_row_w(float* buf, float ss, int D, const float* wr, const void* w, int wdt,
+                                           float eps, int dt, float* red) {
+    ss = block_sum(ss, red); // its barriers also publish buf
+    const float r = rsqrtf(ss / (float)D + eps);
+#pragma unroll
+    for (int j = 0; j < PREP_W; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < D) {
+            float v = buf[i] * r;
+            if (w) v *= wr[j];
+            buf[i] = round_act(v, dt);
         }
     }
+    for (int i = threadIdx.x + PREP_W * blockDim.x; i < D; i += blockDim.x) {
+        float v = buf[i] * r;
+        if (w) v *= ldf(w, i, wdt);
+        buf[i] = round_act(v, dt);
+    }
+    __syncthreads();
+}
+
+// rope_store rotates buf (a normed head of D values) by pos·invf and writes
+// it to x at xoff (type dt) and, if cache is set, at coff of the cache. fr
+// holds the first PREP_F·blockDim inverse frequencies.
+__device__ __forceinline__ void rope_one(const float* buf, int i, int half, float f, float p, void* x, i64 xoff, int dt,
+                                         void* cache, i64 coff, int cdt) {
+    float a = buf[i], b = buf[i + half];
+    if (f != 0.f) {
+        float s, c;
+        sincosf(p * f, &s, &c);
+        float a2 = a * c - b * s, b2 = b * c + a * s;
+        a = round_act(a2, dt);
+        b = round_act(b2, dt);
+    }
+    stf(x, xoff + i, dt, a);
+    stf(x, xoff + i + half, dt, b);
+    if (cache) {
+        stf(cache, coff + i, cdt, a);
+        stf(cache, coff + i + half, cdt, b);
+    }
+}
+
+__device__ __forceinline__ void rope_store(const float* buf, int D, float p, const float* fr, const void* invf, int fdt,
+                                           void* x, i64 xoff, int dt, void* cache, i64 coff, int cdt) {
+    const int half = D / 2;
+#pragma unroll
+    for (int j = 0; j < PREP_F; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        if (i < half) rope_one(buf, i, half, fr[j], p, x, xoff, dt, cache, coff, cdt);
+    }
+    for (int i = threadIdx.x + PREP_F * blockDim.x; i < half; i += blockDim.x)
+        rope_one(buf, i, half, ldf(invf, i, fdt), p, x, xoff, dt, cache, coff, cdt);
 }
 
 // attn_prep: q_norm + RoPE of q heads; for kv heads v_norm (from the raw k
 // when keqv), k_norm + RoPE and the cache stores. Grid (H + KVH or H, T),
-// block 128, dynamic shared memory D floats. D is even.
+// block 128, dynamic shared memory 2·D floats (kv heads: v in the first
+// D, k in the second). D is even. The weights are read before the PDL
+// wait; a kv head reads its k and v rows together, so each block waits
+// for one round trip before its first reduction.
 extern "C" __global__ void attn_prep(void* q, int qdt, void* k, int kdt, void* v, int vdt, const void* qn, int qndt,
                                      const void* kn, int kndt, const int* pos, const void* invf, int fdt, void* kc,
                                      void* vc, int cdt, int cap, int H, int KVH, int D, int keqv, float eps) {
-    PDL_ENTRY();
     __shared__ float red[32];
     float* buf = dyn_smem;
     const int t = blockIdx.y;
     int hh = blockIdx.x;
-    const float p = (float)pos[t];
-    if (hh < H) {
+    const bool isq = hh < H;
+    const void* nw = isq ? qn : kn;
+    const int nwdt = isq ? qndt : kndt;
+    float wr[PREP_W], fr[PREP_F];
+#pragma unroll
+    for (int j = 0; j < PREP_W; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        wr[j] = (nw && i < D) ? ldf(nw, i, nwdt) : 1.f;
+    }
+#pragma unroll
+    for (int j = 0; j < PREP_F; j++) {
+        int i = threadIdx.x + j * blockDim.x;
+        fr[j] = i < D / 2 ? ldf(invf, i, fdt) : 0.f;
+    }
+    PDL_ENTRY();
+    const int pt = pos[t];
+    const float p = (float)pt;
+    if (isq) {
         const i64 off = ((i64)t * H + hh) * D;
         float ss = 0.f;
 #pragma unroll 4
@@ -239,42 +294,36 @@ extern "C" __global__ void attn_prep(void* q, int qdt, void* k, int kdt, void* v
             buf[i] = a;
             ss += a * a;
         }
-        norm_row(buf, ss, D, qn, qndt, eps, qdt, red);
-        rope_store(buf, D, p, invf, fdt, q, off, qdt, nullptr, 0, cdt);
+        norm_row_w(buf, ss, D, wr, qn, qndt, eps, qdt, red);
+        rope_store(buf, D, p, fr, invf, fdt, q, off, qdt, nullptr, 0, cdt);
         return;
     }
     hh -= H;
     const i64 off = ((i64)t * KVH + hh) * D;
-    int slot = pos[t] % cap;
+    int slot = pt % cap;
     if (slot < 0) slot += cap;
     const i64 coff = (i64)slot * KVH * D + (i64)hh * D;
-    // v first: it may be the raw k.
-    {
-        const void* src = keqv ? (const void*)k : (const void*)v;
-        const int sdt = keqv ? kdt : vdt;
-        float ss = 0.f;
-#pragma unroll 4
-        for (int i = threadIdx.x; i < D; i += blockDim.x) {
-            float a = ldf(src, off + i, sdt);
-            buf[i] = a;
-            ss += a * a;
-        }
-        norm_row(buf, ss, D, nullptr, 0, eps, vdt, red);
-        for (int i = threadIdx.x; i < D; i += blockDim.x) {
-            stf(v, off + i, vdt, buf[i]);
-            stf(vc, coff + i, cdt, buf[i]);
-        }
-        __syncthreads();
-    }
-    float ss = 0.f;
+    float* kbuf = buf + D;
+    // v first: it may be the raw k. Both rows are read before either norm.
+    const void* src = keqv ? (const void*)k : (const void*)v;
+    const int sdt = keqv ? kdt : vdt;
+    float sv = 0.f, sk = 0.f;
 #pragma unroll 4
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float a = ldf(k, off + i, kdt);
+        float a = ldf(src, off + i, sdt);
+        float b = ldf(k, off + i, kdt);
         buf[i] = a;
-        ss += a * a;
+        kbuf[i] = b;
+        sv += a * a;
+        sk += b * b;
     }
-    norm_row(buf, ss, D, kn, kndt, eps, kdt, red);
-    rope_store(buf, D, p, invf, fdt, k, off, kdt, kc, coff, cdt);
+    norm_row(buf, sv, D, nullptr, 0, eps, vdt, red);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        stf(v, off + i, vdt, buf[i]);
+        stf(vc, coff + i, cdt, buf[i]);
+    }
+    norm_row_w(kbuf, sk, D, wr, kn, kndt, eps, kdt, red);
+    rope_store(kbuf, D, p, fr, invf, fdt, k, off, kdt, kc, coff, cdt);
 }
 
 // add_rmsnorm: h = round(h + round(rms(a)·w)), then ·scale (if not 1);

@@ -495,6 +495,22 @@ __device__ __forceinline__ int seg_of(const MVParams& P, int row) {
 
 #define SEG_FIELD(P, s, f) ((s) == 0 ? (P).seg[0].f : (s) == 1 ? (P).seg[1].f : (s) == 2 ? (P).seg[2].f : (P).seg[3].f)
 
+// store_vec_f32 writes the values of one 16-byte vector of type dt (4 f32
+// or 8 f16/bf16) to d as f32.
+__device__ __forceinline__ void store_vec_f32(float* d, uint4 v, int dt) {
+    u32 w[4] = {v.x, v.y, v.z, v.w};
+    if (dt == DT_F32) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) d[k] = __uint_as_float(w[k]);
+    } else if (dt == DT_BF16) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) { d[2 * k] = __uint_as_float(w[k] << 16); d[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u); }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; k++) { d[2 * k] = h2f((u16)(w[k] & 0xffffu)); d[2 * k + 1] = h2f((u16)(w[k] >> 16)); }
+    }
+}
+
 template <int BITS, int R, int DEPTH, bool GLU>
 __device__ __forceinline__ void qmvx(const MVParams& P) {
     constexpr int E = 128 / BITS; // values per 16-byte chunk
@@ -509,6 +525,23 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
     const int p = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     pdl_trigger();
+    // The norm weight does not depend on the kernels before: its loads are
+    // issued first (two 16-byte vectors a thread in flight across the PDL
+    // wait), and it is staged as f32 after the x row (nws, K values), so the
+    // transform after the norm's reduction reads shared memory instead of
+    // waiting for another global round trip.
+    const void* nw = P.norm ? P.nw : nullptr;
+    const int nwdt = (int)P.nwdt;
+    const int NVE = nwdt == DT_F32 ? 4 : 8; // norm weight values per vector
+    const bool nwvec = nw && ((size_t)nw & 15) == 0 && K % NVE == 0;
+    uint4 nwv[2];
+    if (nwvec) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = threadIdx.x + u * blockDim.x;
+            if (idx < K / NVE) nwv[u] = __ldg((const uint4*)nw + idx);
+        }
+    }
     i64 eoff = 0, goff = 0;
     bool ok = true;
     if (P.ids) {
@@ -587,12 +620,26 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
     {
         const i64 xoff = (i64)(p / (int)P.xdiv) * K;
         const int xdt = (int)P.xdt;
-        const void* nw = P.nw;
-        const int nwdt = (int)P.nwdt, xrdt = (int)P.xrdt;
+        const int xrdt = (int)P.xrdt;
         const float nscale = (float)P.nscale, eps = (float)P.eps;
+        float* nws = xsum + 2 * C;
+        if (nw) { // published by the barriers of the norm's reduction
+            if (nwvec) {
+                const int nv = K / NVE;
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    int idx = threadIdx.x + u * blockDim.x;
+                    if (idx < nv) store_vec_f32(nws + idx * NVE, nwv[u], nwdt);
+                }
+                for (int idx = threadIdx.x + 2 * blockDim.x; idx < nv; idx += blockDim.x)
+                    store_vec_f32(nws + idx * NVE, __ldg((const uint4*)nw + idx), nwdt);
+            } else {
+                for (int i = threadIdx.x; i < K; i += blockDim.x) nws[i] = ldf(nw, i, nwdt);
+            }
+        }
         auto tf = [&](float v, int e, float r) -> float {
             v = v * r;
-            if (nw) v *= ldf(nw, e, nwdt);
+            if (nw) v *= nws[e];
             v = round_act(v, xrdt);
             if (nscale != 1.f) v = round_act(nscale * v, xrdt);
             return v;
