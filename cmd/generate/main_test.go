@@ -232,3 +232,29 @@ func TestDemoModel(t *testing.T) {
 		t.Fatalf("-info on the demo model: %q, %v", out, err)
 	}
 }
+
+// TestInteractiveChat drives -chat through stdin for two turns with the demo
+// checkpoint laid out as a model directory (the template needs a model dir).
+func TestInteractiveChat(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"config.json", "model.safetensors", "tokenizer.json"} {
+		b, err := os.ReadFile(filepath.Join("../../demo/model", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out, log bytes.Buffer
+	f := flags{model: dir, chat: true, maxTokens: 6, backend: "cpu"}
+	if err := run(context.Background(), f, strings.NewReader("func a() {\n\nfunc b() {\n/bye\n"), &out, &log); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(log.String(), "Generation:"); n != 2 {
+		t.Fatalf("want stats for 2 turns, got %d:\n%s", n, log.String())
+	}
+	if strings.Count(log.String(), "> ") < 3 {
+		t.Fatalf("want a prompt per line read:\n%s", log.String())
+	}
+}
