@@ -164,6 +164,20 @@ type GenerateOptions struct {
 	Seed          uint64
 }
 
+// Defaults returns the model's own sampling settings from its
+// generation_config.json (greedy when it does not ask to sample), with
+// MaxTokens 256.
+func (m *Model) Defaults() GenerateOptions {
+	o := GenerateOptions{MaxTokens: 256}
+	if g := m.src.Generation; g != nil && g.DoSample {
+		o.Temperature, o.TopK, o.TopP, o.MinP, o.RepeatPenalty = g.Temperature, g.TopK, g.TopP, g.MinP, g.RepetitionPenalty
+		if o.Temperature == 0 {
+			o.Temperature = 1 // transformers' default when sampling
+		}
+	}
+	return o
+}
+
 func (o GenerateOptions) inner() model.GenerateOptions {
 	return model.GenerateOptions{MaxTokens: o.MaxTokens, SampleOptions: model.SampleOptions{
 		Temperature: o.Temperature, TopK: o.TopK, TopP: o.TopP, MinP: o.MinP, RepeatPenalty: o.RepeatPenalty, Seed: o.Seed}}

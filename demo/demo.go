@@ -7,6 +7,8 @@
 // a dense MLP, final softcap) trained on the Go standard library's source
 // with its own Gemma-format BPE tokenizer (8,192 pieces), quantized to MLX
 // 4-bit by cmd/convert: 7.6 MB. It completes Go code; it is not a chat model.
+// Its generation_config.json samples (temperature 0.7, top-p 0.95,
+// repetition penalty 1.1): greedy decoding of so small a model loops.
 // tools/demo has the scripts that made it and its training numbers; the Go
 // source it learned from is BSD-licensed (model/LICENSE).
 package demo
@@ -21,7 +23,7 @@ import (
 	"github.com/gemmoe/gemmoe/tokenizer"
 )
 
-//go:embed model/config.json model/model.safetensors model/tokenizer.json model/LICENSE
+//go:embed model/config.json model/generation_config.json model/model.safetensors model/tokenizer.json model/LICENSE
 var files embed.FS
 
 // Name describes the demo model in messages.
@@ -46,6 +48,16 @@ func Open() (*loader.Model, error) {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
 	m.Dir = "(built-in demo model)"
+	gen, err := files.ReadFile("model/generation_config.json")
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	if m.Generation, err = loader.ParseGenerationConfig(gen); err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	if len(m.Generation.EOSTokenIDs) == 0 {
+		m.Generation.EOSTokenIDs = m.Config.EOSTokenIDs
+	}
 	return m, nil
 }
 

@@ -26,10 +26,15 @@ type File struct {
 // GenerationConfig holds the fields of generation_config.json that matter
 // for decoding. Zero values mean "not given".
 type GenerationConfig struct {
-	EOSTokenIDs []int   `json:"eos_token_ids,omitempty"`
-	Temperature float64 `json:"temperature,omitempty"`
-	TopK        int     `json:"top_k,omitempty"`
-	TopP        float64 `json:"top_p,omitempty"`
+	EOSTokenIDs []int `json:"eos_token_ids,omitempty"`
+	// Sampling defaults; they apply only when DoSample is set (as in
+	// transformers, where do_sample false means greedy decoding).
+	DoSample          bool    `json:"do_sample,omitempty"`
+	Temperature       float64 `json:"temperature,omitempty"`
+	TopK              int     `json:"top_k,omitempty"`
+	TopP              float64 `json:"top_p,omitempty"`
+	MinP              float64 `json:"min_p,omitempty"`
+	RepetitionPenalty float64 `json:"repetition_penalty,omitempty"`
 }
 
 // Model is an opened model directory. Close it to unmap the files.
@@ -185,26 +190,34 @@ func shardFiles(dir string) ([]string, error) {
 }
 
 func readGenerationConfig(dir string) (*GenerationConfig, error) {
-	g := &GenerationConfig{}
 	b, err := os.ReadFile(filepath.Join(dir, "generation_config.json"))
 	if errors.Is(err, os.ErrNotExist) {
-		return g, nil
+		return &GenerationConfig{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	return ParseGenerationConfig(b)
+}
+
+// ParseGenerationConfig reads a generation_config.json.
+func ParseGenerationConfig(data []byte) (*GenerationConfig, error) {
 	var raw struct {
-		EOS         json.RawMessage `json:"eos_token_id"`
-		Temperature float64         `json:"temperature"`
-		TopK        int             `json:"top_k"`
-		TopP        float64         `json:"top_p"`
+		EOS               json.RawMessage `json:"eos_token_id"`
+		DoSample          bool            `json:"do_sample"`
+		Temperature       float64         `json:"temperature"`
+		TopK              int             `json:"top_k"`
+		TopP              float64         `json:"top_p"`
+		MinP              float64         `json:"min_p"`
+		RepetitionPenalty float64         `json:"repetition_penalty"`
 	}
-	if err := json.Unmarshal(b, &raw); err != nil {
+	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("generation_config.json: %w", err)
 	}
-	if g.EOSTokenIDs, err = parseIDs(raw.EOS); err != nil {
+	ids, err := parseIDs(raw.EOS)
+	if err != nil {
 		return nil, fmt.Errorf("generation_config.json: eos_token_id: %w", err)
 	}
-	g.Temperature, g.TopK, g.TopP = raw.Temperature, raw.TopK, raw.TopP
-	return g, nil
+	return &GenerationConfig{EOSTokenIDs: ids, DoSample: raw.DoSample, Temperature: raw.Temperature, TopK: raw.TopK,
+		TopP: raw.TopP, MinP: raw.MinP, RepetitionPenalty: raw.RepetitionPenalty}, nil
 }

@@ -40,6 +40,7 @@ type flags struct {
 	maxTokens, topK                           int
 	temp, topP, minP, repeatPenalty           float64
 	seed                                      uint64
+	set                                       map[string]bool // flags given on the command line
 }
 
 func main() {
@@ -51,7 +52,7 @@ func main() {
 	fs.BoolVar(&f.chat, "chat", false, "interactive chat; the KV cache is kept between turns")
 	fs.BoolVar(&f.think, "think", false, "let the model think before answering")
 	fs.IntVar(&f.maxTokens, "max-tokens", 256, "most tokens to generate")
-	fs.Float64Var(&f.temp, "temp", 0, "sampling temperature (0: greedy)")
+	fs.Float64Var(&f.temp, "temp", 0, "sampling temperature (0: greedy; default: the model's generation_config.json, else greedy)")
 	fs.IntVar(&f.topK, "top-k", 0, "keep the k most likely tokens (0: all)")
 	fs.Float64Var(&f.topP, "top-p", 0, "nucleus sampling threshold (0: off)")
 	fs.Float64Var(&f.minP, "min-p", 0, "drop tokens below min-p × the top probability (0: off)")
@@ -70,6 +71,8 @@ func main() {
 	fs.StringVar(&f.tools, "tools", "", "JSON file with a list of tool schemas (OpenAI function format)")
 	fs.BoolVar(&f.render, "render", false, "print the rendered prompt text and exit")
 	fs.Parse(os.Args[1:])
+	f.set = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := run(ctx, f, os.Stdin, os.Stdout, os.Stderr); err != nil {
@@ -141,8 +144,7 @@ func run(ctx context.Context, f flags, stdin io.Reader, out, log io.Writer) erro
 		fmt.Fprintln(log, "backend auto:", m.BackendNote)
 	}
 	fmt.Fprintf(log, "loaded in %.2fs on %s\n", time.Since(t0).Seconds(), m.Backend())
-	gen := gemmoe.GenerateOptions{MaxTokens: f.maxTokens, Temperature: f.temp, TopK: f.topK, TopP: f.topP,
-		MinP: f.minP, RepeatPenalty: f.repeatPenalty, Seed: f.seed}
+	gen := samplingOptions(f, m.Defaults())
 	if f.chat {
 		return interactive(ctx, m, f, gen, stdin, out, log)
 	}
@@ -421,4 +423,26 @@ func progress(log io.Writer, what string) (stop func()) {
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// samplingOptions starts from the model's defaults (generation_config.json)
+// and applies the sampling flags that were given.
+func samplingOptions(f flags, o gemmoe.GenerateOptions) gemmoe.GenerateOptions {
+	o.MaxTokens, o.Seed = f.maxTokens, f.seed
+	if f.set["temp"] {
+		o.Temperature = f.temp
+	}
+	if f.set["top-k"] {
+		o.TopK = f.topK
+	}
+	if f.set["top-p"] {
+		o.TopP = f.topP
+	}
+	if f.set["min-p"] {
+		o.MinP = f.minP
+	}
+	if f.set["repeat-penalty"] {
+		o.RepeatPenalty = f.repeatPenalty
+	}
+	return o
 }
