@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/gemmoe/gemmoe"
 	fixturedata "github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
 	"os"
@@ -256,5 +257,18 @@ func TestInteractiveChat(t *testing.T) {
 	}
 	if strings.Count(log.String(), "> ") < 3 {
 		t.Fatalf("want a prompt per line read:\n%s", log.String())
+	}
+}
+
+// TestSamplingOptions: the model's defaults, then the flags that were given.
+func TestSamplingOptions(t *testing.T) {
+	def := gemmoe.GenerateOptions{Temperature: 0.7, TopP: 0.95, RepeatPenalty: 1.1}
+	got := samplingOptions(flags{maxTokens: 9, seed: 3, temp: 0, set: map[string]bool{"temp": true}}, def)
+	if got.Temperature != 0 || got.TopP != 0.95 || got.RepeatPenalty != 1.1 || got.MaxTokens != 9 || got.Seed != 3 {
+		t.Fatalf("-temp 0 over the defaults: %+v", got)
+	}
+	got = samplingOptions(flags{topK: 5, temp: 2, set: map[string]bool{"top-k": true}}, def)
+	if got.Temperature != 0.7 || got.TopK != 5 {
+		t.Fatalf("-top-k 5 only: %+v", got)
 	}
 }
