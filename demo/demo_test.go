@@ -37,8 +37,6 @@ func setup(t *testing.T) (*model.Model, *fixture.DemoReference) {
 	return m, ref
 }
 
-func nlls(logits []float32, target int32) float64 { return fixture.NLL(logits, target) }
-
 // TestHeldOutPerplexity is the whole-pipeline check: the embedded
 // checkpoint through the loader, the 4-bit kernels and the model scores the
 // first held-out windows of Go source (files not used in training) with the
@@ -67,7 +65,7 @@ func TestHeldOutPerplexity(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i, row := range logits {
-			sum += nlls(row, toks[w*L+i+1])
+			sum += fixture.NLL(row, toks[w*L+i+1])
 		}
 	}
 	ppl := math.Exp(sum / float64(W*L))
@@ -96,7 +94,7 @@ func TestWindowAndGreedy(t *testing.T) {
 	}
 	var worst float64
 	for i, row := range logits {
-		worst = math.Max(worst, math.Abs(nlls(row, ref.Window.TargetIDs[i])-ref.Window.NLL[i]))
+		worst = math.Max(worst, math.Abs(fixture.NLL(row, ref.Window.TargetIDs[i])-ref.Window.NLL[i]))
 	}
 	t.Logf("max |NLL - reference| over %d tokens: %.3g", len(logits), worst)
 	if worst > 5e-3 {

@@ -3,6 +3,7 @@ package cpu_test
 import (
 	"context"
 	"encoding/binary"
+	"github.com/gemmoe/gemmoe/internal/fixture"
 	"math"
 	"os"
 	"path/filepath"
@@ -67,15 +68,7 @@ func TestInt8DemoPerplexity(t *testing.T) {
 				t.Fatal(err)
 			}
 			for r, l := range logits {
-				mx := math.Inf(-1)
-				for _, v := range l {
-					mx = math.Max(mx, float64(v))
-				}
-				var sum float64
-				for _, v := range l {
-					sum += math.Exp(float64(v) - mx)
-				}
-				nll += math.Log(sum) + mx - float64(l[tgt[r]])
+				nll += fixture.NLL(l, tgt[r])
 				count++
 			}
 		}
