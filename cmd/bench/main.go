@@ -187,7 +187,7 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 		if r.Bandwidth > 0 {
 			r.BandwidthFrac = r.TokensPerSec * float64(r.BytesPerToken) / r.Bandwidth
 		}
-		head, err := headTime(m)
+		head, err := m.TimeHead(5) // the LM head alone, to split decode time
 		if err != nil {
 			return err
 		}
@@ -296,11 +296,6 @@ func bandwidth(b kernels.Backend) (float64, string) {
 		return p.PeakBandwidth(), "device DRAM peak"
 	}
 	return cpu.MeasureReadBandwidth(), "measured host read"
-}
-
-// headTime times the LM head (final norm input × embedding) alone.
-func headTime(m *model.Model) (float64, error) {
-	return m.TimeHead(5)
 }
 
 func meanStd(v []float64) (float64, float64) {
