@@ -149,13 +149,15 @@ func (s *Sampler) Candidates(logits []float32, recent []int32) ([]int, []float64
 		return s.idx, s.softmax(logits, s.idx, 0)
 	}
 	// Widen the candidate set until it holds every token the filters keep.
+	zK := -1.0 // normalizer over the whole top-k set, computed once when needed
 	for m := min(K, 64); ; m = min(K, m*8) {
 		s.idx = s.topN(logits, m, s.idx)
-		var z float64 // normalizer over the top-k set (all of it, beyond m)
-		if m == K {
-			z = 0
-		} else {
-			z = s.partition(logits, K)
+		z := 0.0 // m == K: the candidates are the whole set
+		if m < K {
+			if zK < 0 {
+				zK = s.partition(logits, K)
+			}
+			z = zK
 		}
 		probs := s.softmax(logits, s.idx, z)
 		n := len(probs)
