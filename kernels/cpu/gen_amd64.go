@@ -163,16 +163,22 @@ func (g *gen) quant(bits, nx int, sdt string) {
 		wb = 2 * D
 	}
 	xb := 16 * D // x bytes per block
-	unpack := func() {
-		g.p("VPMOVZXBD (AX), %s", half(0))
+	// unpackAt widens the block at off(AX) into V(r) and V(r+1).
+	unpackAt := func(off, r int) {
+		g.p("VPMOVZXBD %d(AX), %s", off, half(r))
 		if bits == 4 {
-			g.p("VPSRLD $4, %s, %s", half(0), half(1))
-			g.p("VPAND %s, %s, %s", half(15), half(0), half(0))
+			g.p("VPSRLD $4, %s, %s", half(r), half(r+1))
+			g.p("VPAND %s, %s, %s", half(15), half(r), half(r))
 		} else {
-			g.p("VPMOVZXBD %d(AX), %s", D, half(1))
+			g.p("VPMOVZXBD %d(AX), %s", off+D, half(r+1))
 		}
-		g.p("VCVTDQ2PD %s, %s", half(0), g.V(0))
-		g.p("VCVTDQ2PD %s, %s", half(1), g.V(1))
+		g.p("VCVTDQ2PD %s, %s", half(r), g.V(r))
+		g.p("VCVTDQ2PD %s, %s", half(r+1), g.V(r+1))
+	}
+	unpack := func() { unpackAt(0, 0) }
+	if nx == 1 {
+		g.quant1(bits, sdt, wb, xb, unpackAt)
+		return
 	}
 	row, grp, blk, grpEnd := g.newLabel("row"), g.newLabel("grp"), g.newLabel("blk"), g.newLabel("grpend")
 	g.l(row)
@@ -224,6 +230,68 @@ func (g *gen) quant(bits, nx int, sdt string) {
 		g.p("VCVTSD2SS X%d, X%d, X%d", 2+t, 2+t, 2+t)
 		g.store(t, 2+t)
 	}
+	g.p("ADDQ %d(DI), SI", offStride)
+	g.p("DECQ CX")
+	g.p("JNZ %s", row)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// quant1 is the body of quant for one input row (decode), after the
+// prologue: two blocks per step into four accumulators (V6, V10 for the
+// first block, V7, V11 for the second; the unpacked values in V0, V1 and
+// V3, V4), so four independent FMA chains hide the FMA latency that bounds
+// two. A group has an even number of blocks (group >= 32, 2D <= 16 values
+// a block). The products are exact and the group partial sums exact in
+// practice, so the result rounded to f32 does not depend on the order.
+func (g *gen) quant1(bits int, sdt string, wb, xb int, unpackAt func(off, r int)) {
+	row, grp, blk, grpEnd := g.newLabel("row"), g.newLabel("grp"), g.newLabel("blk"), g.newLabel("grpend")
+	D := g.isa.lanes / 2
+	g.l(row)
+	g.p("MOVQ SI, AX")
+	g.p("MOVQ %d(DI), BX", offX)
+	g.zero(g.V(2))
+	g.p("MOVQ %d(DI), R10", offGroups)
+	g.l(grp)
+	g.p("MOVQ %d(DI), R12", offBPG)
+	if prefetch > 0 {
+		g.p("PREFETCHT0 %d(AX)", prefetch)
+	}
+	unpackAt(0, 0)
+	unpackAt(wb, 3)
+	g.p("VMULPD (BX), %s, %s", g.V(0), g.V(6))
+	g.p("VMULPD %d(BX), %s, %s", 8*D, g.V(1), g.V(10))
+	g.p("VMULPD %d(BX), %s, %s", xb, g.V(3), g.V(7))
+	g.p("VMULPD %d(BX), %s, %s", xb+8*D, g.V(4), g.V(11))
+	g.p("ADDQ $%d, AX", 2*wb)
+	g.p("ADDQ $%d, BX", 2*xb)
+	g.p("SUBQ $2, R12")
+	g.p("JZ %s", grpEnd)
+	g.l(blk)
+	unpackAt(0, 0)
+	unpackAt(wb, 3)
+	g.p("VFMADD231PD (BX), %s, %s", g.V(0), g.V(6))
+	g.p("VFMADD231PD %d(BX), %s, %s", 8*D, g.V(1), g.V(10))
+	g.p("VFMADD231PD %d(BX), %s, %s", xb, g.V(3), g.V(7))
+	g.p("VFMADD231PD %d(BX), %s, %s", xb+8*D, g.V(4), g.V(11))
+	g.p("ADDQ $%d, AX", 2*wb)
+	g.p("ADDQ $%d, BX", 2*xb)
+	g.p("SUBQ $2, R12")
+	g.p("JNZ %s", blk)
+	g.l(grpEnd)
+	g.scaleF64(sdt)
+	g.p("VADDPD %s, %s, %s", g.V(10), g.V(6), g.V(6))
+	g.p("VADDPD %s, %s, %s", g.V(11), g.V(7), g.V(7))
+	g.p("VADDPD %s, %s, %s", g.V(7), g.V(6), g.V(6))
+	g.p("VFMADD231PD %s, %s, %s", g.V(14), g.V(6), g.V(2))
+	g.p("ADDQ $%d, R9", esize(sdt))
+	g.p("DECQ R10")
+	g.p("JNZ %s", grp)
+	g.biasF64(0, sdt)
+	g.hsumPD(2, 1)
+	g.p("VADDSD X0, X2, X2")
+	g.p("VCVTSD2SS X2, X2, X2")
+	g.store(0, 2)
 	g.p("ADDQ %d(DI), SI", offStride)
 	g.p("DECQ CX")
 	g.p("JNZ %s", row)
