@@ -90,7 +90,7 @@ type Backend struct {
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
 
 	pdl     bool // kernels launch with programmatic dependent launch
-	pdlLate bool // ... and leave the trigger to each block's exit (GEMMOE_CUDA_PDL=late)
+	pdlMode int  // ... and let the next one launch: 0 early, 1 late, 2 mid (the kernels' PDL_MODE)
 }
 
 type occKey struct {
@@ -174,19 +174,29 @@ func New(opts ...Option) (*Backend, error) {
 }
 
 // probePDL turns on programmatic dependent launch where the device (sm_90+)
-// and driver have it and GEMMOE_CUDA_PDL is not 0: each kernel's launch
-// overlaps the end of the kernel before it. By default a kernel lets the
-// next one launch as its blocks exit; GEMMOE_CUDA_PDL=early lets it launch
-// at once, so its blocks wait on the SMs with their first weight loads
-// issued (measured slower on whole layers: 145 against 131 us, NOTES.md).
-// The probe runs two such launches directly and through a captured graph,
-// and keeps PDL off if anything fails.
+// and driver have it and GEMMOE_CUDA_PDL is not 0: in captured graphs (the
+// decode step) each kernel's launch overlaps the end of the kernel before
+// it; direct launches (prefill) do without. By default ("mid") a kernel lets
+// the next one launch once its own wait has returned, so the next kernel's
+// blocks can issue their weight loads on idle SMs while it works, and no
+// third kernel is in flight; GEMMOE_CUDA_PDL=late leaves that to each
+// block's exit, =early to each kernel's start (which lets a chain of
+// waiting kernels fill the SMs). Measured in NOTES.md. The probe runs two
+// such launches directly and through a captured graph, and keeps PDL off if
+// anything fails.
 func (b *Backend) probePDL() bool {
 	mode := os.Getenv("GEMMOE_CUDA_PDL")
 	if mode == "0" || b.props.Major < 9 || !cuda.PDLSupported() {
 		return false
 	}
-	b.pdlLate = mode != "early"
+	switch mode {
+	case "early":
+		b.pdlMode = 0
+	case "late":
+		b.pdlMode = 1
+	default:
+		b.pdlMode = 2
+	}
 	b.pdl = true
 	ok := func() bool {
 		x, err := b.Alloc(dtype.F32, 64)

@@ -182,6 +182,18 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 		}
 	}
 	name := kernel(R)
+	blocksX := ceilDiv(NT, QMVWarps*R)
+	capBlocks := b.props.SMs * b.occupancy("matmul", name, 256, smem)
+	gx := max(1, min(blocksX, ceilDiv(capBlocks, P)))
+	a := b.args.Reset().Blob(mvParams(segs, x, xp, xdiv, n, softcap, ids, nexp, wstride, gstride))
+	return b.launch("matmul", name, cuda.Dim3{X: gx, Y: P, Z: 1}, block256, smem, a)
+}
+
+// mvParams lays out struct MVParams (matmul.cu) for a fused matrix-vector
+// launch.
+func mvParams(segs []mvSeg, x kernels.Tensor, xp cuda.DevicePtr, xdiv int, n mvNormArgs, softcap float32,
+	ids cuda.DevicePtr, nexp int, wstride, gstride int64) []byte {
+	w0 := segs[0].w
 	var words [mvWords]uint64
 	start := 0
 	for i, s := range segs {
@@ -190,7 +202,7 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 		words[o+4], words[o+5], words[o+6] = uint64(start), uint64(s.w.N), uint64(s.y.DType)
 		start += s.w.N
 	}
-	words[mvNseg], words[mvK], words[mvGroup], words[mvSdt] = uint64(len(segs)), uint64(K), uint64(w0.Group), uint64(w0.Scales.DType)
+	words[mvNseg], words[mvK], words[mvGroup], words[mvSdt] = uint64(len(segs)), uint64(w0.K), uint64(w0.Group), uint64(w0.Scales.DType)
 	words[mvX], words[mvXdt], words[mvXdiv] = uint64(xp), uint64(x.DType), uint64(max(xdiv, 1))
 	words[mvNw], words[mvNwdt], words[mvNorm], words[mvXrdt] = uint64(n.w), uint64(n.wdt), 1, uint64(n.xrdt)
 	words[mvEps], words[mvNscale], words[mvSoftcap] = math.Float64bits(float64(n.eps)), math.Float64bits(float64(n.scale)),
@@ -200,11 +212,7 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 	for i, v := range words {
 		binary.LittleEndian.PutUint64(raw[8*i:], v)
 	}
-	blocksX := ceilDiv(NT, QMVWarps*R)
-	capBlocks := b.props.SMs * b.occupancy("matmul", name, 256, smem)
-	gx := max(1, min(blocksX, ceilDiv(capBlocks, P)))
-	a := b.args.Reset().Blob(raw)
-	return b.launch("matmul", name, cuda.Dim3{X: gx, Y: P, Z: 1}, block256, smem, a)
+	return raw
 }
 
 // NormMatMul computes ys[i] = norm(x)·ws[i]ᵀ (see kernels.Fuser). For one
@@ -580,6 +588,10 @@ func (b *Backend) MoEEpilogue(h, d, down, weights kernels.Tensor, p kernels.MoEE
 		a := b.args.Reset()
 		a.Ptr(ptrs[0]).I32(int(h.DType)).Ptr(ptrs[1]).I32(int(d.DType)).Ptr(ptrs[2]).I32(int(down.DType)).Ptr(ptrs[3]).I32(k).
 			Ptr(wp[0]).I32(wdt[0]).Ptr(wp[1]).I32(wdt[1]).Ptr(wp[2]).I32(wdt[2]).I32(N).F32(p.Eps).F32(p.Scale)
-		return b.launch("elementwise", epiKernel("moe_epilogue", threads), cuda.Dim3{X: M, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, a)
+		name, smem := epiKernel("moe_epilogue", threads), 0
+		if name != "moe_epilogue" {
+			smem = 3 * 4 * threads * 4 // the _e4 variant keeps its three norm weights (4 a thread, f32) in shared memory
+		}
+		return b.launch("elementwise", name, cuda.Dim3{X: M, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, smem, a)
 	})
 }

@@ -52,9 +52,7 @@ func (b *Backend) module(name string) (*cuda.Module, error) {
 	for _, d := range spec.defines {
 		opts = append(opts, "-D"+d)
 	}
-	if b.pdlLate {
-		opts = append(opts, "-DPDL_LATE=1")
-	}
+	opts = append(opts, fmt.Sprintf("-DPDL_MODE=%d", b.pdlMode))
 	nvMajor, nvMinor, _ := cuda.NVRTCVersion()
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00driver %d\x00nvrtc %d.%d\x00", src, strings.Join(opts, " "), b.props.DriverVersion, nvMajor, nvMinor)

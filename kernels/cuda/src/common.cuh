@@ -112,22 +112,28 @@ __device__ __forceinline__ const char* cadd(const void* p, i64 bytes) { return (
 // Programmatic dependent launch (sm_90): the backend may launch a kernel
 // while the one before it still runs. pdl_trigger lets the next kernel
 // launch; pdl_wait blocks until the kernel before has finished and its
-// writes are visible. Every kernel calls pdl_wait, in every thread, before
-// it touches activations (anything a kernel writes); only weights may be
-// read before. Without the launch attribute both are no-ops.
-// PDL_LATE (a module define) leaves the trigger to each block's exit.
-#ifndef PDL_LATE
-#define PDL_LATE 0
+// writes are visible. Every kernel calls pdl_wait exactly once, in every
+// thread, before it touches activations (anything a kernel writes); only
+// weights may be read before. Without the launch attribute both are no-ops.
+// PDL_MODE (a module define) says when a kernel lets the next one launch:
+//   0 (early): at its start, before its own wait;
+//   1 (late):  at each block's exit;
+//   2 (mid):   right after its own wait returns, so the next kernel's blocks
+//              can take idle SMs and issue their weight loads while this one
+//              works, and no third kernel is in flight.
+#ifndef PDL_MODE
+#define PDL_MODE 1
 #endif
 __device__ __forceinline__ void pdl_trigger() {
 #if __CUDA_ARCH__ >= 900
-    if (!PDL_LATE) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (PDL_MODE == 0) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
 __device__ __forceinline__ void pdl_wait() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (PDL_MODE == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 

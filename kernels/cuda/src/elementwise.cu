@@ -386,7 +386,10 @@ extern "C" __global__ void __launch_bounds__(768) add_rmsnorm_e4(void* h, int hd
 // d, h, the routing weights and (E = 4, k <= 8) all k expert rows are
 // issued together, and the combine runs before the first reduction, so
 // the whole kernel waits for one DRAM round trip (it was five).
-template <int E>
+// SW: the norm weights go to dynamic shared memory (3·E·blockDim floats,
+// each thread's own slots, so no barrier) instead of 3·E registers, which
+// the 768-thread variant cannot spare without spilling.
+template <int E, bool SW>
 __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, int ddt, const void* x, int xdt,
                                                const float* wts, int k, const void* w1, int wdt1, const void* w2,
                                                int wdt2, const void* wf, int wdtf, int N, float eps, float scale) {
@@ -394,13 +397,17 @@ __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, 
     const int m = blockIdx.x;
     const int tid = threadIdx.x, bd = blockDim.x;
     const i64 row = (i64)m * N;
-    float w1v[E], w2v[E], wfv[E];
+    float w1r[SW ? 1 : E], w2r[SW ? 1 : E], wfr[SW ? 1 : E];
+    float* w1s = dyn_smem;
+    float* w2s = w1s + E * bd;
+    float* wfs = w2s + E * bd;
+#define EPI_W(a, j) (SW ? a##s[(j) * bd + tid] : a##r[SW ? 0 : (j)])
 #pragma unroll
     for (int j = 0; j < E; j++) {
         int n = tid + j * bd;
-        w1v[j] = (w1 && n < N) ? ldf(w1, n, wdt1) : 1.f;
-        w2v[j] = (w2 && n < N) ? ldf(w2, n, wdt2) : 1.f;
-        wfv[j] = (wf && n < N) ? ldf(wf, n, wdtf) : 1.f;
+        EPI_W(w1, j) = (w1 && n < N) ? ldf(w1, n, wdt1) : 1.f;
+        EPI_W(w2, j) = (w2 && n < N) ? ldf(w2, n, wdt2) : 1.f;
+        EPI_W(wf, j) = (wf && n < N) ? ldf(wf, n, wdtf) : 1.f;
     }
     PDL_ENTRY();
     float dv[E], ev[E], hv[E];
@@ -465,9 +472,9 @@ __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, 
         int n = tid + j * bd;
         if (n < N) {
             float v = dv[j] * r1;
-            if (w1) v *= w1v[j];
+            if (w1) v *= EPI_W(w1, j);
             float e = ev[j] * r2;
-            if (w2) e *= w2v[j];
+            if (w2) e *= EPI_W(w2, j);
             e = round_act(e, ddt);
             dv[j] = round_act(round_act(v, ddt) + e, ddt);
             s2 += dv[j] * dv[j];
@@ -480,17 +487,18 @@ __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, 
         int n = tid + j * bd;
         if (n < N) {
             float f = dv[j] * rf;
-            if (wf) f *= wfv[j];
+            if (wf) f *= EPI_W(wf, j);
             f = round_act(f, ddt);
             float o = hv[j] + f;
             if (scale != 1.f) o = scale * round_act(o, hdt);
             stf(h, row + n, hdt, o);
         }
     }
+#undef EPI_W
 }
 #define MOE_EPI_ARGS                                                                                              \
     void *h, int hdt, const void *d, int ddt, const void *x, int xdt, const float *wts, int k, const void *w1,   \
         int wdt1, const void *w2, int wdt2, const void *wf, int wdtf, int N, float eps, float scale
 #define MOE_EPI_PASS h, hdt, d, ddt, x, xdt, wts, k, w1, wdt1, w2, wdt2, wf, wdtf, N, eps, scale
-extern "C" __global__ void __launch_bounds__(1024) moe_epilogue(MOE_EPI_ARGS) { moe_epilogue_t<EPI_MAX>(MOE_EPI_PASS); }
-extern "C" __global__ void __launch_bounds__(768) moe_epilogue_e4(MOE_EPI_ARGS) { moe_epilogue_t<4>(MOE_EPI_PASS); }
+extern "C" __global__ void __launch_bounds__(1024) moe_epilogue(MOE_EPI_ARGS) { moe_epilogue_t<EPI_MAX, false>(MOE_EPI_PASS); }
+extern "C" __global__ void __launch_bounds__(768) moe_epilogue_e4(MOE_EPI_ARGS) { moe_epilogue_t<4, true>(MOE_EPI_PASS); }

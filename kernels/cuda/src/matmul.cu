@@ -252,6 +252,57 @@ __device__ __forceinline__ float rawf(u32 v, int dt) {
     return h2f((u16)v);
 }
 
+// dot_chunks sets a[i] = Σ f·x' over one 16-byte chunk w[i] of N rows and
+// the staged x chunk xc (see qmv_fast for the encodings); each x vector is
+// read once for all N rows.
+template <int BITS, int N>
+__device__ __forceinline__ void dot_chunks(const uint4 (&w)[N], const float* xc, float (&a)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) a[i] = 0.f;
+    if (BITS == 4) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float4 x0 = *(const float4*)(xc + 8 * j);
+            float4 x1 = *(const float4*)(xc + 8 * j + 4);
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+                u32 v = j == 0 ? w[i].x : j == 1 ? w[i].y : j == 2 ? w[i].z : w[i].w;
+                u32 s0 = v << 15, s1 = v << 7, s2 = v >> 1, s3 = v >> 9;
+                a[i] = fmaf(nib(s0, 0x78000u), x0.x, a[i]);
+                a[i] = fmaf(nib(s0, 0x780000u), x0.y, a[i]);
+                a[i] = fmaf(nib(s1, 0x78000u), x0.z, a[i]);
+                a[i] = fmaf(nib(s1, 0x780000u), x0.w, a[i]);
+                a[i] = fmaf(nib(s2, 0x78000u), x1.x, a[i]);
+                a[i] = fmaf(nib(s2, 0x780000u), x1.y, a[i]);
+                a[i] = fmaf(nib(s3, 0x78000u), x1.z, a[i]);
+                a[i] = fmaf(nib(s3, 0x780000u), x1.w, a[i]);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float4 xv = *(const float4*)(xc + 4 * j);
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+                u32 v = j == 0 ? w[i].x : j == 1 ? w[i].y : j == 2 ? w[i].z : w[i].w;
+                a[i] = fmaf(f_of(__byte_perm(v, 0x4b000000u, 0x7650)) - 8388608.f, xv.x, a[i]);
+                a[i] = fmaf(f_of(__byte_perm(v, 0x4b000000u, 0x7651)) - 8388608.f, xv.y, a[i]);
+                a[i] = fmaf(f_of(__byte_perm(v, 0x4b000000u, 0x7652)) - 8388608.f, xv.z, a[i]);
+                a[i] = fmaf(f_of(__byte_perm(v, 0x4b000000u, 0x7653)) - 8388608.f, xv.w, a[i]);
+            }
+        }
+    }
+}
+
+// group_acc adds one chunk's a (from dot_chunks) with its group's scale and
+// bias to a row total: scale·Σq·x + bias·Σx, where k1 and xt are the chunk's
+// staged sums (4 bits: Σq·x = 256·a − k1).
+template <int BITS>
+__device__ __forceinline__ float group_acc(float acc, float a, float sc, float bi, float k1, float xt) {
+    if (BITS == 4) return fmaf(sc, fmaf(256.f, a, -k1), fmaf(bi, xt, acc));
+    return fmaf(sc, a, fmaf(bi, xt, acc));
+}
+
 // qmv_fast: BITS = 4 or 8, rows 16-byte aligned, group a multiple of the 16-byte
 // chunk (32 values at 4 bits, 16 at 8 bits), the matrix under 4 GiB. Each
 // lane takes whole chunks (one 16-byte load per row), the warp R rows at
@@ -344,51 +395,10 @@ __device__ __forceinline__ void qmv_fast(void* y, int ydt, const void* x, int xd
             const float* xc = xs + c * (E + PAD);
             const float k1 = xsum[2 * c], xt = xsum[2 * c + 1];
             float a[R];
+            dot_chunks<BITS, R>(wb[slot], xc, a);
 #pragma unroll
-            for (int r = 0; r < R; r++) a[r] = 0.f;
-            if (BITS == 4) {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float4 x0 = *(const float4*)(xc + 8 * j);
-                    float4 x1 = *(const float4*)(xc + 8 * j + 4);
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        u32 w = j == 0 ? wb[slot][r].x : j == 1 ? wb[slot][r].y : j == 2 ? wb[slot][r].z : wb[slot][r].w;
-                        u32 s0 = w << 15, s1 = w << 7, s2 = w >> 1, s3 = w >> 9;
-                        a[r] = fmaf(nib(s0, 0x78000u), x0.x, a[r]);
-                        a[r] = fmaf(nib(s0, 0x780000u), x0.y, a[r]);
-                        a[r] = fmaf(nib(s1, 0x78000u), x0.z, a[r]);
-                        a[r] = fmaf(nib(s1, 0x780000u), x0.w, a[r]);
-                        a[r] = fmaf(nib(s2, 0x78000u), x1.x, a[r]);
-                        a[r] = fmaf(nib(s2, 0x780000u), x1.y, a[r]);
-                        a[r] = fmaf(nib(s3, 0x78000u), x1.z, a[r]);
-                        a[r] = fmaf(nib(s3, 0x780000u), x1.w, a[r]);
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float sc = rawf(sb[slot][r], sdt), bi = rawf(bb[slot][r], sdt);
-                    acc[r] = fmaf(sc, fmaf(256.f, a[r], -k1), fmaf(bi, xt, acc[r]));
-                }
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float4 xv = *(const float4*)(xc + 4 * j);
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        u32 w = j == 0 ? wb[slot][r].x : j == 1 ? wb[slot][r].y : j == 2 ? wb[slot][r].z : wb[slot][r].w;
-                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7650)) - 8388608.f, xv.x, a[r]);
-                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7651)) - 8388608.f, xv.y, a[r]);
-                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7652)) - 8388608.f, xv.z, a[r]);
-                        a[r] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7653)) - 8388608.f, xv.w, a[r]);
-                    }
-                }
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float sc = rawf(sb[slot][r], sdt), bi = rawf(bb[slot][r], sdt);
-                    acc[r] = fmaf(sc, a[r], fmaf(bi, xt, acc[r]));
-                }
-            }
+            for (int r = 0; r < R; r++)
+                acc[r] = group_acc<BITS>(acc[r], a[r], rawf(sb[slot][r], sdt), rawf(bb[slot][r], sdt), k1, xt);
         }
         if (++cit == nIter) { // row group done: reduce and store
             cit = 0;
@@ -511,6 +521,115 @@ __device__ __forceinline__ void store_vec_f32(float* d, uint4 v, int dt) {
     }
 }
 
+// MVNormLoad is the norm weight of a fused matrix-vector launch read at
+// kernel entry: it does not depend on the kernels before, so its loads are
+// issued first (two 16-byte vectors a thread in flight across the PDL
+// wait); mv_stage stores it as f32 after the x row (nws, K values), so the
+// transform after the norm's reduction reads shared memory instead of
+// waiting for another global round trip.
+struct MVNormLoad {
+    uint4 v[2];
+    bool vec;
+};
+
+__device__ __forceinline__ MVNormLoad mv_norm_load(const MVParams& P) {
+    MVNormLoad l;
+    const void* nw = P.norm ? P.nw : nullptr;
+    const int K = (int)P.K;
+    const int NVE = (int)P.nwdt == DT_F32 ? 4 : 8; // norm weight values per vector
+    l.vec = nw && ((size_t)nw & 15) == 0 && K % NVE == 0;
+    if (l.vec) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int idx = threadIdx.x + u * blockDim.x;
+            if (idx < K / NVE) l.v[u] = __ldg((const uint4*)nw + idx);
+        }
+    }
+    return l;
+}
+
+// mv_stage stages x row p / xdiv into xs and xsum (normed when P.norm,
+// the norm weight at nws = xsum + 2·C), ending with a barrier.
+template <int BITS>
+__device__ __forceinline__ void mv_stage(const MVParams& P, float* xs, float* xsum, float* red, const MVNormLoad& nl, int p) {
+    constexpr int E = 128 / BITS, PAD = 4;
+    const int K = (int)P.K, C = K / E;
+    const void* nw = P.norm ? P.nw : nullptr;
+    const int nwdt = (int)P.nwdt;
+    const int NVE = nwdt == DT_F32 ? 4 : 8;
+    const i64 xoff = (i64)(p / (int)P.xdiv) * K;
+    const int xdt = (int)P.xdt;
+    const int xrdt = (int)P.xrdt;
+    const float nscale = (float)P.nscale, eps = (float)P.eps;
+    float* nws = xsum + 2 * C;
+    if (nw) { // published by the barriers of the norm's reduction
+        if (nl.vec) {
+            const int nv = K / NVE;
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int idx = threadIdx.x + u * blockDim.x;
+                if (idx < nv) store_vec_f32(nws + idx * NVE, nl.v[u], nwdt);
+            }
+            for (int idx = threadIdx.x + 2 * blockDim.x; idx < nv; idx += blockDim.x)
+                store_vec_f32(nws + idx * NVE, __ldg((const uint4*)nw + idx), nwdt);
+        } else {
+            for (int i = threadIdx.x; i < K; i += blockDim.x) nws[i] = ldf(nw, i, nwdt);
+        }
+    }
+    auto tf = [&](float v, int e, float r) -> float {
+        v = v * r;
+        if (nw) v *= nws[e];
+        v = round_act(v, xrdt);
+        if (nscale != 1.f) v = round_act(nscale * v, xrdt);
+        return v;
+    };
+    if (!P.norm) {
+        stage_x<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K);
+    } else if (!stage_xn<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, eps, red, tf)) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < K; i += blockDim.x) {
+            float v = ldf(P.x, xoff + i, xdt);
+            ss += v * v;
+        }
+        ss = block_sum(ss, red);
+        const float r = rsqrtf(ss / (float)K + eps);
+        stage_xt<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, [&](float v, int e) { return tf(v, e, r); });
+    }
+}
+
+// mv_store reduces a warp's row totals (acc: R rows, then for GLU their R up
+// rows) and stores row group rg (rows rg·R.. over the concatenated
+// segments) of pair p: the gated GeLU for GLU, else the softcap if set.
+template <int R, bool GLU>
+__device__ __forceinline__ void mv_store(const MVParams& P, float (&acc)[GLU ? 2 * R : R], int rg, int p, bool ok) {
+    constexpr int RR = GLU ? 2 * R : R;
+    const int lane = threadIdx.x & 31;
+    const float cap = (float)P.softcap;
+#pragma unroll
+    for (int i = 0; i < RR; i++) acc[i] = warp_sum(acc[i]);
+    if (lane < R) {
+        float v0 = acc[0], v1 = acc[GLU ? R : 0];
+#pragma unroll
+        for (int r = 1; r < R; r++)
+            if (lane == r) {
+                v0 = acc[r];
+                v1 = acc[GLU ? R + r : r];
+            }
+        int row = rg * R + lane;
+        const int s = GLU ? 0 : seg_of(P, row);
+        row -= (int)SEG_FIELD(P, s, start);
+        const int ydt = (int)SEG_FIELD(P, s, ydt);
+        float v;
+        if (GLU) {
+            v = gelu_tanh(round_act(v0, ydt)) * round_act(v1, ydt);
+        } else {
+            v = v0;
+            if (cap > 0.f) v = cap * tanhf(round_act(v, ydt) * (1.f / cap));
+        }
+        stf(SEG_FIELD(P, s, y), (i64)p * SEG_FIELD(P, s, rows) + row, ydt, ok ? v : __int_as_float(0x7fc00000));
+    }
+}
+
 template <int BITS, int R, int DEPTH, bool GLU>
 __device__ __forceinline__ void qmvx(const MVParams& P) {
     constexpr int E = 128 / BITS; // values per 16-byte chunk
@@ -525,23 +644,7 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
     const int p = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     pdl_trigger();
-    // The norm weight does not depend on the kernels before: its loads are
-    // issued first (two 16-byte vectors a thread in flight across the PDL
-    // wait), and it is staged as f32 after the x row (nws, K values), so the
-    // transform after the norm's reduction reads shared memory instead of
-    // waiting for another global round trip.
-    const void* nw = P.norm ? P.nw : nullptr;
-    const int nwdt = (int)P.nwdt;
-    const int NVE = nwdt == DT_F32 ? 4 : 8; // norm weight values per vector
-    const bool nwvec = nw && ((size_t)nw & 15) == 0 && K % NVE == 0;
-    uint4 nwv[2];
-    if (nwvec) {
-#pragma unroll
-        for (int u = 0; u < 2; u++) {
-            int idx = threadIdx.x + u * blockDim.x;
-            if (idx < K / NVE) nwv[u] = __ldg((const uint4*)nw + idx);
-        }
-    }
+    const MVNormLoad nl = mv_norm_load(P);
     i64 eoff = 0, goff = 0;
     bool ok = true;
     if (P.ids) {
@@ -617,51 +720,11 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
     for (int d = 0; d < DEPTH - 1; d++)
         if (d < steps) issue(d);
     if (!P.ids) pdl_wait();
-    {
-        const i64 xoff = (i64)(p / (int)P.xdiv) * K;
-        const int xdt = (int)P.xdt;
-        const int xrdt = (int)P.xrdt;
-        const float nscale = (float)P.nscale, eps = (float)P.eps;
-        float* nws = xsum + 2 * C;
-        if (nw) { // published by the barriers of the norm's reduction
-            if (nwvec) {
-                const int nv = K / NVE;
-#pragma unroll
-                for (int u = 0; u < 2; u++) {
-                    int idx = threadIdx.x + u * blockDim.x;
-                    if (idx < nv) store_vec_f32(nws + idx * NVE, nwv[u], nwdt);
-                }
-                for (int idx = threadIdx.x + 2 * blockDim.x; idx < nv; idx += blockDim.x)
-                    store_vec_f32(nws + idx * NVE, __ldg((const uint4*)nw + idx), nwdt);
-            } else {
-                for (int i = threadIdx.x; i < K; i += blockDim.x) nws[i] = ldf(nw, i, nwdt);
-            }
-        }
-        auto tf = [&](float v, int e, float r) -> float {
-            v = v * r;
-            if (nw) v *= nws[e];
-            v = round_act(v, xrdt);
-            if (nscale != 1.f) v = round_act(nscale * v, xrdt);
-            return v;
-        };
-        if (!P.norm) {
-            stage_x<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K);
-        } else if (!stage_xn<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, eps, red, tf)) {
-            float ss = 0.f;
-            for (int i = threadIdx.x; i < K; i += blockDim.x) {
-                float v = ldf(P.x, xoff + i, xdt);
-                ss += v * v;
-            }
-            ss = block_sum(ss, red);
-            const float r = rsqrtf(ss / (float)K + eps);
-            stage_xt<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, [&](float v, int e) { return tf(v, e, r); });
-        }
-    }
+    mv_stage<BITS>(P, xs, xsum, red, nl, p);
 
     float acc[RR];
 #pragma unroll
     for (int i = 0; i < RR; i++) acc[i] = 0.f;
-    const float cap = (float)P.softcap, capInv = cap > 0.f ? 1.f / cap : 0.f;
     int cq = 0, cit = 0; // compute cursor
     auto compute = [&](int slot) {
         const int c = lane + 32 * cit;
@@ -669,79 +732,16 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
             const float* xc = xs + c * (E + PAD);
             const float k1 = xsum[2 * c], xt = xsum[2 * c + 1];
             float a[RR];
+            dot_chunks<BITS, RR>(wb[slot], xc, a);
 #pragma unroll
-            for (int i = 0; i < RR; i++) a[i] = 0.f;
-            if (BITS == 4) {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float4 x0 = *(const float4*)(xc + 8 * j);
-                    float4 x1 = *(const float4*)(xc + 8 * j + 4);
-#pragma unroll
-                    for (int i = 0; i < RR; i++) {
-                        u32 w = j == 0 ? wb[slot][i].x : j == 1 ? wb[slot][i].y : j == 2 ? wb[slot][i].z : wb[slot][i].w;
-                        u32 s0 = w << 15, s1 = w << 7, s2 = w >> 1, s3 = w >> 9;
-                        a[i] = fmaf(nib(s0, 0x78000u), x0.x, a[i]);
-                        a[i] = fmaf(nib(s0, 0x780000u), x0.y, a[i]);
-                        a[i] = fmaf(nib(s1, 0x78000u), x0.z, a[i]);
-                        a[i] = fmaf(nib(s1, 0x780000u), x0.w, a[i]);
-                        a[i] = fmaf(nib(s2, 0x78000u), x1.x, a[i]);
-                        a[i] = fmaf(nib(s2, 0x780000u), x1.y, a[i]);
-                        a[i] = fmaf(nib(s3, 0x78000u), x1.z, a[i]);
-                        a[i] = fmaf(nib(s3, 0x780000u), x1.w, a[i]);
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < RR; i++) {
-                    float sc = rawf(sb[slot][i], sdt), bi = rawf(bb[slot][i], sdt);
-                    acc[i] = fmaf(sc, fmaf(256.f, a[i], -k1), fmaf(bi, xt, acc[i]));
-                }
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    float4 xv = *(const float4*)(xc + 4 * j);
-#pragma unroll
-                    for (int i = 0; i < RR; i++) {
-                        u32 w = j == 0 ? wb[slot][i].x : j == 1 ? wb[slot][i].y : j == 2 ? wb[slot][i].z : wb[slot][i].w;
-                        a[i] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7650)) - 8388608.f, xv.x, a[i]);
-                        a[i] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7651)) - 8388608.f, xv.y, a[i]);
-                        a[i] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7652)) - 8388608.f, xv.z, a[i]);
-                        a[i] = fmaf(f_of(__byte_perm(w, 0x4b000000u, 0x7653)) - 8388608.f, xv.w, a[i]);
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < RR; i++) {
-                    float sc = rawf(sb[slot][i], sdt), bi = rawf(bb[slot][i], sdt);
-                    acc[i] = fmaf(sc, a[i], fmaf(bi, xt, acc[i]));
-                }
-            }
+            for (int i = 0; i < RR; i++)
+                acc[i] = group_acc<BITS>(acc[i], a[i], rawf(sb[slot][i], sdt), rawf(bb[slot][i], sdt), k1, xt);
         }
         if (++cit == nIter) { // row group done: reduce and store
             cit = 0;
             const int rg = rg0 + cq * rgStride;
             cq++;
-#pragma unroll
-            for (int i = 0; i < RR; i++) acc[i] = warp_sum(acc[i]);
-            if (lane < R) {
-                float v0 = acc[0], v1 = acc[GLU ? R : 0];
-#pragma unroll
-                for (int r = 1; r < R; r++)
-                    if (lane == r) {
-                        v0 = acc[r];
-                        v1 = acc[GLU ? R + r : r];
-                    }
-                int row = rg * R + lane;
-                const int s = GLU ? 0 : seg_of(P, row);
-                row -= (int)SEG_FIELD(P, s, start);
-                const int ydt = (int)SEG_FIELD(P, s, ydt);
-                float v;
-                if (GLU) {
-                    v = gelu_tanh(round_act(v0, ydt)) * round_act(v1, ydt);
-                } else {
-                    v = v0;
-                    if (cap > 0.f) v = cap * tanhf(round_act(v, ydt) * capInv);
-                }
-                stf(SEG_FIELD(P, s, y), (i64)p * SEG_FIELD(P, s, rows) + row, ydt, ok ? v : __int_as_float(0x7fc00000));
-            }
+            mv_store<R, GLU>(P, acc, rg, p, ok);
 #pragma unroll
             for (int i = 0; i < RR; i++) acc[i] = 0.f;
         }
