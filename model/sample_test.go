@@ -192,3 +192,36 @@ func BenchmarkSampleTopP(b *testing.B) {
 		s.Sample(work, nil)
 	}
 }
+
+// TestSamplerTail checks the bound of the sampler's tail cut: tokens at or
+// below tailFloor are left out of the normalizer, and together they must
+// weigh under 1e-6 of it, however many there are.
+func TestSamplerTail(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		temp float64
+	}{{1000, 1}, {262144, 0.7}, {262144, 2}} {
+		s := NewSampler(SampleOptions{Temperature: tc.temp})
+		logits := make([]float32, tc.n)
+		floor := float32(tailFloor(0, tc.temp, tc.n))
+		if float64(floor) > tailFloor(0, tc.temp, tc.n) {
+			floor = math.Nextafter32(floor, -100)
+		}
+		for i := 1; i < tc.n; i++ {
+			logits[i] = floor // the heaviest tokens the cut leaves out
+		}
+		var tail float64 // summed apart from the best token's 1, to stay exact
+		for _, l := range logits[1:] {
+			tail += math.Exp(float64(l) / tc.temp)
+		}
+		exact := 1 + tail
+		got := s.partition(logits, tc.n, 0)
+		if rel := (exact - got) / exact; rel < 0 || rel >= 1e-6 {
+			t.Errorf("n %d, T %g: normalizer %.12g, exact %.12g: relative loss %.3g (want [0, 1e-6))", tc.n, tc.temp, got, exact, rel)
+		}
+		logits[1] = math.Nextafter32(floor, 1) // just above the floor: counted
+		if got := s.partition(logits, tc.n, 0); got <= 1 {
+			t.Errorf("n %d, T %g: a token above the floor was left out", tc.n, tc.temp)
+		}
+	}
+}

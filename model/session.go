@@ -104,7 +104,7 @@ func (s *Session) alloc() error {
 	}{
 		{&s.h, dt, []int{C, H}}, {&s.x, dt, []int{C, H}}, {&s.a, dt, []int{C, H}},
 		{&s.g, dt, []int{C, width}}, {&s.u, dt, []int{C, width}}, {&s.d, dt, []int{C, H}}, {&s.e, dt, []int{C, H}},
-		{&s.final, dt, []int{1, H}}, {&s.logits, dt, []int{1, cfg.VocabSize}},
+		{&s.final, dt, []int{1, H}}, {&s.logits, dtype.F32, []int{1, cfg.VocabSize}}, // f32: read without conversion
 		{&s.ids, dtype.I32, []int{C}}, {&s.pos, dtype.I32, []int{C}},
 	}
 	if P := cfg.PLEDim; P > 0 {
