@@ -219,6 +219,17 @@ func (s *Session) Forward(ctx context.Context, tokens []int32) ([]float32, error
 	return last, err
 }
 
+// ForwardInto is Forward with the logits read into dst when it has room for
+// them (else into a new slice, returned): a decode loop that passes the
+// returned slice back in allocates nothing per token.
+func (s *Session) ForwardInto(ctx context.Context, tokens []int32, dst []float32) ([]float32, error) {
+	own := s.out
+	s.out = dst
+	logits, err := s.forwardLast(ctx, tokens)
+	s.out = own
+	return logits, err
+}
+
 // forwardLast is Forward for Generate: the logits are read into a buffer of
 // the session, valid until the next call, so that a decode step allocates
 // nothing.

@@ -90,3 +90,40 @@ func TestTruncateReuse(t *testing.T) {
 		t.Fatal("truncating past the end should fail")
 	}
 }
+
+// TestForwardInto feeds a fixture's tokens with ForwardInto, one at a time
+// after the first half: each step's logits must match transformers' for
+// that position (within the fixture bound) and land in the caller's
+// buffer once it has room.
+func TestForwardInto(t *testing.T) {
+	ref := readReference(t, "tiny-moe")
+	m, _ := open(t, "tiny-moe", model.Options{Chunk: 8})
+	s, err := m.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	V, T := m.Config.VocabSize, len(ref.InputIDs)
+	half := T / 2
+	logits, err := s.ForwardInto(context.Background(), ref.InputIDs[:half], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(pos int, got []float32) {
+		t.Helper()
+		if d := maxAbsDiff(got, ref.Logits[pos*V:(pos+1)*V]); d > 5e-3 {
+			t.Fatalf("position %d: logits differ from the reference by %.3g > 5e-3", pos, d)
+		}
+	}
+	check(half-1, logits)
+	buf := logits
+	for pos := half; pos < T; pos++ {
+		if logits, err = s.ForwardInto(context.Background(), ref.InputIDs[pos:pos+1], logits); err != nil {
+			t.Fatal(err)
+		}
+		if &logits[0] != &buf[0] {
+			t.Fatalf("position %d: logits not read into the buffer passed in", pos)
+		}
+		check(pos, logits)
+	}
+}

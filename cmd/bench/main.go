@@ -20,6 +20,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -42,6 +43,7 @@ type options struct {
 	prompt, gen, reps            int
 	jsonOut                      bool
 	seed                         uint64
+	cpuProfile                   string
 }
 
 // Result is one row of the report.
@@ -79,6 +81,7 @@ func main() {
 	flag.IntVar(&o.reps, "reps", 3, "repetitions of each test")
 	flag.BoolVar(&o.jsonOut, "json", false, "print results as JSON lines")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the synthetic weights and tokens")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed tests to this file")
 	flag.Parse()
 	if err := run(context.Background(), o, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -136,6 +139,17 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 		}
 		return t
 	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var results []Result
 	if o.prompt > 0 {
 		var rates []float64
@@ -169,9 +183,12 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 				return err
 			}
 			next := tokens(o.gen)
+			var logits []float32
 			t0 := time.Now()
 			for i := 0; i < o.gen; i++ {
-				if _, err := s.Forward(ctx, next[i:i+1]); err != nil {
+				// Each token's logits reach the host, as a decode loop needs
+				// them for sampling (into one buffer: no allocation).
+				if logits, err = s.ForwardInto(ctx, next[i:i+1], logits); err != nil {
 					s.Close()
 					return err
 				}
