@@ -13,8 +13,8 @@
 // All ops are enqueued on one stream. A decode step can be recorded once as
 // a CUDA graph (BeginCapture, EndCapture) and replayed with Graph.Launch.
 // The backend is a kernels.Fuser (a decode layer in 13 launches instead of
-// 37, fused.go), and on sm_90 it launches kernels with programmatic
-// dependent launch (GEMMOE_CUDA_PDL, see probePDL).
+// 37, fused.go), and on sm_90 the kernels of a recorded graph launch with
+// programmatic dependent launch (GEMMOE_CUDA_PDL, see probePDL).
 //
 // Measured accuracy (tests, random inputs, max |error| / max |reference|
 // against a float64 reference computed from the same rounded inputs): with
@@ -182,8 +182,8 @@ func New(opts ...Option) (*Backend, error) {
 // third kernel is in flight; GEMMOE_CUDA_PDL=late leaves that to each
 // block's exit, =early to each kernel's start (which lets a chain of
 // waiting kernels fill the SMs). Measured in NOTES.md. The probe runs two
-// such launches directly and through a captured graph, and keeps PDL off if
-// anything fails.
+// kernels directly and through a captured graph (with PDL), and keeps PDL
+// off if anything fails.
 func (b *Backend) probePDL() bool {
 	mode := os.Getenv("GEMMOE_CUDA_PDL")
 	if mode == "0" || b.props.Major < 9 || !cuda.PDLSupported() {
