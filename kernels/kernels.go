@@ -287,3 +287,16 @@ type Capturer interface {
 	BeginCapture() error
 	EndCapture() (Graph, error)
 }
+
+// Concurrent is implemented by backends that can run two sequences of ops
+// at once (CUDA: a second stream; parallel branches in a captured graph).
+// Side runs f, whose ops start once everything enqueued before Side has run
+// and then proceed alongside the ops enqueued after Side returns; Join makes
+// the ops enqueued after it wait for f's. The two sequences must not write
+// what the other reads or writes. Tensors freed in between stay reserved
+// until Join; Upload, Download, Sync and the end of a capture need the Join
+// first, and so does the next Side.
+type Concurrent interface {
+	Side(f func() error) error
+	Join() error
+}

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/gemmoe/gemmoe/attention"
@@ -37,20 +38,39 @@ func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, t
 		return fmt.Errorf("post_attention_layernorm: %w", err)
 	}
 	// Dense GeGLU MLP.
-	g := rows(s.g, l.cfg.MLPWidth)
-	pre := kernels.NormParams{Weight: l.preFFNorm, Eps: eps, XDType: act}
-	if err := f.NormGLU(g, &l.gate, &l.up, kernels.Tensor{}, h, pre); err != nil {
-		return fmt.Errorf("mlp gate/up: %w", err)
-	}
-	if err := b.MatMul(d, g, &l.down); err != nil {
-		return fmt.Errorf("mlp down: %w", err)
+	dense := func() error {
+		g := rows(s.g, l.cfg.MLPWidth)
+		pre := kernels.NormParams{Weight: l.preFFNorm, Eps: eps, XDType: act}
+		if err := f.NormGLU(g, &l.gate, &l.up, kernels.Tensor{}, h, pre); err != nil {
+			return fmt.Errorf("mlp gate/up: %w", err)
+		}
+		if err := b.MatMul(d, g, &l.down); err != nil {
+			return fmt.Errorf("mlp down: %w", err)
+		}
+		return nil
 	}
 	scale := l.scalar
 	if cfg.PLEDim > 0 {
 		scale = 1 // the per-layer input comes before layer_scalar
 	}
 	if l.moe != nil {
-		down, weights, err := moe.ExpertsFused(b, f, h, l.moe, m.moeSpec, s.moe)
+		// The dense MLP and the experts both read h and write their own
+		// scratch: where the backend can, the MLP runs beside the router
+		// and experts, which shortens the layer's chain of dependent ops.
+		c, concurrent := b.(kernels.Concurrent)
+		var err error
+		if concurrent {
+			err = c.Side(dense)
+		} else {
+			err = dense()
+		}
+		var down, weights kernels.Tensor
+		if err == nil {
+			down, weights, err = moe.ExpertsFused(b, f, h, l.moe, m.moeSpec, s.moe)
+		}
+		if concurrent {
+			err = errors.Join(err, c.Join())
+		}
 		if err != nil {
 			return err
 		}
@@ -63,8 +83,13 @@ func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, t
 		if err := f.MoEEpilogue(h, d, down, weights, p); err != nil {
 			return fmt.Errorf("post_feedforward_layernorms: %w", err)
 		}
-	} else if err := f.AddRMSNorm(h, d, l.postFFNorm, eps, scale); err != nil {
-		return fmt.Errorf("post_feedforward_layernorm: %w", err)
+	} else {
+		if err := dense(); err != nil {
+			return err
+		}
+		if err := f.AddRMSNorm(h, d, l.postFFNorm, eps, scale); err != nil {
+			return fmt.Errorf("post_feedforward_layernorm: %w", err)
+		}
 	}
 	if cfg.PLEDim > 0 {
 		if err := s.perLayerStep(i, h); err != nil {

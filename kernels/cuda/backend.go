@@ -89,6 +89,13 @@ type Backend struct {
 
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
 
+	// kernels.Concurrent: between Side and Join, main is the backend's own
+	// stream and side the second one; frees wait in deferred until Join.
+	main, side       *cuda.Stream
+	forkEv, joinEv   *cuda.Event
+	sideOpen, inSide bool
+	deferred         []cuda.DevicePtr
+
 	pdl     bool // kernels launch with programmatic dependent launch
 	pdlMode int  // ... and let the next one launch: 0 early, 1 late, 2 mid (the kernels' PDL_MODE)
 }
@@ -327,6 +334,10 @@ func (b *Backend) alloc(n int64) (*buffer, error) {
 // release returns a pool block, or holds it for the graph being captured
 // (a captured graph keeps using the memory its ops were recorded with).
 func (b *Backend) release(p cuda.DevicePtr) {
+	if b.sideOpen { // the other queue may still use it: free at Join
+		b.deferred = append(b.deferred, p)
+		return
+	}
 	if b.capturing {
 		b.held = append(b.held, p)
 		return
@@ -369,6 +380,9 @@ func (b *Backend) stage() (*cuda.Staging, error) {
 func (b *Backend) noCapture(op string) error {
 	if b.capturing {
 		return fmt.Errorf("cuda: %s during a graph capture (host copies cannot be replayed; do them before BeginCapture or after EndCapture)", op)
+	}
+	if b.sideOpen {
+		return fmt.Errorf("cuda: %s between Side and Join", op)
 	}
 	return nil
 }
@@ -505,7 +519,19 @@ func (b *Backend) Close() error {
 		}
 		b.capturing = false
 	}
+	if b.sideOpen { // an unjoined Side: wait for it, then free what it deferred
+		b.stream, b.inSide = b.main, false
+		errs = append(errs, b.side.Sync())
+		b.sideOpen = false
+		for _, p := range b.deferred {
+			b.pool.Free(p)
+		}
+		b.deferred = nil
+	}
 	errs = append(errs, b.stream.Sync())
+	if b.side != nil {
+		errs = append(errs, b.side.Destroy(), b.forkEv.Destroy(), b.joinEv.Destroy())
+	}
 	if b.staging != nil {
 		errs = append(errs, b.staging.Close())
 	}

@@ -31,6 +31,9 @@ func (b *Backend) BeginCapture() error {
 	if b.capturing {
 		return errors.New("cuda: BeginCapture while already capturing")
 	}
+	if b.sideOpen {
+		return errors.New("cuda: BeginCapture between Side and Join")
+	}
 	if err := b.stream.BeginCapture(); err != nil {
 		return err
 	}
@@ -47,6 +50,9 @@ func (b *Backend) EndCapture() (kernels.Graph, error) {
 	defer b.leave()
 	if !b.capturing {
 		return nil, errors.New("cuda: EndCapture without BeginCapture")
+	}
+	if b.sideOpen {
+		return nil, errors.New("cuda: EndCapture between Side and Join")
 	}
 	b.capturing = false
 	held := b.held
