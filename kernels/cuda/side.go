@@ -12,7 +12,9 @@ var _ kernels.Concurrent = (*Backend)(nil)
 // Side runs f with its ops on a second stream that starts after everything
 // enqueued before (an event the second stream waits on) and runs alongside
 // the ops enqueued after Side returns, until Join. In a graph capture the
-// two become parallel branches of the graph. See kernels.Concurrent.
+// two become parallel branches of the graph. See kernels.Concurrent. Like a
+// capture, a Side belongs to the backend as a whole: ops that another
+// goroutine enqueues while f runs go to the side stream too.
 func (b *Backend) Side(f func() error) error {
 	if err := b.enter(); err != nil {
 		return err
