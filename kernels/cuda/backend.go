@@ -87,6 +87,11 @@ type Backend struct {
 
 	mvKernel string // benchmarks: force this matrix-vector kernel variant
 
+	// Benchmarks: gemmPlain runs every bf16 GEMM through gemm_tc (not the
+	// pipelined gemm_q4/gemm_q8); noMVRows runs every MatMul of more than
+	// one row as a GEMM (see mvRows).
+	gemmPlain, noMVRows bool
+
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
 
 	// kernels.Concurrent: between Side and Join, main is the backend's own

@@ -344,19 +344,38 @@ func BenchmarkCopy(b *testing.B) {
 	be.Free(dst)
 }
 
-// BenchmarkPrefillGEMM: 512 tokens through a 4-bit 2816→2816 projection and
-// the sorted expert GEMM (512 tokens × 8 of 128 experts, 2816→704).
+// BenchmarkPrefillGEMM: prompt-sized products through the ways MatMul and
+// MatMulExperts can run them: a 4-bit 2816→2112 projection (the dense MLP's
+// gate) of 8, 16, 64 and 512 tokens, the sorted expert GEMM (tokens × 8 of
+// 128 experts, 2816→704), and the router (f32 rows, 8-bit 2816→128).
+// Variants: "plain" is the unpipelined gemm_tc (gemm_f32 for f32 rows),
+// "pipelined" gemm_q4/gemm_q8, "auto" the backend's choice (matrix-vector
+// launches over the rows where mvRows says so).
 func BenchmarkPrefillGEMM(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(3, 3))
-	const M = 512
-	b.Run("dense_proj_q4_2816x2816", func(b *testing.B) {
-		ws, one := benchWeights(b, be, 0, 2816, 2816, 4, 64, 0)
+	modes := []struct {
+		name        string
+		plain, noMV bool
+	}{{"plain", true, true}, {"pipelined", false, true}, {"auto", false, false}}
+	run := func(b *testing.B, mode int, f func(b *testing.B)) {
+		be.gemmPlain, be.noMVRows = modes[mode].plain, modes[mode].noMV
+		defer func() { be.gemmPlain, be.noMVRows = false, false }()
+		f(b)
+	}
+	for _, M := range []int{8, 16, 64, 512} {
+		ws, one := benchWeights(b, be, 0, 2112, 2816, 4, 64, 0)
 		x := put(b, be, dtype.BF16, randn(r, M*2816, 1), M, 2816)
-		y, _ := be.Alloc(dtype.BF16, M, 2816)
-		timeLoop(b, be, float64(one), func(int) error { return be.MatMul(y, x, ws[0]) })
-	})
-	b.Run("experts_q4_128x704x2816_top8", func(b *testing.B) {
+		y, _ := be.Alloc(dtype.BF16, M, 2112)
+		for i, m := range modes {
+			b.Run(fmt.Sprintf("dense_q4_2816x2112_M%d/%s", M, m.name), func(b *testing.B) {
+				run(b, i, func(b *testing.B) {
+					timeLoop(b, be, float64(one), func(int) error { return be.MatMul(y, x, ws[0]) })
+				})
+			})
+		}
+	}
+	for _, M := range []int{64, 512} {
 		ws, one := benchWeights(b, be, 128, 704, 2816, 4, 64, 0)
 		ids := make([]int32, M*8)
 		for m := range M {
@@ -367,8 +386,29 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 		idt := putRaw(b, be, dtype.I32, i32bytes(ids), M, 8)
 		x := put(b, be, dtype.BF16, randn(r, M*2816, 1), M, 2816)
 		y, _ := be.Alloc(dtype.BF16, M, 8, 704)
-		timeLoop(b, be, float64(one), func(int) error { return be.MatMulExperts(y, x, ws[0], idt) })
-	})
+		for i, m := range modes[:2] {
+			b.Run(fmt.Sprintf("experts_q4_128x704x2816_top8_M%d/%s", M, m.name), func(b *testing.B) {
+				run(b, i, func(b *testing.B) {
+					timeLoop(b, be, float64(one), func(int) error { return be.MatMulExperts(y, x, ws[0], idt) })
+				})
+			})
+		}
+	}
+	for _, M := range []int{16, 512} {
+		ws, one := benchWeights(b, be, 0, 128, 2816, 8, 64, 0)
+		x := put(b, be, dtype.F32, randn(r, M*2816, 1), M, 2816)
+		y, _ := be.Alloc(dtype.F32, M, 128)
+		for i, m := range modes {
+			if m.name == "pipelined" {
+				continue
+			}
+			b.Run(fmt.Sprintf("router_q8_2816x128_f32_M%d/%s", M, m.name), func(b *testing.B) {
+				run(b, i, func(b *testing.B) {
+					timeLoop(b, be, float64(one), func(int) error { return be.MatMul(y, x, ws[0]) })
+				})
+			})
+		}
+	}
 }
 
 // BenchmarkHostOverhead: the host cost of one small op (bind, checks, launch).

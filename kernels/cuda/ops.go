@@ -229,6 +229,13 @@ func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.We
 		fast |= 2 // vector loads and exact fast dequantization of W
 	}
 	a := b.args.Reset()
+	if name == "gemm_tc" && fast == 3 && w.K%32 == 0 && !b.gemmPlain {
+		// The pipelined kernels (gemm_q4, gemm_q8): bf16 x rows and
+		// 4- or 8-bit weights, aligned, whole 32-wide slices of K.
+		a.Ptr(yp).I32(int(y.DType)).Ptr(xp).Ptr(data).Ptr(sc).Ptr(bi).I32(sdt).
+			I32(M).I32(w.N).I32(w.K).I32(w.Group).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride)
+		return b.launch("matmul", fmt.Sprintf("gemm_q%d", w.Bits), cuda.Dim3{X: gx, Y: gy, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+	}
 	a.Ptr(yp).I32(int(y.DType)).Ptr(xp).I32(int(x.DType)).Ptr(data).I32(int(w.Data.DType)).Ptr(sc).Ptr(bi).I32(sdt).
 		I32(w.Bits).I32(M).I32(w.N).I32(w.K).I32(max(w.Group, 1)).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride).
 		I32(fast)
@@ -272,13 +279,50 @@ func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
 	if M == 0 {
 		return nil
 	}
-	if M == 1 {
-		if pl, ok := b.planMV(w, data, 0, 1); ok {
-			return b.matvec(pl, y, x, yp, xp, w, data, sc, bi, 0, 0, 1, 1, 0, 0)
+	if b.mvRows(M, x, w) {
+		if pl, ok := b.planMV(w, data, 0, M); ok {
+			return b.matvec(pl, y, x, yp, xp, w, data, sc, bi, 0, 0, 1, M, 0, 0)
 		}
 	}
 	return b.gemm(y, x, yp, xp, w, data, sc, bi, M, 0, 0, 0, 1, 0, 0)
 }
+
+// mvRows reports whether MatMul runs its M rows as one matrix-vector launch
+// (a row a block row, W re-read through the L2 for each) instead of a GEMM:
+// for one row, for a few bf16 rows, and for f32 rows against an 8-bit W
+// (the router's logits), as long as the L2 traffic stays modest. A GEMM
+// block walks all of K for its 64×64 tile, so a GEMM of a few rows, or of a
+// W with few rows, runs on few blocks (BenchmarkPrefillGEMM measures both).
+// f32 rows take the matrix-vector kernels only at 8 bits, where they
+// dequantize exactly: the 4-bit kernels' one-accumulator encoding costs
+// about 8 bits of the f32 sum, below bf16 rounding but not below f32's (the
+// f32 fixtures then miss their bound).
+func (b *Backend) mvRows(M int, x kernels.Tensor, w *kernels.Weight) bool {
+	if M == 1 {
+		return true
+	}
+	if b.noMVRows || M > maxBlocksY {
+		return false
+	}
+	bits := 8 * w.Data.DType.Size()
+	if w.Quantized() {
+		bits = w.Bits
+	}
+	if int64(M)*int64(w.N)*int64(w.K)*int64(bits)/8 > mvRowsL2Bytes {
+		return false
+	}
+	if x.DType == dtype.F32 {
+		return w.Quantized() && w.Bits == 8
+	}
+	return M <= mvRowsMax
+}
+
+// mvRowsMax is the most rows MatMul runs as matrix-vector products in bf16;
+// mvRowsL2Bytes bounds the weight bytes those products read in all.
+const (
+	mvRowsMax     = 8
+	mvRowsL2Bytes = 256 << 20
+)
 
 // MatMulExperts computes y[M,k,N] = x[m]·W[ids[m,j]]ᵀ. For one or two tokens
 // it runs one matrix-vector launch over all (token, slot) pairs, each block

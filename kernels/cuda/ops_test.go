@@ -55,7 +55,9 @@ func TestMatMulQuantized(t *testing.T) {
 		tc{8, 128, 1, 50, 512, dtype.BF16, 8},    // unaligned data: generic path
 		tc{4, 64, 5, 50, 256, dtype.BF16, 4},     // unaligned data: generic GEMM loader
 		tc{8, 64, 9, 40, 256, dtype.F16, 12},     // unaligned data: generic GEMM loader
-		tc{4, 64, 2, 64, 2816, dtype.BF16, 0},    // M=2 GEMM
+		tc{4, 64, 2, 64, 2816, dtype.BF16, 0},    // M=2: matrix-vector rows, or GEMM
+		tc{8, 64, 6, 128, 2816, dtype.F32, 0},    // few rows, f32 scales
+		tc{8, 64, 40, 128, 704, dtype.BF16, 0},   // router-like: f32 rows as matrix-vector rows
 		tc{4, 64, 130, 200, 2816, dtype.BF16, 0}, // prefill GEMM, 3 M tiles
 	)
 	for _, c := range tcs {
@@ -66,13 +68,44 @@ func TestMatMulQuantized(t *testing.T) {
 			xr := roundAll(x, be.act)
 			want := matmulRef(xr, c.M, c.N, c.K, func(m, n, k int) float64 { return qw.at(0, n, k) })
 			xt := put(t, be.be, be.act, xr, c.M, c.K)
-			yt := poisoned(t, be.be, be.act, c.M, c.N)
-			if err := be.be.MatMul(yt, xt, w); err != nil {
-				t.Fatal(err)
+			for _, m := range gemmModes(be.be, c.M) {
+				yt := poisoned(t, be.be, be.act, c.M, c.N)
+				err := m.run(func() error { return be.be.MatMul(yt, xt, w) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				check(t, name("MatMul q", m.name, c), be, get(t, be.be, yt), want)
 			}
-			check(t, name("MatMul q", c), be, get(t, be.be, yt), want)
 		}
 	}
+}
+
+// gemmMode is one way the CUDA backend can run a product of several rows:
+// its own choice, every GEMM through the unpipelined gemm_tc, or every
+// product as a GEMM (the pipelined one where it applies).
+type gemmMode struct {
+	name        string
+	be          *Backend
+	plain, noMV bool
+}
+
+func (m gemmMode) run(f func() error) error {
+	if m.be == nil {
+		return f()
+	}
+	m.be.gemmPlain, m.be.noMVRows = m.plain, m.noMV
+	defer func() { m.be.gemmPlain, m.be.noMVRows = false, false }()
+	return f()
+}
+
+// gemmModes lists the modes to test for M rows on be (one for the CPU or a
+// single row).
+func gemmModes(be kernels.Backend, M int) []gemmMode {
+	cb, ok := be.(*Backend)
+	if !ok || M == 1 {
+		return []gemmMode{{name: "auto"}}
+	}
+	return []gemmMode{{"auto", cb, false, false}, {"gemm", cb, false, true}, {"plain", cb, true, true}}
 }
 
 // qmvVariants lists every 4- and 8-bit matrix-vector kernel variant.
@@ -246,11 +279,14 @@ func TestMatMulExperts(t *testing.T) {
 				return dw.at(int(ids[p]), n, k)
 			})
 			idt := putRaw(t, be.be, dtype.I32, i32bytes(ids), c.M, c.k)
-			yt := poisoned(t, be.be, be.act, c.M, c.k, c.N)
-			if err := be.be.MatMulExperts(yt, put(t, be.be, be.act, xr, xrows, c.K), w, idt); err != nil {
-				t.Fatal(err)
+			xt := put(t, be.be, be.act, xr, xrows, c.K)
+			for _, m := range gemmModes(be.be, c.M) {
+				yt := poisoned(t, be.be, be.act, c.M, c.k, c.N)
+				if err := m.run(func() error { return be.be.MatMulExperts(yt, xt, w, idt) }); err != nil {
+					t.Fatal(err)
+				}
+				check(t, name("MatMulExperts", m.name, c), be, get(t, be.be, yt), want)
 			}
-			check(t, name("MatMulExperts", c), be, get(t, be.be, yt), want)
 		}
 	}
 }

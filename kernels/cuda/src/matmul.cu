@@ -902,7 +902,16 @@ struct Tile {
     int count; // rows in the tile
 };
 
-__device__ __forceinline__ u32 pack_bf2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+// pack_bf2 rounds two floats to bf16 (nearest even; one instruction from sm_80).
+__device__ __forceinline__ u32 pack_bf2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+#endif
+}
 
 __device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
 #if __CUDA_ARCH__ >= 800
@@ -911,6 +920,89 @@ __device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #endif
+}
+
+// gemm_tile reads the block's tile (plain when perm is 0: tokens
+// blockIdx.x·BM..; else tiles[blockIdx.x] of moe_sort) and fills its x and y
+// row indices (-1 past the tile's count), ending with a barrier.
+__device__ __forceinline__ Tile gemm_tile(const int* perm, const int* tiles, int M, int xdiv, int* rowx, int* rowy) {
+    Tile t;
+    if (perm) {
+        t.e = tiles[3 * blockIdx.x];
+        t.start = tiles[3 * blockIdx.x + 1];
+        t.count = tiles[3 * blockIdx.x + 2];
+    } else {
+        t.e = 0;
+        t.start = blockIdx.x * BM;
+        t.count = min(BM, M - t.start);
+    }
+    const int tid = threadIdx.x;
+    if (t.count > 0 && tid < BM) {
+        if (tid < t.count) {
+            int r = perm ? perm[t.start + tid] : t.start + tid;
+            rowx[tid] = r / xdiv;
+            rowy[tid] = r;
+        } else {
+            rowx[tid] = -1;
+            rowy[tid] = -1;
+        }
+    }
+    __syncthreads();
+    return t;
+}
+
+// mma_tile adds the products of one staged BK-slice (x tile, then W tile,
+// bf16 rows of stride LDS_BF) to the warp's 32×32 accumulators: four warps,
+// a 2×2 grid of 32×32 blocks of the 64×64 tile.
+__device__ __forceinline__ void mma_tile(const u16* xs, float* acc) {
+    const u16* ws = xs + BM * LDS_BF;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tg = lane & 3;
+    const int wm = warp >> 1, wnn = warp & 1;
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += 16) {
+        u32 a[2][4], bb[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const u16* base = xs + (32 * wm + 16 * mt + g) * LDS_BF + ks + 2 * tg;
+            a[mt][0] = *(const u32*)base;
+            a[mt][1] = *(const u32*)(base + 8 * LDS_BF);
+            a[mt][2] = *(const u32*)(base + 8);
+            a[mt][3] = *(const u32*)(base + 8 * LDS_BF + 8);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            const u16* base = ws + (32 * wnn + 8 * nt + g) * LDS_BF + ks + 2 * tg;
+            bb[nt][0] = *(const u32*)base;
+            bb[nt][1] = *(const u32*)(base + 8);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+                mma_bf16(acc + (mt * 4 + nt) * 4, a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[nt][0], bb[nt][1]);
+    }
+}
+
+// store_tile writes the warp's tensor-core accumulators to the tile's y rows.
+__device__ __forceinline__ void store_tile(void* y, int ydt, int N, int n0, const int* rowy, const float* acc) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, tg = lane & 3;
+    const int wm = warp >> 1, wnn = warp & 1;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int i = 32 * wm + 16 * mt + g + 8 * h;
+                int yr = rowy[i];
+                if (yr < 0) continue;
+                int n = n0 + 32 * wnn + 8 * nt + 2 * tg;
+                const float* c = acc + (mt * 4 + nt) * 4 + 2 * h;
+                if (n < N) stf(y, (i64)yr * N + n, ydt, c[0]);
+                if (n + 1 < N) stf(y, (i64)yr * N + n + 1, ydt, c[1]);
+            }
 }
 
 // gemm: y[row(i), n] = Σ_k x[xrow(i), k] · W[e][n, k] for the tile's rows i.
@@ -925,33 +1017,13 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
                                      i64 gstride, int fast) {
     __shared__ __align__(16) char sm[TC ? 2 * BM * LDS_BF * 2 : 2 * BM * LDS_F * 4];
     __shared__ int rowx[BM], rowy[BM];
-    Tile t;
-    if (perm) {
-        t.e = tiles[3 * blockIdx.x];
-        t.start = tiles[3 * blockIdx.x + 1];
-        t.count = tiles[3 * blockIdx.x + 2];
-    } else {
-        t.e = 0;
-        t.start = blockIdx.x * BM;
-        t.count = min(BM, M - t.start);
-    }
+    const Tile t = gemm_tile(perm, tiles, M, xdiv, rowx, rowy);
     if (t.count <= 0) return;
     const int n0 = blockIdx.y * BN;
     const char* Wp = (const char*)W + (i64)t.e * wstride;
     const char* Sp = (const char*)S + (i64)t.e * gstride;
     const char* Bp = (const char*)B + (i64)t.e * gstride;
     const int tid = threadIdx.x;
-    if (tid < BM) {
-        if (tid < t.count) {
-            int r = perm ? perm[t.start + tid] : t.start + tid;
-            rowx[tid] = r / xdiv;
-            rowy[tid] = r;
-        } else {
-            rowx[tid] = -1;
-            rowy[tid] = -1;
-        }
-    }
-    __syncthreads();
 
     // Loader assignment: thread tid fills row tid/2, columns (tid&1)·16 .. +16
     // of both the x tile and the W tile.
@@ -965,9 +1037,6 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
     for (int i = 0; i < (TC ? 32 : 1); i++) acc[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < (TC ? 1 : 32); i++) accf[i] = 0.f;
-
-    const int lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, tg = lane & 3;
 
     for (int k0 = 0; k0 < K; k0 += BK) {
         float xv[16], wv[16];
@@ -1067,32 +1136,7 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
         }
         __syncthreads();
         if (TC) {
-            const u16* xs = (const u16*)sm;
-            const u16* ws = xs + BM * LDS_BF;
-            const int wm = warp >> 1, wnn = warp & 1;
-#pragma unroll
-            for (int ks = 0; ks < BK; ks += 16) {
-                u32 a[2][4], bb[4][2];
-#pragma unroll
-                for (int mt = 0; mt < 2; mt++) {
-                    const u16* base = xs + (32 * wm + 16 * mt + g) * LDS_BF + ks + 2 * tg;
-                    a[mt][0] = *(const u32*)base;
-                    a[mt][1] = *(const u32*)(base + 8 * LDS_BF);
-                    a[mt][2] = *(const u32*)(base + 8);
-                    a[mt][3] = *(const u32*)(base + 8 * LDS_BF + 8);
-                }
-#pragma unroll
-                for (int nt = 0; nt < 4; nt++) {
-                    const u16* base = ws + (32 * wnn + 8 * nt + g) * LDS_BF + ks + 2 * tg;
-                    bb[nt][0] = *(const u32*)base;
-                    bb[nt][1] = *(const u32*)(base + 8);
-                }
-#pragma unroll
-                for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++)
-                        mma_bf16(acc + (mt * 4 + nt) * 4, a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[nt][0], bb[nt][1]);
-            }
+            mma_tile((const u16*)sm, acc);
         } else {
             const float* xs = (const float*)sm;
             const float* ws = xs + BM * LDS_F;
@@ -1113,21 +1157,7 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
     }
     // Epilogue.
     if (TC) {
-        const int wm = warp >> 1, wnn = warp & 1;
-#pragma unroll
-        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    int i = 32 * wm + 16 * mt + g + 8 * h;
-                    int yr = rowy[i];
-                    if (yr < 0) continue;
-                    int n = n0 + 32 * wnn + 8 * nt + 2 * tg;
-                    const float* c = acc + (mt * 4 + nt) * 4 + 2 * h;
-                    if (n < N) stf(y, (i64)yr * N + n, ydt, c[0]);
-                    if (n + 1 < N) stf(y, (i64)yr * N + n + 1, ydt, c[1]);
-                }
+        store_tile(y, ydt, N, n0, rowy, acc);
     } else {
         const int ty = tid >> 4, tx = tid & 15;
 #pragma unroll
@@ -1143,6 +1173,126 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
     }
 }
 
+// dequant16 writes 16 consecutive values of one group (4 bits: 8 bytes in
+// w.x, w.y; 8 bits: 16 bytes) as bf16 pairs: s·q + b in f32, rounded once.
+template <int BITS>
+__device__ __forceinline__ void dequant16(uint4 w, float s, float b, u32 (&d)[8]) {
+    if (BITS == 4) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const u32 q = j < 2 ? w.x : w.y;
+            const int sh = 16 * (j & 1);
+            float v[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                v[i] = fmaf(s, __uint_as_float(0x4b000000u | ((q >> (sh + 4 * i)) & 15u)) - 8388608.f, b);
+            d[2 * j] = pack_bf2(v[0], v[1]);
+            d[2 * j + 1] = pack_bf2(v[2], v[3]);
+        }
+    } else {
+        const u32 qw[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float v[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                v[i] = fmaf(s, __uint_as_float(__byte_perm(qw[j], 0x4b000000u, 0x7650 + i)) - 8388608.f, b);
+            d[2 * j] = pack_bf2(v[0], v[1]);
+            d[2 * j + 1] = pack_bf2(v[2], v[3]);
+        }
+    }
+}
+
+// gemm_q: the tensor-core GEMM for bf16 x rows and 4- or 8-bit weights, all
+// 16-byte aligned, K a multiple of BK (the backend checks). Software
+// pipelined: each thread holds the raw loads (x, packed weights, scale and
+// bias) of the next two BK-slices in registers while the warps multiply the
+// current one, and the staged slices alternate between two shared-memory
+// buffers, so a step has one barrier and its loads were issued two steps
+// before. Same tile layout and results as gemm<true>.
+struct GemmRaw {
+    uint4 xa, xb, w;
+    u32 s, b;
+};
+
+template <int BITS>
+__device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const void* W, const void* S,
+                                       const void* B, int sdt, int M, int N, int K, int group, const int* perm,
+                                       const int* tiles, int xdiv, i64 wstride, i64 gstride) {
+    __shared__ __align__(16) u16 sm[2][2 * BM * LDS_BF];
+    __shared__ int rowx[BM], rowy[BM];
+    const Tile t = gemm_tile(perm, tiles, M, xdiv, rowx, rowy);
+    if (t.count <= 0) return;
+    const int n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x;
+    const int lr = tid >> 1, lc = (tid & 1) * 16; // this thread stages row lr, columns lc..lc+15
+    const int xr = rowx[lr];
+    const int wn = n0 + lr;
+    const uint4* xp = xr >= 0 ? (const uint4*)((const u16*)x + (i64)xr * K + lc) : nullptr;
+    const bool wok = wn < N;
+    const char* wrow = (const char*)W + (i64)t.e * wstride + (i64)(wok ? wn : 0) * (K * BITS / 8);
+    const i64 g0 = (i64)(wok ? wn : 0) * (K / group);
+    const char* Sp = (const char*)S + (i64)t.e * gstride;
+    const char* Bp = (const char*)B + (i64)t.e * gstride;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    auto load = [&](GemmRaw& r, int k0) {
+        r.xa = xp ? __ldg(xp + k0 / 8) : zero;
+        r.xb = xp ? __ldg(xp + k0 / 8 + 1) : zero;
+        if (wok) {
+            const int kk = k0 + lc;
+            if (BITS == 4) {
+                uint2 q = __ldg((const uint2*)(wrow + kk / 2));
+                r.w = make_uint4(q.x, q.y, 0, 0);
+            } else {
+                r.w = __ldg((const uint4*)(wrow + kk));
+            }
+            r.s = ldraw(Sp, g0 + kk / group, sdt);
+            r.b = ldraw(Bp, g0 + kk / group, sdt);
+        }
+    };
+    auto stage = [&](const GemmRaw& r, u16* buf) {
+        uint4* xd = (uint4*)(buf + lr * LDS_BF + lc);
+        uint4* wd = (uint4*)(buf + (BM + lr) * LDS_BF + lc);
+        xd[0] = r.xa;
+        xd[1] = r.xb;
+        if (wok) {
+            u32 d[8];
+            dequant16<BITS>(r.w, rawf(r.s, sdt), rawf(r.b, sdt), d);
+            wd[0] = make_uint4(d[0], d[1], d[2], d[3]);
+            wd[1] = make_uint4(d[4], d[5], d[6], d[7]);
+        } else {
+            wd[0] = zero;
+            wd[1] = zero;
+        }
+    };
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc[i] = 0.f;
+    const int nk = K / BK;
+    GemmRaw r[2];
+    load(r[0], 0);
+    if (nk > 1) load(r[1], BK);
+    stage(r[0], sm[0]);
+    if (nk > 2) load(r[0], 2 * BK);
+    __syncthreads();
+    // Step it multiplies buffer it&1 while registers hold slices it+1 (slot
+    // (it+1)&1) and it+2 (slot it&1); it stages it+1 and loads it+3 into the
+    // freed slot. Unrolled by two so the slots are compile-time indices.
+    for (int it = 0; it < nk; it += 2) {
+#pragma unroll
+        for (int d = 0; d < 2; d++) {
+            const int st = it + d;
+            if (st < nk) {
+                mma_tile(sm[d], acc);
+                if (st + 1 < nk) stage(r[1 - d], sm[1 - d]);
+                if (st + 3 < nk) load(r[1 - d], (st + 3) * BK);
+                __syncthreads();
+            }
+        }
+    }
+    store_tile(y, ydt, N, n0, rowy, acc);
+}
+
 #define GEMM_ARGS                                                                                            \
     void *y, int ydt, const void *x, int xdt, const void *W, int wdt, const void *S, const void *B, int sdt, \
         int bits, int M, int N, int K, int group, const int *perm, const int *tiles, int xdiv, i64 wstride,  \
@@ -1151,6 +1301,13 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
 
 extern "C" __global__ void __launch_bounds__(128) gemm_tc(GEMM_ARGS) { PDL_ENTRY(); gemm<true>(GEMM_PASS); }
 extern "C" __global__ void __launch_bounds__(128) gemm_f32(GEMM_ARGS) { PDL_ENTRY(); gemm<false>(GEMM_PASS); }
+
+#define GEMMQ_ARGS                                                                                            \
+    void *y, int ydt, const void *x, const void *W, const void *S, const void *B, int sdt, int M, int N, int K, \
+        int group, const int *perm, const int *tiles, int xdiv, i64 wstride, i64 gstride
+#define GEMMQ_PASS y, ydt, x, W, S, B, sdt, M, N, K, group, perm, tiles, xdiv, wstride, gstride
+extern "C" __global__ void __launch_bounds__(128) gemm_q4(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4>(GEMMQ_PASS); }
+extern "C" __global__ void __launch_bounds__(128) gemm_q8(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<8>(GEMMQ_PASS); }
 
 // moe_sort groups the P = M·k (token, slot) pairs by expert with a counting
 // sort in one block: perm lists the pairs expert by expert, and tiles[3·t]
