@@ -87,10 +87,13 @@ type Backend struct {
 
 	mvKernel string // benchmarks: force this matrix-vector kernel variant
 
-	// Benchmarks: gemmPlain runs every bf16 GEMM through gemm_tc (not the
-	// pipelined gemm_q4/gemm_q8); noMVRows runs every MatMul of more than
-	// one row as a GEMM (see mvRows).
-	gemmPlain, noMVRows bool
+	// Benchmarks and tests: gemmPlain runs every bf16 GEMM through gemm_tc
+	// (not the pipelined gemm_q4, gemm_q4b, gemm_q8); mvRowsMode chooses
+	// between matrix-vector launches and GEMMs for products of several rows
+	// (0: by shape, see mvRows and mvPairs; -1: GEMM; +1: matrix-vector
+	// wherever the kernels can).
+	gemmPlain  bool
+	mvRowsMode int
 
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
 

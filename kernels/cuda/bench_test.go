@@ -355,12 +355,13 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(3, 3))
 	modes := []struct {
-		name        string
-		plain, noMV bool
-	}{{"plain", true, true}, {"pipelined", false, true}, {"auto", false, false}}
+		name   string
+		plain  bool
+		mvMode int
+	}{{"plain", true, -1}, {"pipelined", false, -1}, {"matvec", false, 1}, {"auto", false, 0}}
 	run := func(b *testing.B, mode int, f func(b *testing.B)) {
-		be.gemmPlain, be.noMVRows = modes[mode].plain, modes[mode].noMV
-		defer func() { be.gemmPlain, be.noMVRows = false, false }()
+		be.gemmPlain, be.mvRowsMode = modes[mode].plain, modes[mode].mvMode
+		defer func() { be.gemmPlain, be.mvRowsMode = false, 0 }()
 		f(b)
 	}
 	for _, M := range []int{8, 16, 64, 512} {
@@ -375,7 +376,7 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 			})
 		}
 	}
-	for _, M := range []int{64, 512} {
+	for _, M := range []int{16, 32, 64, 512} {
 		ws, one := benchWeights(b, be, 128, 704, 2816, 4, 64, 0)
 		ids := make([]int32, M*8)
 		for m := range M {
@@ -386,7 +387,10 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 		idt := putRaw(b, be, dtype.I32, i32bytes(ids), M, 8)
 		x := put(b, be, dtype.BF16, randn(r, M*2816, 1), M, 2816)
 		y, _ := be.Alloc(dtype.BF16, M, 8, 704)
-		for i, m := range modes[:2] {
+		for i, m := range modes {
+			if m.name == "plain" && M < 512 {
+				continue
+			}
 			b.Run(fmt.Sprintf("experts_q4_128x704x2816_top8_M%d/%s", M, m.name), func(b *testing.B) {
 				run(b, i, func(b *testing.B) {
 					timeLoop(b, be, float64(one), func(int) error { return be.MatMulExperts(y, x, ws[0], idt) })
@@ -399,7 +403,7 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 		x := put(b, be, dtype.F32, randn(r, M*2816, 1), M, 2816)
 		y, _ := be.Alloc(dtype.F32, M, 128)
 		for i, m := range modes {
-			if m.name == "pipelined" {
+			if m.name == "pipelined" || m.name == "matvec" {
 				continue
 			}
 			b.Run(fmt.Sprintf("router_q8_2816x128_f32_M%d/%s", M, m.name), func(b *testing.B) {

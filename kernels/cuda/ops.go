@@ -230,11 +230,15 @@ func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.We
 	}
 	a := b.args.Reset()
 	if name == "gemm_tc" && fast == 3 && w.K%32 == 0 && !b.gemmPlain {
-		// The pipelined kernels (gemm_q4, gemm_q8): bf16 x rows and
+		// The pipelined kernels (gemm_q4, gemm_q4b, gemm_q8): bf16 x rows and
 		// 4- or 8-bit weights, aligned, whole 32-wide slices of K.
 		a.Ptr(yp).I32(int(y.DType)).Ptr(xp).Ptr(data).Ptr(sc).Ptr(bi).I32(sdt).
 			I32(M).I32(w.N).I32(w.K).I32(w.Group).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride)
-		return b.launch("matmul", fmt.Sprintf("gemm_q%d", w.Bits), cuda.Dim3{X: gx, Y: gy, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+		name = fmt.Sprintf("gemm_q%d", w.Bits)
+		if w.Bits == 4 && w.Scales.DType == dtype.BF16 {
+			name = "gemm_q4b" // MLX's default: bf16 pair dequantization
+		}
+		return b.launch("matmul", name, cuda.Dim3{X: gx, Y: gy, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
 	}
 	a.Ptr(yp).I32(int(y.DType)).Ptr(xp).I32(int(x.DType)).Ptr(data).I32(int(w.Data.DType)).Ptr(sc).Ptr(bi).I32(sdt).
 		I32(w.Bits).I32(M).I32(w.N).I32(w.K).I32(max(w.Group, 1)).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride).
@@ -301,8 +305,11 @@ func (b *Backend) mvRows(M int, x kernels.Tensor, w *kernels.Weight) bool {
 	if M == 1 {
 		return true
 	}
-	if b.noMVRows || M > maxBlocksY {
+	if b.mvRowsMode < 0 || M > maxBlocksY {
 		return false
+	}
+	if b.mvRowsMode > 0 {
+		return true
 	}
 	bits := 8 * w.Data.DType.Size()
 	if w.Quantized() {
@@ -317,10 +324,30 @@ func (b *Backend) mvRows(M int, x kernels.Tensor, w *kernels.Weight) bool {
 	return M <= mvRowsMax
 }
 
+// mvPairs reports whether MatMulExperts runs its P (token, slot) pairs of M
+// tokens as one matrix-vector launch (each pair reading its expert's rows)
+// instead of sorting them into expert tiles for the GEMM: for one or two
+// tokens, and while the pairs are so few that most experts would get a
+// tile of a row or two, whose GEMM block dequantizes the expert's whole
+// slice for them (BenchmarkPrefillGEMM).
+func (b *Backend) mvPairs(M, P, E int) bool {
+	switch {
+	case M <= 2:
+		return true
+	case b.mvRowsMode != 0 || P > maxBlocksY:
+		return b.mvRowsMode > 0 && P <= maxBlocksY
+	}
+	return P <= mvPairsPerExpert*E
+}
+
+// mvPairsPerExpert is the most (token, slot) pairs per expert, on average,
+// that MatMulExperts runs as matrix-vector products.
+const mvPairsPerExpert = 4
+
 // mvRowsMax is the most rows MatMul runs as matrix-vector products in bf16;
 // mvRowsL2Bytes bounds the weight bytes those products read in all.
 const (
-	mvRowsMax     = 8
+	mvRowsMax     = 16
 	mvRowsL2Bytes = 256 << 20
 )
 
@@ -388,7 +415,7 @@ func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kern
 	if P == 0 {
 		return nil
 	}
-	if M <= 2 {
+	if b.mvPairs(M, P, w.Experts) {
 		if pl, ok := b.planMV(w, data, w.DataStride, P); ok {
 			return b.matvec(pl, y, x, yp, xp, w, data, sc, bi, idp, w.Experts, xdiv, P, w.DataStride, w.GroupStride)
 		}

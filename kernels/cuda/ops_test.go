@@ -58,6 +58,8 @@ func TestMatMulQuantized(t *testing.T) {
 		tc{4, 64, 2, 64, 2816, dtype.BF16, 0},    // M=2: matrix-vector rows, or GEMM
 		tc{8, 64, 6, 128, 2816, dtype.F32, 0},    // few rows, f32 scales
 		tc{8, 64, 40, 128, 704, dtype.BF16, 0},   // router-like: f32 rows as matrix-vector rows
+		tc{4, 64, 70, 100, 384, dtype.F16, 0},    // pipelined GEMM, f16 scales (f32 dequantization)
+		tc{4, 32, 70, 77, 256, dtype.F32, 0},     // pipelined GEMM, f32 scales
 		tc{4, 64, 130, 200, 2816, dtype.BF16, 0}, // prefill GEMM, 3 M tiles
 	)
 	for _, c := range tcs {
@@ -81,20 +83,21 @@ func TestMatMulQuantized(t *testing.T) {
 }
 
 // gemmMode is one way the CUDA backend can run a product of several rows:
-// its own choice, every GEMM through the unpipelined gemm_tc, or every
-// product as a GEMM (the pipelined one where it applies).
+// its own choice, as matrix-vector launches, as the pipelined GEMM where it
+// applies, or through the unpipelined gemm_tc.
 type gemmMode struct {
-	name        string
-	be          *Backend
-	plain, noMV bool
+	name   string
+	be     *Backend
+	plain  bool
+	mvMode int
 }
 
 func (m gemmMode) run(f func() error) error {
 	if m.be == nil {
 		return f()
 	}
-	m.be.gemmPlain, m.be.noMVRows = m.plain, m.noMV
-	defer func() { m.be.gemmPlain, m.be.noMVRows = false, false }()
+	m.be.gemmPlain, m.be.mvRowsMode = m.plain, m.mvMode
+	defer func() { m.be.gemmPlain, m.be.mvRowsMode = false, 0 }()
 	return f()
 }
 
@@ -105,7 +108,7 @@ func gemmModes(be kernels.Backend, M int) []gemmMode {
 	if !ok || M == 1 {
 		return []gemmMode{{name: "auto"}}
 	}
-	return []gemmMode{{"auto", cb, false, false}, {"gemm", cb, false, true}, {"plain", cb, true, true}}
+	return []gemmMode{{"auto", cb, false, 0}, {"matvec", cb, false, 1}, {"gemm", cb, false, -1}, {"plain", cb, true, -1}}
 }
 
 // qmvVariants lists every 4- and 8-bit matrix-vector kernel variant.

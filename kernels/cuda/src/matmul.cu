@@ -951,36 +951,42 @@ __device__ __forceinline__ Tile gemm_tile(const int* perm, const int* tiles, int
     return t;
 }
 
+// ldsm4 loads four 8×8 bf16 matrices from shared memory (ldmatrix): lane i
+// gives the address of row i%8 of matrix i/8, and register j of every lane
+// receives its part of matrix j in the mma fragment layout.
+__device__ __forceinline__ void ldsm4(u32 (&r)[4], const u16* p) {
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
 // mma_tile adds the products of one staged BK-slice (x tile, then W tile,
 // bf16 rows of stride LDS_BF) to the warp's 32×32 accumulators: four warps,
-// a 2×2 grid of 32×32 blocks of the 64×64 tile.
+// a 2×2 grid of 32×32 blocks of the 64×64 tile. The fragments come from
+// ldmatrix (rows of 80 bytes: the eight row addresses of a matrix fall in
+// distinct banks).
 __device__ __forceinline__ void mma_tile(const u16* xs, float* acc) {
     const u16* ws = xs + BM * LDS_BF;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, tg = lane & 3;
     const int wm = warp >> 1, wnn = warp & 1;
+    // A (x rows): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+    const u16* ap = xs + (32 * wm + (lane & 15)) * LDS_BF + 8 * (lane >> 4);
+    // B (W rows n): matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+    const u16* bp = ws + (32 * wnn + (lane & 7) + 8 * (lane >> 4)) * LDS_BF + 8 * ((lane >> 3) & 1);
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 16) {
-        u32 a[2][4], bb[4][2];
+        u32 a[2][4], bb[2][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; mt++) {
-            const u16* base = xs + (32 * wm + 16 * mt + g) * LDS_BF + ks + 2 * tg;
-            a[mt][0] = *(const u32*)base;
-            a[mt][1] = *(const u32*)(base + 8 * LDS_BF);
-            a[mt][2] = *(const u32*)(base + 8);
-            a[mt][3] = *(const u32*)(base + 8 * LDS_BF + 8);
-        }
+        for (int mt = 0; mt < 2; mt++) ldsm4(a[mt], ap + 16 * mt * LDS_BF + ks);
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
-            const u16* base = ws + (32 * wnn + 8 * nt + g) * LDS_BF + ks + 2 * tg;
-            bb[nt][0] = *(const u32*)base;
-            bb[nt][1] = *(const u32*)(base + 8);
-        }
+        for (int np = 0; np < 2; np++) ldsm4(bb[np], bp + 16 * np * LDS_BF + ks);
 #pragma unroll
         for (int mt = 0; mt < 2; mt++)
 #pragma unroll
             for (int nt = 0; nt < 4; nt++)
-                mma_bf16(acc + (mt * 4 + nt) * 4, a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[nt][0], bb[nt][1]);
+                mma_bf16(acc + (mt * 4 + nt) * 4, a[mt][0], a[mt][1], a[mt][2], a[mt][3], bb[nt >> 1][2 * (nt & 1)],
+                         bb[nt >> 1][2 * (nt & 1) + 1]);
     }
 }
 
@@ -1203,6 +1209,41 @@ __device__ __forceinline__ void dequant16(uint4 w, float s, float b, u32 (&d)[8]
     }
 }
 
+// bf2_fma returns a·b + c on bf16 pairs, rounded once.
+__device__ __forceinline__ u32 bf2_fma(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// dequant16_bf writes 16 4-bit values (w.x, w.y) of one group with bf16
+// scale s and bias b (raw bits) as bf16 pairs in the order of nibbles (0,
+// 4), (1, 5), (2, 6), (3, 7) of each word: one LOP3 makes the pair 128 + q
+// exactly (0x4300 is 128 in bf16, whose last mantissa bit is then 1), one
+// bf16 FMA subtracts the 128 exactly and one computes s·q + b, rounded once
+// (the f32 path rounds to f32 first; they differ only where that double
+// rounding does). The x slice is staged in the same order (perm8).
+__device__ __forceinline__ void dequant16_bf(uint4 w, u32 s, u32 b, u32 (&d)[8]) {
+    const u32 s2 = s | (s << 16), b2 = b | (b << 16);
+    const u32 one = 0x3f803f80u, m128 = 0xc300c300u;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const u32 q = h ? w.y : w.x;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 v;
+            asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(v) : "r"(q >> (4 * j)), "n"(0x000f000f), "n"(0x43004300));
+            d[4 * h + j] = bf2_fma(bf2_fma(v, one, m128), s2, b2);
+        }
+    }
+}
+
+// perm8 reorders the eight bf16 values of v as (0, 4, 1, 5, 2, 6, 3, 7).
+__device__ __forceinline__ uint4 perm8(uint4 v) {
+    return make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.y, v.w, 0x5410),
+                      __byte_perm(v.y, v.w, 0x7632));
+}
+
 // gemm_q: the tensor-core GEMM for bf16 x rows and 4- or 8-bit weights, all
 // 16-byte aligned, K a multiple of BK (the backend checks). Software
 // pipelined: each thread holds the raw loads (x, packed weights, scale and
@@ -1215,7 +1256,7 @@ struct GemmRaw {
     u32 s, b;
 };
 
-template <int BITS>
+template <int BITS, bool BFS>
 __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const void* W, const void* S,
                                        const void* B, int sdt, int M, int N, int K, int group, const int* perm,
                                        const int* tiles, int xdiv, i64 wstride, i64 gstride) {
@@ -1230,34 +1271,45 @@ __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const vo
     const int wn = n0 + lr;
     const uint4* xp = xr >= 0 ? (const uint4*)((const u16*)x + (i64)xr * K + lc) : nullptr;
     const bool wok = wn < N;
-    const char* wrow = (const char*)W + (i64)t.e * wstride + (i64)(wok ? wn : 0) * (K * BITS / 8);
+    const char* wrow = (const char*)W + (i64)t.e * wstride + (i64)(wok ? wn : 0) * (K * BITS / 8) + lc * BITS / 8;
     const i64 g0 = (i64)(wok ? wn : 0) * (K / group);
     const char* Sp = (const char*)S + (i64)t.e * gstride;
     const char* Bp = (const char*)B + (i64)t.e * gstride;
+    const int gshift = __ffs(group) - 1; // group is 32, 64 or 128
     const uint4 zero = make_uint4(0, 0, 0, 0);
-    auto load = [&](GemmRaw& r, int k0) {
-        r.xa = xp ? __ldg(xp + k0 / 8) : zero;
-        r.xb = xp ? __ldg(xp + k0 / 8 + 1) : zero;
+    // Unsigned offsets and shifts only: a signed division here costs more
+    // than the dequantization.
+    auto load = [&](GemmRaw& r, u32 k0) {
+        r.xa = xp ? __ldg(xp + (k0 >> 3)) : zero;
+        r.xb = xp ? __ldg(xp + (k0 >> 3) + 1) : zero;
         if (wok) {
-            const int kk = k0 + lc;
             if (BITS == 4) {
-                uint2 q = __ldg((const uint2*)(wrow + kk / 2));
+                uint2 q = __ldg((const uint2*)(wrow + (k0 >> 1)));
                 r.w = make_uint4(q.x, q.y, 0, 0);
             } else {
-                r.w = __ldg((const uint4*)(wrow + kk));
+                r.w = __ldg((const uint4*)(wrow + k0));
             }
-            r.s = ldraw(Sp, g0 + kk / group, sdt);
-            r.b = ldraw(Bp, g0 + kk / group, sdt);
+            const i64 gi = g0 + ((k0 + (u32)lc) >> gshift);
+            if (BFS) {
+                r.s = __ldg((const u16*)Sp + gi);
+                r.b = __ldg((const u16*)Bp + gi);
+            } else {
+                r.s = ldraw(Sp, gi, sdt);
+                r.b = ldraw(Bp, gi, sdt);
+            }
         }
     };
     auto stage = [&](const GemmRaw& r, u16* buf) {
         uint4* xd = (uint4*)(buf + lr * LDS_BF + lc);
         uint4* wd = (uint4*)(buf + (BM + lr) * LDS_BF + lc);
-        xd[0] = r.xa;
-        xd[1] = r.xb;
+        xd[0] = BFS ? perm8(r.xa) : r.xa;
+        xd[1] = BFS ? perm8(r.xb) : r.xb;
         if (wok) {
             u32 d[8];
-            dequant16<BITS>(r.w, rawf(r.s, sdt), rawf(r.b, sdt), d);
+            if (BFS)
+                dequant16_bf(r.w, r.s, r.b, d);
+            else
+                dequant16<BITS>(r.w, rawf(r.s, sdt), rawf(r.b, sdt), d);
             wd[0] = make_uint4(d[0], d[1], d[2], d[3]);
             wd[1] = make_uint4(d[4], d[5], d[6], d[7]);
         } else {
@@ -1306,8 +1358,10 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f32(GEMM_ARGS) { PDL_ENTR
     void *y, int ydt, const void *x, const void *W, const void *S, const void *B, int sdt, int M, int N, int K, \
         int group, const int *perm, const int *tiles, int xdiv, i64 wstride, i64 gstride
 #define GEMMQ_PASS y, ydt, x, W, S, B, sdt, M, N, K, group, perm, tiles, xdiv, wstride, gstride
-extern "C" __global__ void __launch_bounds__(128) gemm_q4(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4>(GEMMQ_PASS); }
-extern "C" __global__ void __launch_bounds__(128) gemm_q8(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<8>(GEMMQ_PASS); }
+extern "C" __global__ void __launch_bounds__(128) gemm_q4(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4, false>(GEMMQ_PASS); }
+extern "C" __global__ void __launch_bounds__(128) gemm_q8(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<8, false>(GEMMQ_PASS); }
+// 4 bits with bf16 scales and biases (MLX's default): bf16 pair dequantization.
+extern "C" __global__ void __launch_bounds__(128) gemm_q4b(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4, true>(GEMMQ_PASS); }
 
 // moe_sort groups the P = M·k (token, slot) pairs by expert with a counting
 // sort in one block: perm lists the pairs expert by expert, and tiles[3·t]
