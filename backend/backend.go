@@ -1,6 +1,8 @@
 // Package backend picks a kernels backend by name: "cpu" (pure Go, every
-// platform), "cpu-int8" (the CPU backend with int8 activations in its
-// quantized matmuls: faster, slightly less exact), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
+// platform), "cpu-f64" (the CPU backend summing every quantized matmul in
+// float64: slower on AVX-512, agrees with the generic kernels to the last
+// bit), "cpu-int8" (the CPU backend with int8 activations in its quantized
+// matmuls: faster, slightly less exact), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
 // Silicon), "metal-emulated" (the Metal kernels run on the CPU, for
 // debugging), or "auto": the fastest one available here, else the CPU.
 package backend
@@ -23,6 +25,8 @@ var (
 		// int8 activations: ~2× faster quantized matmuls on x86, ~0.25% higher
 		// perplexity on the demo model (kernels/cpu: WithInt8Activations).
 		"cpu-int8": func() (kernels.Backend, error) { return cpu.New(cpu.WithInt8Activations(true)), nil },
+		// float64 sums in the 4- and 8-bit matmuls (kernels/cpu: WithFloat64Sums).
+		"cpu-f64": func() (kernels.Backend, error) { return cpu.New(cpu.WithFloat64Sums(true)), nil },
 	}
 	// autoOrder lists the backends "auto" tries, best first.
 	autoOrder []string

@@ -5,21 +5,28 @@
 // activation tensors are accepted too and converted on the way in and out.
 // Weights may be dense (F32, F16, BF16) or MLX affine-quantized (2, 3, 4, 5,
 // 6 or 8 bits; groups of 32, 64 or 128; scales and biases in BF16, F16 or
-// F32). The matmuls and the attention accumulate in float64, which makes
-// their results independent of the summation order to the f32 rounding of
-// the output (so a row's result is the same whatever the batch, and the SIMD
-// kernels agree with the generic ones).
+// F32). The generic matmuls and the attention accumulate in float64, which
+// makes their results independent of the summation order to the f32
+// rounding of the output.
 //
 // Kernels. Hot loops run in assembly where the CPU allows: on amd64, AVX2+FMA
 // and AVX-512 kernel sets chosen at run time (golang.org/x/sys/cpu), for 4-
 // and 8-bit quantized and bf16/f32 dense matmuls (one input row for decode,
-// four at a time for prefill) and the attention's dot products; everything
-// else, and every other architecture (arm64 included, for now), runs the
-// generic Go kernels. GEMMOE_CPU_GENERIC=1 or WithGeneric forces the generic
-// kernels, GEMMOE_CPU_KERNELS or WithKernels picks a set (KernelSets lists
-// them). The SIMD kernels are exact like the generic ones: products of a
-// weight and an f32 input are exact in float64 and are summed in float64
-// lanes, so the two agree except for rare last-bit differences.
+// four at a time for prefill) and the attention's dot products; on arm64,
+// NEON; everything else runs the generic Go kernels. GEMMOE_CPU_GENERIC=1 or
+// WithGeneric forces the generic kernels, GEMMOE_CPU_KERNELS or WithKernels
+// picks a set (KernelSets lists them). Every SIMD kernel does the same
+// operations in the same order for a row whatever the batch, so a row's
+// result does not depend on how many rows a call carries.
+//
+// On AVX-512, the 4- and 8-bit matmuls with groups of 64 or 128 (MLX's
+// default is 64) dequantize each weight to f32 (scale·q + bias, the value an
+// f32 dequantization gives) and sum w·x in f32 lanes: about twice the
+// throughput of summing in float64, which is what makes decode reach the
+// memory bandwidth. WithFloat64Sums or GEMMOE_CPU_F64=1 selects the float64
+// kernels instead, whose exact products summed in float64 agree with the
+// generic kernels but for rare last-bit differences; the other kernels
+// (dense, AVX2, NEON) always sum exact products in float64.
 //
 // Int8 activations. WithInt8Activations(true) or GEMMOE_CPU_INT8=1 switches
 // the 4- and 8-bit matmuls to llama.cpp-style integer dot products: each
@@ -67,6 +74,8 @@ type config struct {
 	kernels string
 	int8    bool
 	int8Set bool
+	f64     bool
+	f64Set  bool
 }
 
 // WithThreads sets the number of goroutines that execute an op (the caller
@@ -88,6 +97,15 @@ func WithGeneric() Option { return func(c *config) { c.generic = true } }
 // generic kernels.
 func WithInt8Activations(on bool) Option { return func(c *config) { c.int8, c.int8Set = on, true } }
 
+// WithFloat64Sums makes the 4- and 8-bit matmuls run the SIMD kernels that
+// sum exact products in float64 (as the generic kernels do: their results
+// agree but for rare last-bit differences) instead of the default ones that
+// dequantize to f32 and sum in f32 (about twice as fast per weight; within
+// ~(K/64 + 10)·2⁻²⁴·Σ|w·x| of the exact sum). The environment variable
+// GEMMOE_CPU_F64=1 does the same. The f32 kernels exist for AVX-512 and
+// groups of 64 or 128; everything else runs the float64 kernels either way.
+func WithFloat64Sums(on bool) Option { return func(c *config) { c.f64, c.f64Set = on, true } }
+
 // WithKernels selects a kernel set by name (one of KernelSets, or
 // "generic"); a set the CPU lacks falls back to the best available. The
 // environment variable GEMMOE_CPU_KERNELS does the same.
@@ -100,12 +118,14 @@ type Backend struct {
 	closed bool
 	ks     *kernelSet // SIMD kernels; nil: generic Go
 	int8   bool       // int8-activation matmuls (with ks)
+	f64    bool       // quantized SIMD matmuls sum in float64 (not f32)
 
 	// scratch for dtype conversions of op arguments (slot-indexed) and for the
 	// per-call tables of the matmuls; grown on demand, reused across calls.
 	conv [numConvSlots][]float32
 	x64  []float64 // matmul input rows, widened
 	xf   []float64 // matmul input rows as the SIMD kernels read them
+	xf32 []float32 // matmul input rows as the f32 SIMD kernels read them (4-bit)
 	xq   []uint64  // matmul input rows quantized for the int8 kernels (bytes)
 	bsum []float64 // per-block sums of an input row (int8 kernels)
 	xsum []float64 // per-group sums of x for the fused quantized products
@@ -148,6 +168,10 @@ func New(opts ...Option) *Backend {
 		c.int8 = defaultInt8()
 	}
 	b.int8 = c.int8 && b.ks != nil
+	if !c.f64Set {
+		c.f64 = defaultFloat64Sums()
+	}
+	b.f64 = c.f64
 	b.ws = make([]workerScratch, c.threads)
 	return b
 }
@@ -276,7 +300,7 @@ func (b *Backend) Close() error {
 	for i := range b.conv {
 		b.conv[i] = nil
 	}
-	b.ws, b.xsum, b.x64 = nil, nil, nil
+	b.ws, b.xsum, b.x64, b.xf, b.xf32 = nil, nil, nil, nil, nil
 	return nil
 }
 

@@ -37,6 +37,7 @@ type mmJob struct {
 	// (xin) and as the kernels read them (xf, rows of xw floats).
 	fast    *[2]func(*kargs)
 	int8    bool // the int8-activation kernels
+	f32     bool // the f32-sum quantized kernels
 	lanes   int
 	xin     []float32
 	xf      []float64
@@ -255,7 +256,10 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
 	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType, w.Scales.DType)
-	j.int8 = false
+	j.int8, j.f32 = false, false
+	if k := b.ks.matmulF32(w.Bits, w.Group, w.Scales.DType); k != nil && w.Quantized() && !b.f64 && !b.int8 {
+		j.fast, j.f32 = k, true
+	}
 	if b.int8 {
 		if k := b.ks.int8Kernels(w.Bits, w.Group, w.Scales.DType); k != nil {
 			j.fast, j.int8 = k, true
@@ -550,6 +554,18 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 		return
 	}
 	k := j.k
+	if j.f32 { // f32 rows: 8-bit as given, 4-bit permuted per block of 32
+		src := j.xin[:rows*k]
+		if j.bits == 4 {
+			b.xf32 = grow(b.xf32, rows*k)
+			for r := range rows {
+				permute4F32(b.xf32[r*k:(r+1)*k], src[r*k:(r+1)*k])
+			}
+			src = b.xf32[:rows*k]
+		}
+		j.xbase, j.xstride = unsafe.Pointer(&src[0]), 4*k
+		return
+	}
 	xw := (k + j.g + 7) &^ 7
 	b.xf = grow64(b.xf, rows*xw)
 	j.xf, j.xw = b.xf, xw
@@ -609,6 +625,9 @@ func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
 	a := &ws.ka
 	g := j.g
 	a.groups, a.bpg = g, j.group/j.lanes
+	if j.f32 {
+		a.bpg = j.group / 64 // steps of 64 values
+	}
 	j.groupRows(seg, row, nb, ws, false)
 }
 

@@ -14,8 +14,9 @@ import (
 // Go kernels (dot.go) stay for everything else and are forced by
 // GEMMOE_CPU_GENERIC=1 or WithGeneric.
 //
-// The matmul kernels of a set are exact in float64 like the generic
-// kernels: a weight (a small unsigned integer q, a bf16 or an f32 value)
+// Most matmul kernels of a set are exact in float64 like the generic
+// kernels (the AVX-512 set's f32-sum quantized kernels, the default for
+// groups of 64 and 128, are the exception: see matmulF32): a weight (a small unsigned integer q, a bf16 or an f32 value)
 // times an f32 input is exact in float64, the kernels sum such products in
 // float64 lanes, and the output is rounded to f32 once. Their results
 // therefore equal the generic kernels' except, rarely, in the last bit when
@@ -53,6 +54,10 @@ type kernelSet struct {
 	// Matmul kernels per weight format: [0] one input row, [1] four. The
 	// quantized ones read f32 scales and biases, the "b" ones bf16.
 	q4, q8, q4b, q8b, bf16, f32 [2]func(*kargs)
+	// Quantized kernels that sum in f32 (nil: none; groups of 64 or 128),
+	// f32 scales and biases, and ("b") bf16: the default where present
+	// (see matmulF32).
+	q4f, q8f, q4fb, q8fb [2]func(*kargs)
 	// Int8-activation kernels (nil: none): 4-bit with groups of 64 or more,
 	// 8-bit (f32 or bf16 scales), 4-bit with groups of 32 (f32 scales);
 	// i8wide: the 8-bit ones read the input as int16.
@@ -96,6 +101,14 @@ func chooseKernels(generic bool, name string) *kernelSet {
 // defaultInt8 reports whether int8 activations are on by default
 // (GEMMOE_CPU_INT8).
 func defaultInt8() bool { return os.Getenv("GEMMOE_CPU_INT8") == "1" }
+
+// defaultFloat64Sums reports whether the quantized matmuls sum in float64 by
+// default (GEMMOE_CPU_F64=1).
+func defaultFloat64Sums() bool { return os.Getenv("GEMMOE_CPU_F64") == "1" }
+
+// Float64Sums reports whether the backend's quantized SIMD matmuls sum in
+// float64 (WithFloat64Sums) rather than in f32.
+func (b *Backend) Float64Sums() bool { return b.f64 }
 
 // Int8Activations reports whether the backend's quantized matmuls use int8
 // activations (WithInt8Activations).
@@ -152,6 +165,44 @@ func (ks *kernelSet) matmul(bits, group int, wdt, sdt dtype.DType) *[2]func(*kar
 		}
 	}
 	return nil
+}
+
+// matmulF32 returns the set's f32-sum kernels for a quantized format, or
+// nil. They dequantize each weight to w = scale·q + bias in f32, as an f32
+// dequantization does, and sum w·x in f32 lanes (four accumulators a row,
+// 16 lanes each): half the work per weight of the float64 kernels. A result
+// is within about (K/64 + 10)·2⁻²⁴·Σ|w·x| of the exact dot product of the
+// f32 weights, and the same for a row whatever the batch. They read f32 or
+// bf16 scales and biases (others are converted to f32 per block of rows).
+func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
+	if ks == nil || ks.q4f[0] == nil || group%64 != 0 {
+		return nil
+	}
+	b := sdt == dtype.BF16
+	switch {
+	case bits == 4 && b:
+		return &ks.q4fb
+	case bits == 4:
+		return &ks.q4f
+	case bits == 8 && b:
+		return &ks.q8fb
+	case bits == 8:
+		return &ks.q8f
+	}
+	return nil
+}
+
+// permute4F32 copies an input row for the 4-bit f32 kernels: in each block
+// of 32 values, the 16 even-indexed ones (the low nibbles of the block's 16
+// bytes), then the 16 odd ones.
+func permute4F32(dst, x []float32) {
+	for b := 0; b+32 <= len(x); b += 32 {
+		xs, ds := x[b:b+32:b+32], dst[b:b+32:b+32]
+		for i := range 16 {
+			ds[i] = xs[2*i]
+			ds[16+i] = xs[2*i+1]
+		}
+	}
 }
 
 // int8Kernels returns the set's int8-activation kernels for a quantized

@@ -74,6 +74,45 @@ func compareExact(t *testing.T, what string, got, want []float32) {
 	}
 }
 
+// compareF32 checks got (the f32-sum kernels) against want (the generic
+// float64 kernels): each within (K/64 + 10)·2⁻²⁴·mag[i] + one f32 step, mag
+// being Σ|w|·|x| of the output.
+func compareF32(t *testing.T, what string, got, want []float32, mag []float64, k int) {
+	t.Helper()
+	if len(got) != len(want) || len(mag) != len(got) {
+		t.Fatalf("%s: %d values, want %d (%d bounds)", what, len(got), len(want), len(mag))
+	}
+	for i := range got {
+		d := math.Abs(float64(got[i]) - float64(want[i]))
+		bound := float64(k/64+10)*0x1p-24*mag[i] + 0x1p-24*math.Abs(float64(want[i]))
+		if !(d <= bound) {
+			t.Fatalf("%s: element %d = %v, generic %v: |Δ| %.3g > bound %.3g", what, i, got[i], want[i], d, bound)
+		}
+	}
+}
+
+// absProducts returns Σ_k |w[r,k]|·|x[m,k]| for every input row m and weight
+// row r ([M, N]).
+func absProducts(absW []float64, x []float32, n, k int) []float64 {
+	m := len(x) / k
+	out := make([]float64, m*n)
+	for i := range m {
+		for r := range n {
+			var s float64
+			for j := range k {
+				s += absW[r*k+j] * math.Abs(float64(x[i*k+j]))
+			}
+			out[i*n+r] = s
+		}
+	}
+	return out
+}
+
+// f32Sums reports whether b runs the f32-sum kernels for format c.
+func f32Sums(b *Backend, c simdCase) bool {
+	return c.bits != 0 && !b.f64 && !b.int8 && b.ks.matmulF32(c.bits, c.group, c.sdt) != nil
+}
+
 // simdCase is one weight format.
 type simdCase struct {
 	bits, group int
@@ -104,13 +143,19 @@ func simdShapes(c simdCase) [][2]int {
 	return [][2]int{{37, 4 * g}, {33, 3 * g}, {1, g}, {16, 2 * g}, {17, 2816 / g * g}, {5, 11 * g}}
 }
 
-// weightFor makes a random weight of format c and shape [n, k] on b.
-func weightFor(t *testing.T, b *Backend, r *rand.Rand, c simdCase, n, k int) *kernels.Weight {
+// weightFor makes a random weight of format c and shape [n, k] on b and
+// returns it with |w| per element.
+func weightFor(t *testing.T, b *Backend, r *rand.Rand, c simdCase, n, k int) (*kernels.Weight, []float64) {
 	if c.bits == 0 {
 		w := rounded(c.wdt, randVals(r, n*k, -1, 1))
-		return &kernels.Weight{Data: tensor(t, b, c.wdt, w, n, k), N: n, K: k}
+		abs := make([]float64, len(w))
+		for i, v := range w {
+			abs[i] = math.Abs(v)
+		}
+		return &kernels.Weight{Data: tensor(t, b, c.wdt, w, n, k), N: n, K: k}, abs
 	}
-	return randQMat(r, n, k, c.bits, c.group, c.sdt).upload(t, b, c.sdt)
+	qm := randQMat(r, n, k, c.bits, c.group, c.sdt)
+	return qm.upload(t, b, c.sdt), qm.absDense()
 }
 
 func TestSIMDMatMul(t *testing.T) {
@@ -121,59 +166,68 @@ func TestSIMDMatMul(t *testing.T) {
 	gen := newBackend(t, WithGeneric())
 	r := rand.New(rand.NewPCG(21, 22))
 	for _, ks := range sets {
-		b := newBackend(t, WithKernels(ks))
-		if b.Kernels() != ks {
-			t.Fatalf("WithKernels(%q) gave %q", ks, b.Kernels())
-		}
-		for _, c := range simdCases {
-			for _, s := range simdShapes(c) {
-				n, k := s[0], s[1]
-				t.Run(fmt.Sprintf("%s/%s/%dx%d", ks, c, n, k), func(t *testing.T) {
-					w := weightFor(t, b, r, c, n, k)
-					const m = 9
-					x := rounded(dtype.F32, randNorm(r, m*k))
-					xt := tensor(t, b, dtype.F32, x, m, k)
-					// Reference: the generic kernels one row at a time (the
-					// fused exact path).
-					want := make([]float32, 0, m*n)
-					y1 := tensor(t, gen, dtype.F32, nil, 1, n)
-					for row := range m {
-						xr, _ := xt.RowRange(row, row+1)
-						if err := gen.MatMul(y1, xr, w); err != nil {
-							t.Fatal(err)
-						}
-						for _, v := range fetch(t, gen, y1) {
-							want = append(want, float32(v))
-						}
+		for _, f64 := range []bool{false, true} {
+			b := newBackend(t, WithKernels(ks), WithFloat64Sums(f64))
+			if b.Kernels() != ks {
+				t.Fatalf("WithKernels(%q) gave %q", ks, b.Kernels())
+			}
+			for _, c := range simdCases {
+				for _, s := range simdShapes(c) {
+					n, k := s[0], s[1]
+					if f64 && (c.bits == 0 || b.ks.matmulF32(c.bits, c.group, c.sdt) == nil) {
+						continue // the same kernels as without WithFloat64Sums
 					}
-					// SIMD, with M = 1..m rows per call: every call must give
-					// the same bits for a row (batch invariance).
-					var first []float32
-					for _, mm := range []int{m, 1, 4, 5} {
-						var got []float32
-						for row := 0; row < m; row += mm {
-							rows := min(mm, m-row)
-							xr, _ := xt.RowRange(row, row+rows)
-							yt := tensor(t, b, dtype.F32, nil, rows, n)
-							if err := b.MatMul(yt, xr, w); err != nil {
+					t.Run(fmt.Sprintf("%s/f64=%v/%s/%dx%d", ks, f64, c, n, k), func(t *testing.T) {
+						w, absW := weightFor(t, b, r, c, n, k)
+						const m = 9
+						x := rounded(dtype.F32, randNorm(r, m*k))
+						xt := tensor(t, b, dtype.F32, x, m, k)
+						// Reference: the generic kernels one row at a time (the
+						// fused exact path).
+						want := make([]float32, 0, m*n)
+						y1 := tensor(t, gen, dtype.F32, nil, 1, n)
+						for row := range m {
+							xr, _ := xt.RowRange(row, row+1)
+							if err := gen.MatMul(y1, xr, w); err != nil {
 								t.Fatal(err)
 							}
-							for _, v := range fetch(t, b, yt) {
-								got = append(got, float32(v))
+							for _, v := range fetch(t, gen, y1) {
+								want = append(want, float32(v))
 							}
 						}
-						if first == nil {
-							first = got
-							compareExact(t, "y", got, want)
-							continue
-						}
-						for i := range got {
-							if math.Float32bits(got[i]) != math.Float32bits(first[i]) {
-								t.Fatalf("M=%d per call: element %d (row %d) = %v, with M=%d %v", mm, i, i/n, got[i], m, first[i])
+						// SIMD, with M = 1..m rows per call: every call must give
+						// the same bits for a row (batch invariance).
+						var first []float32
+						for _, mm := range []int{m, 1, 4, 5} {
+							var got []float32
+							for row := 0; row < m; row += mm {
+								rows := min(mm, m-row)
+								xr, _ := xt.RowRange(row, row+rows)
+								yt := tensor(t, b, dtype.F32, nil, rows, n)
+								if err := b.MatMul(yt, xr, w); err != nil {
+									t.Fatal(err)
+								}
+								for _, v := range fetch(t, b, yt) {
+									got = append(got, float32(v))
+								}
+							}
+							if first == nil {
+								first = got
+								if f32Sums(b, c) {
+									compareF32(t, "y", got, want, absProducts(absW, f32s(x), n, k), k)
+								} else {
+									compareExact(t, "y", got, want)
+								}
+								continue
+							}
+							for i := range got {
+								if math.Float32bits(got[i]) != math.Float32bits(first[i]) {
+									t.Fatalf("M=%d per call: element %d (row %d) = %v, with M=%d %v", mm, i, i/n, got[i], m, first[i])
+								}
 							}
 						}
-					}
-				})
+					})
+				}
 			}
 		}
 	}
@@ -188,10 +242,10 @@ func TestSIMDMatMulExperts(t *testing.T) {
 	r := rand.New(rand.NewPCG(23, 24))
 	for _, ks := range sets {
 		b := newBackend(t, WithKernels(ks))
-		for _, c := range []simdCase{{4, 64, dtype.BF16, dtype.BF16}, {8, 32, dtype.F32, dtype.F32}, {0, 0, dtype.BF16, 0}} {
+		for _, c := range []simdCase{{4, 64, dtype.BF16, dtype.BF16}, {8, 64, dtype.F32, dtype.F32}, {8, 32, dtype.F32, dtype.F32}, {0, 0, dtype.BF16, 0}} {
 			const e, n, slots = 6, 21, 3
 			k := 192
-			w, _, _ := expertsCase(t, b, r, e, n, k, c.bits, c.group, c.wdt)
+			w, _, absW := expertsCase(t, b, r, e, n, k, c.bits, c.group, c.wdt)
 			for _, m := range []int{1, 7} {
 				t.Run(fmt.Sprintf("%s/%s/M%d", ks, c, m), func(t *testing.T) {
 					ids := make([]float64, m*slots)
@@ -215,7 +269,13 @@ func TestSIMDMatMulExperts(t *testing.T) {
 						if err := gen.MatMul(y1, xr, &ex); err != nil {
 							t.Fatal(err)
 						}
-						compareExact(t, fmt.Sprintf("slot %d", i), f32s(got[i*n:(i+1)*n]), f32s(fetch(t, gen, y1)))
+						what := fmt.Sprintf("slot %d", i)
+						if f32Sums(b, c) {
+							mag := absProducts(absW[int(ids[i])], f32s(x[i/slots*k:(i/slots+1)*k]), n, k)
+							compareF32(t, what, f32s(got[i*n:(i+1)*n]), f32s(fetch(t, gen, y1)), mag, k)
+						} else {
+							compareExact(t, what, f32s(got[i*n:(i+1)*n]), f32s(fetch(t, gen, y1)))
+						}
 					}
 					for tok := range m {
 						xr, _ := xt.RowRange(tok, tok+1)
