@@ -2,6 +2,7 @@ package model_test
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"path/filepath"
 	"testing"
@@ -24,13 +25,13 @@ func readReference(t *testing.T, name string) *fixture.Reference {
 	return ref
 }
 
-func open(t *testing.T, name string, opts model.Options) (*model.Model, *loader.Model) {
+func open(t *testing.T, name string, opts model.Options, cpuOpts ...cpu.Option) (*model.Model, *loader.Model) {
 	t.Helper()
 	src, err := loader.Open(filepath.Join("..", "testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := cpu.New()
+	b := cpu.New(cpuOpts...)
 	m, err := model.New(src, b, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -43,62 +44,70 @@ func maxAbsDiff(a, b []float32) float64 { return fixture.MaxAbsDiff(a, b) }
 
 // TestFixtureLogits checks the full-sequence forward against transformers:
 // logits within 5e-3, hidden states per layer within 1e-3 relative, and the
-// router's top-k ids identical.
+// router's top-k ids identical; with the CPU backend's default kernels and
+// with float64 sums in its quantized matmuls (WithFloat64Sums, which differ
+// from the default where AVX-512 runs the f32-sum kernels).
 func TestFixtureLogits(t *testing.T) {
-	for _, name := range fixtures {
-		t.Run(name, func(t *testing.T) {
-			ref := readReference(t, name)
-			m, _ := open(t, name, model.Options{Chunk: 64})
-			s, err := m.NewSession()
-			if err != nil {
-				t.Fatal(err)
+	for _, f64 := range []bool{false, true} {
+		for _, name := range fixtures {
+			t.Run(fmt.Sprintf("%s/f64=%v", name, f64), func(t *testing.T) {
+				testFixtureLogits(t, name, cpu.WithFloat64Sums(f64))
+			})
+		}
+	}
+}
+
+func testFixtureLogits(t *testing.T, name string, opt cpu.Option) {
+	ref := readReference(t, name)
+	m, _ := open(t, name, model.Options{Chunk: 64}, opt)
+	s, err := m.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	T, H, V := len(ref.InputIDs), m.Config.HiddenSize, m.Config.VocabSize
+	L := m.Config.NumLayers
+	hidden := make([][]float32, L+1)
+	var routerIDs [][]int32
+	trace := &model.Trace{
+		Hidden: func(layer int, h []float32) {
+			if layer < L-1 {
+				hidden[layer+1] = h
 			}
-			defer s.Close()
-			T, H, V := len(ref.InputIDs), m.Config.HiddenSize, m.Config.VocabSize
-			L := m.Config.NumLayers
-			hidden := make([][]float32, L+1)
-			var routerIDs [][]int32
-			trace := &model.Trace{
-				Hidden: func(layer int, h []float32) {
-					if layer < L-1 {
-						hidden[layer+1] = h
-					}
-				},
-				Router: func(layer int, ids []int32, _ []float32) { routerIDs = append(routerIDs, ids) },
+		},
+		Router: func(layer int, ids []int32, _ []float32) { routerIDs = append(routerIDs, ids) },
+	}
+	logits, err := s.ForwardAll(context.Background(), ref.InputIDs, trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Per-layer hidden states first: they tell where a divergence starts.
+	for i := 0; i < L; i++ {
+		want := ref.Hidden[i*T*H : (i+1)*T*H]
+		got := hidden[i]
+		var num, den float64
+		for j := range want {
+			num = max(num, math.Abs(float64(got[j]-want[j])))
+			den = max(den, math.Abs(float64(want[j])))
+		}
+		if num/den > 1e-3 {
+			t.Fatalf("hidden state %d (after layer %d) differs: max |Δ| %.3g relative to max |h| %.3g = %.3g > 1e-3", i, i-1, num, den, num/den)
+		}
+	}
+	for l, ids := range routerIDs {
+		want := ref.RouterIDs[l*len(ids) : (l+1)*len(ids)]
+		for j := range ids {
+			if ids[j] != want[j] {
+				t.Fatalf("layer %d router ids differ at %d: got %v want %v", l, j, ids[j], want[j])
 			}
-			logits, err := s.ForwardAll(context.Background(), ref.InputIDs, trace)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Per-layer hidden states first: they tell where a divergence starts.
-			for i := 0; i < L; i++ {
-				want := ref.Hidden[i*T*H : (i+1)*T*H]
-				got := hidden[i]
-				var num, den float64
-				for j := range want {
-					num = max(num, math.Abs(float64(got[j]-want[j])))
-					den = max(den, math.Abs(float64(want[j])))
-				}
-				if num/den > 1e-3 {
-					t.Fatalf("hidden state %d (after layer %d) differs: max |Δ| %.3g relative to max |h| %.3g = %.3g > 1e-3", i, i-1, num, den, num/den)
-				}
-			}
-			for l, ids := range routerIDs {
-				want := ref.RouterIDs[l*len(ids) : (l+1)*len(ids)]
-				for j := range ids {
-					if ids[j] != want[j] {
-						t.Fatalf("layer %d router ids differ at %d: got %v want %v", l, j, ids[j], want[j])
-					}
-				}
-			}
-			var worst float64
-			for r := 0; r < T; r++ {
-				worst = max(worst, maxAbsDiff(logits[r], ref.Logits[r*V:(r+1)*V]))
-			}
-			t.Logf("max |logits - reference| = %.3g", worst)
-			if worst > 5e-3 {
-				t.Fatalf("logits differ from the reference by %.3g > 5e-3", worst)
-			}
-		})
+		}
+	}
+	var worst float64
+	for r := 0; r < T; r++ {
+		worst = max(worst, maxAbsDiff(logits[r], ref.Logits[r*V:(r+1)*V]))
+	}
+	t.Logf("max |logits - reference| = %.3g", worst)
+	if worst > 5e-3 {
+		t.Fatalf("logits differ from the reference by %.3g > 5e-3", worst)
 	}
 }
