@@ -48,7 +48,6 @@ func compareFused(t *testing.T, opName string, c beCase, inputs func() []kernels
 
 func TestFusedNormMatMul(t *testing.T) {
 	r := rand.New(rand.NewPCG(41, 42))
-	const K = 256
 	type wspec struct{ bits, n, group int }
 	for _, tc := range []struct {
 		M       int
@@ -57,15 +56,21 @@ func TestFusedNormMatMul(t *testing.T) {
 		scale   float32
 		softcap float32
 		noNorm  bool // no norm weight
+		K       int  // 0: 256
 	}{
-		{1, []wspec{{4, 128, 64}, {4, 64, 64}, {4, 64, 64}}, 0, 0, 0, false},      // q, k, v
-		{1, []wspec{{4, 4096, 64}, {4, 2048, 64}, {4, 2048, 64}}, 0, 0, 0, false}, // real q, k, v rows: 4 rows per warp
-		{1, []wspec{{4, 128, 64}, {4, 64, 64}, {6, 64, 64}}, 0, 0, 0, false},      // a slow weight
-		{1, []wspec{{8, 16, 64}}, dtype.F32, 0.0625, 0, false},                    // the router
-		{1, []wspec{{4, 90, 64}}, 0, 0, 30, false},                                // a head with softcap, odd rows
-		{1, []wspec{{4, 32, 32}, {4, 32, 32}, {4, 32, 32}, {4, 32, 32}, {4, 8, 32}, {8, 16, 32}}, 0, 0, 0, true},
-		{3, []wspec{{4, 64, 64}, {8, 32, 64}}, 0, 0, 0, false}, // several tokens: the plain path
+		{1, []wspec{{8, 128, 64}}, dtype.F32, 0.0625, 0, false, 2816},                // the real router shape
+		{1, []wspec{{4, 128, 64}, {4, 64, 64}, {4, 64, 64}}, 0, 0, 0, false, 0},      // q, k, v
+		{1, []wspec{{4, 4096, 64}, {4, 2048, 64}, {4, 2048, 64}}, 0, 0, 0, false, 0}, // real q, k, v rows: 4 rows per warp
+		{1, []wspec{{4, 128, 64}, {4, 64, 64}, {6, 64, 64}}, 0, 0, 0, false, 0},      // a slow weight
+		{1, []wspec{{8, 16, 64}}, dtype.F32, 0.0625, 0, false, 0},                    // the router
+		{1, []wspec{{4, 90, 64}}, 0, 0, 30, false, 0},                                // a head with softcap, odd rows
+		{1, []wspec{{4, 32, 32}, {4, 32, 32}, {4, 32, 32}, {4, 32, 32}, {4, 8, 32}, {8, 16, 32}}, 0, 0, 0, true, 0},
+		{3, []wspec{{4, 64, 64}, {8, 32, 64}}, 0, 0, 0, false, 0}, // several tokens: the plain path
 	} {
+		K := tc.K
+		if K == 0 {
+			K = 256
+		}
 		qws := make([]*qweight, len(tc.ws))
 		for i, s := range tc.ws {
 			qws[i] = newQWeight(r, 0, s.n, K, s.bits, s.group, dtype.BF16)
