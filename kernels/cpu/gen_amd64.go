@@ -112,6 +112,16 @@ func (g *gen) header(name string) {
 	g.p("MOVQ a+0(FP), DI")
 }
 
+// quantHeader starts a quantized matmul kernel: the weight row (SI), rows
+// left (CX), the scales cursor (R9) and the byte offset to the biases (R8).
+func (g *gen) quantHeader(name string) {
+	g.header(name)
+	g.p("MOVQ %d(DI), SI", offW)
+	g.p("MOVQ %d(DI), CX", offRows)
+	g.p("MOVQ %d(DI), R9", offSB)
+	g.p("MOVQ %d(DI), R8", offBoff)
+}
+
 func (g *gen) xOffsets(nx int) {
 	g.p("MOVQ %d(DI), BX", offX)
 	for t := 1; t < nx; t++ {
@@ -141,11 +151,7 @@ func (g *gen) store(t, reg int) {
 func (g *gen) quant(bits, nx int, sdt string) {
 	D := g.isa.lanes / 2
 	name := fmt.Sprintf("q%d%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
-	g.header(name)
-	g.p("MOVQ %d(DI), SI", offW)
-	g.p("MOVQ %d(DI), CX", offRows)
-	g.p("MOVQ %d(DI), R9", offSB)
-	g.p("MOVQ %d(DI), R8", offBoff)
+	g.quantHeader(name)
 	half := func(i int) string { // the half-width register of V(i)
 		if g.isa.avx512 {
 			return fmt.Sprintf("Y%d", i)
@@ -334,11 +340,7 @@ func (g *gen) quant1(bits int, sdt string, wb, xb int, unpackAt func(off, r int)
 // measured 13% slower.)
 func (g *gen) quantF32(bits, nx int, sdt string) {
 	name := fmt.Sprintf("q%df%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
-	g.header(name)
-	g.p("MOVQ %d(DI), SI", offW)
-	g.p("MOVQ %d(DI), CX", offRows)
-	g.p("MOVQ %d(DI), R9", offSB)
-	g.p("MOVQ %d(DI), R8", offBoff)
+	g.quantHeader(name)
 	if bits == 4 {
 		g.p("VMOVUPS ·nibF32(SB), Z16")
 	}
@@ -807,11 +809,7 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string) {
 		p = "p"
 	}
 	name := fmt.Sprintf("i%d%sx%d%s", bits, p, nx, variant)
-	g.header(name)
-	g.p("MOVQ %d(DI), SI", offW)
-	g.p("MOVQ %d(DI), CX", offRows)
-	g.p("MOVQ %d(DI), R9", offSB)
-	g.p("MOVQ %d(DI), R8", offBoff)
+	g.quantHeader(name)
 	if bits == 4 {
 		g.p("MOVL $0x0f0f0f0f, R11")
 		g.p("VMOVD R11, X15")
