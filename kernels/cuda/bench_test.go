@@ -437,6 +437,25 @@ func BenchmarkAttentionDecode(b *testing.B) {
 	timeLoop(b, be, 2*P*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
 }
 
+// BenchmarkAttentionPrefill: 512 query rows at positions 0..511 of the
+// sliding layers' shape (16 heads over 8 kv heads of 256, bf16 cache).
+func BenchmarkAttentionPrefill(b *testing.B) {
+	be := benchBackend(b)
+	r := rand.New(rand.NewPCG(6, 6))
+	const H, KVH, D, T = 16, 8, 256, 512
+	kc := put(b, be, dtype.BF16, randn(r, 1024*KVH*D, 1), 1024, KVH*D)
+	vc := put(b, be, dtype.BF16, randn(r, 1024*KVH*D, 1), 1024, KVH*D)
+	q := put(b, be, dtype.BF16, randn(r, T*H*D, 1), T, H*D)
+	out, _ := be.Alloc(dtype.BF16, T, H*D)
+	ps := make([]int32, T)
+	for i := range ps {
+		ps[i] = int32(i)
+	}
+	pos := putRaw(b, be, dtype.I32, i32bytes(ps), T)
+	p := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Window: 1024, Scale: 1}
+	timeLoop(b, be, 2*T*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
+}
+
 // decodeLayers is the setup of the decode-layer benchmarks: L layers of
 // Gemma 4 26B-A4B weights (4-bit, group 64; 8-bit router) with their caches
 // holding P positions, and the activations of one token (bf16).

@@ -633,14 +633,17 @@ func TestAttention(t *testing.T) {
 		return v
 	}
 	tcs := []tc{
-		{16, 8, 256, 1024, 0, []int32{0}},               // first token
-		{16, 8, 256, 1024, 0, []int32{700}},             // decode, several splits
-		{16, 8, 256, 64, 64, []int32{1000}},             // sliding ring buffer
-		{16, 2, 512, 4096, 0, []int32{3000}},            // global layer shape, G = 8
-		{16, 8, 256, 128, 100, []int32{350}},            // window smaller than the ring
-		{8, 8, 64, 256, 0, seq(0, 40)},                  // prefill from 0
-		{16, 2, 128, 512, 32, seq(100, 50)},             // prefill continuing, windowed
-		{32, 2, 64, 2048, 0, []int32{1500, 1501, 1502}}, // G = 16
+		{16, 8, 256, 1024, 0, []int32{0}},                // first token
+		{16, 8, 256, 1024, 0, []int32{700}},              // decode, several splits
+		{16, 8, 256, 64, 64, []int32{1000}},              // sliding ring buffer
+		{16, 2, 512, 4096, 0, []int32{3000}},             // global layer shape, G = 8
+		{16, 8, 256, 128, 100, []int32{350}},             // window smaller than the ring
+		{8, 8, 64, 256, 0, seq(0, 40)},                   // prefill from 0
+		{16, 2, 128, 512, 32, seq(100, 50)},              // prefill continuing, windowed
+		{32, 2, 64, 2048, 0, []int32{1500, 1501, 1502}},  // G = 16
+		{16, 8, 256, 1024, 0, seq(0, 150)},               // long prefill
+		{16, 8, 256, 300, 128, seq(500, 137)},            // the same over a ring, windowed
+		{16, 8, 256, 128, 64, []int32{80, 3, 81, 90, 7}}, // rows out of order
 	}
 	for _, c := range tcs {
 		p := kernels.AttentionParams{Heads: c.H, KVHeads: c.KVH, HeadDim: c.D, Window: c.window, Scale: 1}
