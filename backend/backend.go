@@ -1,7 +1,7 @@
 // Package backend picks a kernels backend by name: "cpu" (pure Go, every
 // platform), "cpu-f64" (the CPU backend summing every quantized matmul in
-// float64: slower on AVX-512, agrees with the generic kernels to the last
-// bit), "cpu-int8" (the CPU backend with int8 activations in its quantized
+// float64: slower on AVX2 and AVX-512, agrees with the generic kernels to the
+// last bit), "cpu-int8" (the CPU backend with int8 activations in its quantized
 // matmuls: faster, slightly less exact), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
 // Silicon), "metal-emulated" (the Metal kernels run on the CPU, for
 // debugging), or "auto": the fastest one available here, else the CPU.

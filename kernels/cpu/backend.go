@@ -19,14 +19,16 @@
 // operations in the same order for a row whatever the batch, so a row's
 // result does not depend on how many rows a call carries.
 //
-// On AVX-512, the 4- and 8-bit matmuls with groups of 64 or 128 (MLX's
-// default is 64) dequantize each weight to f32 (scale·q + bias, the value an
-// f32 dequantization gives) and sum w·x in f32 lanes: about twice the
-// throughput of summing in float64, which is what makes decode reach the
-// memory bandwidth. WithFloat64Sums or GEMMOE_CPU_F64=1 selects the float64
-// kernels instead, whose exact products summed in float64 agree with the
-// generic kernels but for rare last-bit differences; the other kernels
-// (dense, AVX2, NEON) always sum exact products in float64.
+// With AVX2 or AVX-512, the 4- and 8-bit matmuls (groups of a multiple of 32
+// or 64; MLX's default is 64) dequantize each weight to f32 (scale·q + bias,
+// the value an f32 dequantization gives) and sum w·x in f32 lanes: two to
+// three times the throughput of summing in float64, which is what makes
+// decode approach the memory bandwidth. Their results differ from the exact
+// sums by f32 rounding (on the demo model the held-out perplexity is the
+// same to four decimals). WithFloat64Sums or GEMMOE_CPU_F64=1 selects the
+// float64 kernels instead, whose exact products summed in float64 agree with
+// the generic kernels but for rare last-bit differences; the other kernels
+// (dense, NEON) always sum exact products in float64.
 //
 // Int8 activations. WithInt8Activations(true) or GEMMOE_CPU_INT8=1 switches
 // the 4- and 8-bit matmuls to llama.cpp-style integer dot products: each
@@ -100,10 +102,11 @@ func WithInt8Activations(on bool) Option { return func(c *config) { c.int8, c.in
 // WithFloat64Sums makes the 4- and 8-bit matmuls run the SIMD kernels that
 // sum exact products in float64 (as the generic kernels do: their results
 // agree but for rare last-bit differences) instead of the default ones that
-// dequantize to f32 and sum in f32 (about twice as fast per weight; within
-// ~(K/64 + 10)·2⁻²⁴·Σ|w·x| of the exact sum). The environment variable
-// GEMMOE_CPU_F64=1 does the same. The f32 kernels exist for AVX-512 and
-// groups of 64 or 128; everything else runs the float64 kernels either way.
+// dequantize to f32 and sum in f32 (two to three times as fast per weight;
+// within ~(K/32 + 10)·2⁻²⁴·Σ|w·x| of the exact sum). The environment
+// variable GEMMOE_CPU_F64=1 does the same. The f32 kernels exist for AVX2
+// (groups of a multiple of 32) and AVX-512 (of 64); everything else runs the
+// float64 kernels either way.
 func WithFloat64Sums(on bool) Option { return func(c *config) { c.f64, c.f64Set = on, true } }
 
 // WithKernels selects a kernel set by name (one of KernelSets, or

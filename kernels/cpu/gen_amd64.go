@@ -421,6 +421,110 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 	g.p("RET")
 }
 
+// quantF32AVX2 is quantF32 for AVX2 (eight f32 lanes, sixteen registers):
+// each weight is dequantized by converting q to f32 and one FMA (scale·q +
+// bias, one rounding: the same value as the AVX-512 table), and w·x joins one
+// of four f32 accumulators per input row. One step takes 32 values (4-bit: 16
+// bytes, each 8-byte half widened to dwords, its low nibbles masked and its
+// high ones shifted down; 8-bit: 32 bytes) into the four accumulators; a.bpg
+// is the steps per group. The input row is f32 (4-bit: each block of 16
+// values as its 8 even-indexed values, then its 8 odd ones). The registers
+// hold the accumulators of two input rows at most, so the four-row kernel
+// walks each weight row twice, rows 0 and 1, then 2 and 3, with the same
+// operations per row as the one-row kernel.
+//
+// Registers: accumulators Y0..Y7 (row t of the pass: Y4t..Y4t+3), Y8..Y11
+// the step's dequantized weights, Y12 the broadcast scale, Y13 the broadcast
+// bias, Y14 the nibble mask.
+func (g *gen) quantF32AVX2(bits, nx int, sdt string) {
+	name := fmt.Sprintf("q%df%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
+	g.quantHeader(name)
+	if bits == 4 {
+		g.p("MOVL $15, R11")
+		g.p("VMOVD R11, X14")
+		g.p("VPBROADCASTD X14, Y14")
+	}
+	g.xOffsets(nx)
+	wb := 16 // weight bytes per step
+	if bits == 8 {
+		wb = 32
+	}
+	bcast := func(src, dst string) {
+		if sdt == "bf16" {
+			g.p("VPBROADCASTW %s, %s", src, dst)
+			g.p("VPSLLD $16, %s, %s", dst, dst)
+		} else {
+			g.p("VBROADCASTSS %s, %s", src, dst)
+		}
+	}
+	row := g.newLabel("row")
+	g.l(row)
+	for pass := 0; pass < max(1, nx/2); pass++ {
+		rows := min(nx, 2) // input rows of this pass: 2·pass + t
+		acc := func(t, c int) string { return fmt.Sprintf("Y%d", 4*t+c) }
+		grp, step := g.newLabel("grp"), g.newLabel("step")
+		g.p("MOVQ SI, AX")
+		g.p("MOVQ %d(DI), BX", offX)
+		for t := range rows {
+			for c := range 4 {
+				g.p("VXORPS %s, %s, %s", acc(t, c), acc(t, c), acc(t, c))
+			}
+		}
+		g.p("MOVQ %d(DI), R10", offGroups)
+		g.l(grp)
+		bcast("(R9)", "Y12")
+		bcast("(R9)(R8*1)", "Y13")
+		g.p("MOVQ %d(DI), R12", offBPG)
+		g.l(step)
+		if bits == 4 {
+			for h := range 2 {
+				lo, hi := fmt.Sprintf("Y%d", 8+2*h), fmt.Sprintf("Y%d", 9+2*h)
+				g.p("VPMOVZXBD %d(AX), %s", 8*h, lo)
+				g.p("VPSRLD $4, %s, %s", lo, hi)
+				g.p("VPAND Y14, %s, %s", lo, lo)
+			}
+		} else {
+			for c := range 4 {
+				g.p("VPMOVZXBD %d(AX), Y%d", 8*c, 8+c)
+			}
+		}
+		for c := range 4 {
+			w := fmt.Sprintf("Y%d", 8+c)
+			g.p("VCVTDQ2PS %s, %s", w, w)
+			g.p("VFMADD213PS Y13, Y12, %s", w) // w = q·scale + bias
+		}
+		for t := range rows {
+			for c := range 4 {
+				g.p("VFMADD231PS %s, Y%d, %s", xaddr(2*pass+t, 32*c), 8+c, acc(t, c))
+			}
+		}
+		g.p("ADDQ $%d, AX", wb)
+		g.p("ADDQ $128, BX")
+		g.p("DECQ R12")
+		g.p("JNZ %s", step)
+		g.p("ADDQ $%d, R9", esize(sdt))
+		g.p("DECQ R10")
+		g.p("JNZ %s", grp)
+		for t := range rows {
+			g.p("VADDPS %s, %s, %s", acc(t, 1), acc(t, 0), acc(t, 0))
+			g.p("VADDPS %s, %s, %s", acc(t, 3), acc(t, 2), acc(t, 2))
+			g.p("VADDPS %s, %s, %s", acc(t, 2), acc(t, 0), acc(t, 0))
+			g.hsum(4*t, 4*t+1)
+			g.store(2*pass+t, 4*t)
+		}
+		if pass == 0 && nx == 4 { // back to this row's scales for rows 2 and 3
+			g.p("MOVQ %d(DI), R11", offGroups)
+			g.p("IMUL3Q $%d, R11, R11", -esize(sdt))
+			g.p("ADDQ R11, R9")
+		}
+	}
+	g.p("ADDQ %d(DI), SI", offStride)
+	g.p("DECQ CX")
+	g.p("JNZ %s", row)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
 // hsumPD leaves the sum of the float64 lanes of register i in lane 0 of
 // X(i), using register tmp; the order is fixed.
 func (g *gen) hsumPD(i, tmp int) {
@@ -1203,11 +1307,18 @@ func main() {
 		g.axpy()
 		g.softcap()
 	}
-	g.isa = avx512
-	for _, nx := range []int{1, 4} {
-		for _, sdt := range []string{"f32", "bf16"} {
-			g.quantF32(4, nx, sdt)
-			g.quantF32(8, nx, sdt)
+	for _, is := range []isa{avx2, avx512} {
+		g.isa = is
+		for _, nx := range []int{1, 4} {
+			for _, sdt := range []string{"f32", "bf16"} {
+				for _, bits := range []int{4, 8} {
+					if is.avx512 {
+						g.quantF32(bits, nx, sdt)
+					} else {
+						g.quantF32AVX2(bits, nx, sdt)
+					}
+				}
+			}
 		}
 	}
 	g.isa = avx2

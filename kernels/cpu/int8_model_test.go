@@ -15,13 +15,14 @@ import (
 	"github.com/gemmoe/gemmoe/model"
 )
 
-// TestInt8DemoPerplexity measures the int8-activation path on the demo model
+// TestDemoPerplexity measures the default kernels (f32 sums where AVX2 or
+// AVX-512 runs them) and the int8-activation path on the demo model
 // (demo-build/model-4bit, see tools/demo/README.md; untracked, so the test
 // skips without it): the held-out perplexity over GEMMOE_DEMO_WINDOWS
 // windows of 512 tokens (spread over the held-out set; unset: the test
 // skips, it takes about a second per window and path on two cores) must be
-// within 0.5% of the exact kernels'.
-func TestInt8DemoPerplexity(t *testing.T) {
+// within 0.5% of the float64 kernels' (WithFloat64Sums).
+func TestDemoPerplexity(t *testing.T) {
 	dir := filepath.Join("..", "..", "demo-build")
 	n, _ := strconv.Atoi(os.Getenv("GEMMOE_DEMO_WINDOWS"))
 	if n <= 0 {
@@ -41,12 +42,12 @@ func TestInt8DemoPerplexity(t *testing.T) {
 	const win = 512
 	total := (len(toks) - 1) / win
 	n = min(n, total)
-	ppl := func(int8 bool) float64 {
+	ppl := func(opts ...cpu.Option) float64 {
 		src, err := loader.Open(filepath.Join(dir, "model-4bit"))
 		if err != nil {
 			t.Skipf("no demo model: %v", err)
 		}
-		b := cpu.New(cpu.WithInt8Activations(int8))
+		b := cpu.New(opts...)
 		defer b.Close()
 		m, err := model.New(src, b, model.Options{Chunk: win, ContextLength: win + 1})
 		if err != nil {
@@ -74,10 +75,19 @@ func TestInt8DemoPerplexity(t *testing.T) {
 		}
 		return math.Exp(nll / float64(count))
 	}
-	exact, fast := ppl(false), ppl(true)
-	rel := fast/exact - 1
-	t.Logf("%d windows of %d tokens: perplexity %.4f exact, %.4f with int8 activations (%+.3f%%)", n, win, exact, fast, 100*rel)
-	if math.Abs(rel) > 0.005 {
-		t.Errorf("int8 activations move the perplexity by %+.3f%% (> 0.5%%)", 100*rel)
+	exact := ppl(cpu.WithFloat64Sums(true), cpu.WithInt8Activations(false))
+	for _, c := range []struct {
+		name string
+		opts []cpu.Option
+	}{
+		{"the default kernels", []cpu.Option{cpu.WithFloat64Sums(false), cpu.WithInt8Activations(false)}},
+		{"int8 activations", []cpu.Option{cpu.WithInt8Activations(true)}},
+	} {
+		fast := ppl(c.opts...)
+		rel := fast/exact - 1
+		t.Logf("%d windows of %d tokens: perplexity %.4f with float64 sums, %.4f with %s (%+.4f%%)", n, win, exact, fast, c.name, 100*rel)
+		if math.Abs(rel) > 0.005 {
+			t.Errorf("%s move the perplexity by %+.3f%% (> 0.5%%)", c.name, 100*rel)
+		}
 	}
 }

@@ -554,12 +554,12 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 		return
 	}
 	k := j.k
-	if j.f32 { // f32 rows: 8-bit as given, 4-bit permuted per block of 32
+	if j.f32 { // f32 rows: 8-bit as given, 4-bit permuted per block of 2·lanes
 		src := j.xin[:rows*k]
 		if j.bits == 4 {
 			b.xf32 = grow(b.xf32, rows*k)
 			for r := range rows {
-				permute4F32(b.xf32[r*k:(r+1)*k], src[r*k:(r+1)*k])
+				permute4F32(b.xf32[r*k:(r+1)*k], src[r*k:(r+1)*k], 2*j.lanes)
 			}
 			src = b.xf32[:rows*k]
 		}
@@ -626,7 +626,7 @@ func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
 	g := j.g
 	a.groups, a.bpg = g, j.group/j.lanes
 	if j.f32 {
-		a.bpg = j.group / 64 // steps of 64 values
+		a.bpg = j.group / (4 * j.lanes) // steps of 4·lanes values
 	}
 	j.groupRows(seg, row, nb, ws, false)
 }

@@ -15,8 +15,8 @@ import (
 // GEMMOE_CPU_GENERIC=1 or WithGeneric.
 //
 // Most matmul kernels of a set are exact in float64 like the generic
-// kernels (the AVX-512 set's f32-sum quantized kernels, the default for
-// groups of 64 and 128, are the exception: see matmulF32): a weight (a small unsigned integer q, a bf16 or an f32 value)
+// kernels (the f32-sum quantized kernels of the AVX2 and AVX-512 sets, the
+// default where they apply, are the exception: see matmulF32): a weight (a small unsigned integer q, a bf16 or an f32 value)
 // times an f32 input is exact in float64, the kernels sum such products in
 // float64 lanes, and the output is rounded to f32 once. Their results
 // therefore equal the generic kernels' except, rarely, in the last bit when
@@ -54,9 +54,9 @@ type kernelSet struct {
 	// Matmul kernels per weight format: [0] one input row, [1] four. The
 	// quantized ones read f32 scales and biases, the "b" ones bf16.
 	q4, q8, q4b, q8b, bf16, f32 [2]func(*kargs)
-	// Quantized kernels that sum in f32 (nil: none; groups of 64 or 128),
-	// f32 scales and biases, and ("b") bf16: the default where present
-	// (see matmulF32).
+	// Quantized kernels that sum in f32 (nil: none; groups of a multiple
+	// of 4·lanes), f32 scales and biases, and ("b") bf16: the default where
+	// present (see matmulF32).
 	q4f, q8f, q4fb, q8fb [2]func(*kargs)
 	// Int8-activation kernels (nil: none): 4-bit with groups of 64 or more,
 	// 8-bit (f32 or bf16 scales), 4-bit with groups of 32 (f32 scales);
@@ -169,13 +169,13 @@ func (ks *kernelSet) matmul(bits, group int, wdt, sdt dtype.DType) *[2]func(*kar
 
 // matmulF32 returns the set's f32-sum kernels for a quantized format, or
 // nil. They dequantize each weight to w = scale·q + bias in f32, as an f32
-// dequantization does, and sum w·x in f32 lanes (four accumulators a row,
-// 16 lanes each): half the work per weight of the float64 kernels. A result
-// is within about (K/64 + 10)·2⁻²⁴·Σ|w·x| of the exact dot product of the
-// f32 weights, and the same for a row whatever the batch. They read f32 or
-// bf16 scales and biases (others are converted to f32 per block of rows).
+// dequantization does, and sum w·x in f32 lanes (four accumulators a row):
+// about half the work per weight of the float64 kernels. A result is within
+// about (K/(4·lanes) + 10)·2⁻²⁴·Σ|w·x| of the exact dot product of the f32
+// weights, and the same for a row whatever the batch. They read f32 or bf16
+// scales and biases (others are converted to f32 per block of rows).
 func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
-	if ks == nil || ks.q4f[0] == nil || group%64 != 0 {
+	if ks == nil || ks.q4f[0] == nil || group%(4*ks.lanes) != 0 {
 		return nil
 	}
 	b := sdt == dtype.BF16
@@ -193,14 +193,15 @@ func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs
 }
 
 // permute4F32 copies an input row for the 4-bit f32 kernels: in each block
-// of 32 values, the 16 even-indexed ones (the low nibbles of the block's 16
-// bytes), then the 16 odd ones.
-func permute4F32(dst, x []float32) {
-	for b := 0; b+32 <= len(x); b += 32 {
-		xs, ds := x[b:b+32:b+32], dst[b:b+32:b+32]
-		for i := range 16 {
+// of `block` values (twice the kernels' lanes), the even-indexed ones (the
+// low nibbles of the block's bytes), then the odd ones.
+func permute4F32(dst, x []float32, block int) {
+	h := block / 2
+	for b := 0; b+block <= len(x); b += block {
+		xs, ds := x[b:b+block:b+block], dst[b:b+block:b+block]
+		for i := range h {
 			ds[i] = xs[2*i]
-			ds[16+i] = xs[2*i+1]
+			ds[h+i] = xs[2*i+1]
 		}
 	}
 }

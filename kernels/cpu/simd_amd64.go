@@ -103,6 +103,30 @@ func q4fbx4AVX512(a *kargs)
 func q8fbx4AVX512(a *kargs)
 
 //go:noescape
+func q4fx1AVX2(a *kargs)
+
+//go:noescape
+func q8fx1AVX2(a *kargs)
+
+//go:noescape
+func q4fbx1AVX2(a *kargs)
+
+//go:noescape
+func q8fbx1AVX2(a *kargs)
+
+//go:noescape
+func q4fx4AVX2(a *kargs)
+
+//go:noescape
+func q8fx4AVX2(a *kargs)
+
+//go:noescape
+func q4fbx4AVX2(a *kargs)
+
+//go:noescape
+func q8fbx4AVX2(a *kargs)
+
+//go:noescape
 func i4x1AVX2(a *kargs)
 
 //go:noescape
@@ -192,6 +216,8 @@ var (
 		q4: [2]func(*kargs){q4x1AVX2, q4x4AVX2}, q8: [2]func(*kargs){q8x1AVX2, q8x4AVX2},
 		q4b: [2]func(*kargs){q4bx1AVX2, q4bx4AVX2}, q8b: [2]func(*kargs){q8bx1AVX2, q8bx4AVX2},
 		bf16: [2]func(*kargs){bf16x1AVX2, bf16x4AVX2}, f32: [2]func(*kargs){f32x1AVX2, f32x4AVX2},
+		q4f: [2]func(*kargs){q4fx1AVX2, q4fx4AVX2}, q8f: [2]func(*kargs){q8fx1AVX2, q8fx4AVX2},
+		q4fb: [2]func(*kargs){q4fbx1AVX2, q4fbx4AVX2}, q8fb: [2]func(*kargs){q8fbx1AVX2, q8fbx4AVX2},
 		dot: dotF64AVX2, axpy: axpyF64AVX2, softcap: softcapPolyAVX2,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
