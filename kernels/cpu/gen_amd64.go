@@ -317,189 +317,130 @@ func (g *gen) quant1(bits int, sdt string, wb, xb int, unpackAt func(off, r int)
 	g.p("RET")
 }
 
-// quantF32 writes an AVX-512 quantized kernel (bits 4 or 8, groups a
-// multiple of 64, f32 or bf16 scales and biases) for nx input rows that
-// sums in f32: each weight is dequantized to w = scale·q + bias in f32 (one
+// quantF32 writes a quantized kernel (bits 4 or 8, groups a multiple of
+// 4·lanes, f32 or bf16 scales and biases) for nx input rows that sums in
+// f32: each weight is dequantized to w = scale·q + bias in f32 (one
 // rounding, the value an f32 dequantization gives), w·x joins one of four
 // f32 accumulators per input row, and at the row's end the four are added
-// pairwise and their lanes summed in a fixed order. Per group, 4-bit kernels
-// build the 16-entry table scale·q + bias (one FMA on the constant 0..15 in
-// Z16) and look the nibbles up with VPERMPS, which reads only the low four
-// bits of each index: a byte widened to a dword is its own low nibble's
-// index, and shifted right by four its high nibble's. The input row is f32
-// (4-bit: each block of 32 values as its 16 even-indexed values, then its 16
-// odd ones; 8-bit: as is). One step takes 64 values (4-bit: 32 bytes, 8-bit:
-// 64) into the four accumulators; a.bpg is the steps per group. Every input
-// row gets the same operations in the same order, so the one-row and
-// four-row kernels agree bit for bit.
+// pairwise and their lanes summed in a fixed order. One step takes 4·lanes
+// values into the four accumulators; a.bpg is the steps per group. The
+// input row is f32 (4-bit: each block of 2·lanes values as its
+// even-indexed values, then its odd ones; 8-bit: as is). Every input row
+// gets the same operations in the same order, so the one-row and four-row
+// kernels agree bit for bit.
 //
-// Registers: accumulators Z0..Z15 (row t: Z4t..Z4t+3), Z16 the values 0..15,
-// Z17 the broadcast scale, Z18 the broadcast bias (8-bit) or the group's
-// table (4-bit), Z20..Z23 the step's dequantized weights. (bf16 scales are
-// widened in the kernel: converting them per block of rows in Go first
-// measured 13% slower.)
+// AVX-512: per group, 4-bit kernels build the 16-entry table scale·q + bias
+// (one FMA on the constant 0..15 in Z16) and look the nibbles up with
+// VPERMPS, which reads only the low four bits of each index: a byte widened
+// to a dword is its own low nibble's index, and shifted right by four its
+// high nibble's. Registers: accumulators Z0..Z15 (row t: Z4t..Z4t+3), Z17
+// the scale, Z18 the bias (8-bit) or the group's table (4-bit), Z20..Z23
+// the step's weights. (bf16 scales are widened in the kernel: converting
+// them per block of rows in Go first measured 13% slower.)
+//
+// AVX2 (eight lanes, sixteen registers): q is converted to f32 and one FMA
+// dequantizes it (the same value as the table). The registers hold the
+// accumulators of two input rows, so the four-row kernel walks each weight
+// row twice, rows 0 and 1, then 2 and 3. Registers: accumulators Y0..Y7,
+// Y8..Y11 the step's weights, Y12 the scale, Y13 the bias, Y14 the nibble
+// mask.
 func (g *gen) quantF32(bits, nx int, sdt string) {
+	L := g.isa.lanes
 	name := fmt.Sprintf("q%df%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
 	g.quantHeader(name)
-	if bits == 4 {
+	w0, sc, bi := 20, 17, 18 // first weight register, scale, bias
+	perPass := 4            // input rows whose accumulators fit
+	if !g.isa.avx512 {
+		w0, sc, bi, perPass = 8, 12, 13, 2
+	}
+	table := bits == 4 && g.isa.avx512
+	switch {
+	case table:
 		g.p("VMOVUPS ·nibF32(SB), Z16")
-	}
-	g.xOffsets(nx)
-	wb := 32 // weight bytes per step
-	if bits == 8 {
-		wb = 64
-	}
-	acc := func(t, c int) string { return fmt.Sprintf("Z%d", 4*t+c) }
-	row, grp, step := g.newLabel("row"), g.newLabel("grp"), g.newLabel("step")
-	g.l(row)
-	g.p("MOVQ SI, AX")
-	g.p("MOVQ %d(DI), BX", offX)
-	for t := range nx {
-		for c := range 4 {
-			g.zero(acc(t, c))
-		}
-	}
-	g.p("MOVQ %d(DI), R10", offGroups)
-	g.l(grp)
-	if sdt == "bf16" {
-		g.p("VPBROADCASTW (R9)(R8*1), Z18")
-		g.p("VPSLLD $16, Z18, Z18")
-		g.p("VPBROADCASTW (R9), Z17")
-		g.p("VPSLLD $16, Z17, Z17")
-		if bits == 4 {
-			g.p("VFMADD231PS Z17, Z16, Z18")
-		}
-	} else {
-		g.p("VBROADCASTSS (R9)(R8*1), Z18")
-		if bits == 4 {
-			g.p("VFMADD231PS.BCST (R9), Z16, Z18") // Z18[q] = q·scale + bias
-		} else {
-			g.p("VBROADCASTSS (R9), Z17")
-		}
-	}
-	g.p("MOVQ %d(DI), R12", offBPG)
-	g.l(step)
-	if bits == 4 {
-		for blk := range 2 {
-			lo, hi := fmt.Sprintf("Z%d", 20+2*blk), fmt.Sprintf("Z%d", 21+2*blk)
-			g.p("VPMOVZXBD %d(AX), %s", 16*blk, lo)
-			g.p("VPSRLD $4, %s, %s", lo, hi)
-			g.p("VPERMPS Z18, %s, %s", lo, lo)
-			g.p("VPERMPS Z18, %s, %s", hi, hi)
-		}
-	} else {
-		for c := range 4 {
-			w := fmt.Sprintf("Z%d", 20+c)
-			g.p("VPMOVZXBD %d(AX), %s", 16*c, w)
-			g.p("VCVTDQ2PS %s, %s", w, w)
-			g.p("VFMADD213PS Z18, Z17, %s", w) // w = q·scale + bias
-		}
-	}
-	for t := range nx {
-		for c := range 4 {
-			g.p("VFMADD231PS %s, Z%d, %s", xaddr(t, 64*c), 20+c, acc(t, c))
-		}
-	}
-	g.p("ADDQ $%d, AX", wb)
-	g.p("ADDQ $256, BX")
-	g.p("DECQ R12")
-	g.p("JNZ %s", step)
-	g.p("ADDQ $%d, R9", esize(sdt))
-	g.p("DECQ R10")
-	g.p("JNZ %s", grp)
-	for t := range nx {
-		g.p("VADDPS %s, %s, %s", acc(t, 1), acc(t, 0), acc(t, 0))
-		g.p("VADDPS %s, %s, %s", acc(t, 3), acc(t, 2), acc(t, 2))
-		g.p("VADDPS %s, %s, %s", acc(t, 2), acc(t, 0), acc(t, 0))
-		g.hsum(4*t, 4*t+1)
-		g.store(t, 4*t)
-	}
-	g.p("ADDQ %d(DI), SI", offStride)
-	g.p("DECQ CX")
-	g.p("JNZ %s", row)
-	g.p("VZEROUPPER")
-	g.p("RET")
-}
-
-// quantF32AVX2 is quantF32 for AVX2 (eight f32 lanes, sixteen registers):
-// each weight is dequantized by converting q to f32 and one FMA (scale·q +
-// bias, one rounding: the same value as the AVX-512 table), and w·x joins one
-// of four f32 accumulators per input row. One step takes 32 values (4-bit: 16
-// bytes, each 8-byte half widened to dwords, its low nibbles masked and its
-// high ones shifted down; 8-bit: 32 bytes) into the four accumulators; a.bpg
-// is the steps per group. The input row is f32 (4-bit: each block of 16
-// values as its 8 even-indexed values, then its 8 odd ones). The registers
-// hold the accumulators of two input rows at most, so the four-row kernel
-// walks each weight row twice, rows 0 and 1, then 2 and 3, with the same
-// operations per row as the one-row kernel.
-//
-// Registers: accumulators Y0..Y7 (row t of the pass: Y4t..Y4t+3), Y8..Y11
-// the step's dequantized weights, Y12 the broadcast scale, Y13 the broadcast
-// bias, Y14 the nibble mask.
-func (g *gen) quantF32AVX2(bits, nx int, sdt string) {
-	name := fmt.Sprintf("q%df%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
-	g.quantHeader(name)
-	if bits == 4 {
+	case bits == 4:
 		g.p("MOVL $15, R11")
 		g.p("VMOVD R11, X14")
 		g.p("VPBROADCASTD X14, Y14")
 	}
 	g.xOffsets(nx)
-	wb := 16 // weight bytes per step
-	if bits == 8 {
-		wb = 32
-	}
-	bcast := func(src, dst string) {
+	wb := L * bits / 2 // weight bytes per step of 4·lanes values
+	bcast := func(src string, dst int) {
 		if sdt == "bf16" {
-			g.p("VPBROADCASTW %s, %s", src, dst)
-			g.p("VPSLLD $16, %s, %s", dst, dst)
+			g.p("VPBROADCASTW %s, %s", src, g.V(dst))
+			g.p("VPSLLD $16, %s, %s", g.V(dst), g.V(dst))
 		} else {
-			g.p("VBROADCASTSS %s, %s", src, dst)
+			g.p("VBROADCASTSS %s, %s", src, g.V(dst))
 		}
 	}
+	acc := func(t, c int) string { return g.V(4*t + c) }
 	row := g.newLabel("row")
 	g.l(row)
-	for pass := 0; pass < max(1, nx/2); pass++ {
-		rows := min(nx, 2) // input rows of this pass: 2·pass + t
-		acc := func(t, c int) string { return fmt.Sprintf("Y%d", 4*t+c) }
+	for pass := 0; pass*perPass < nx; pass++ {
+		rows := min(nx-pass*perPass, perPass) // input rows pass·perPass + t
 		grp, step := g.newLabel("grp"), g.newLabel("step")
+		if pass > 0 { // back to this row's scales
+			g.p("MOVQ %d(DI), R11", offGroups)
+			g.p("IMUL3Q $%d, R11, R11", -esize(sdt))
+			g.p("ADDQ R11, R9")
+		}
 		g.p("MOVQ SI, AX")
 		g.p("MOVQ %d(DI), BX", offX)
 		for t := range rows {
 			for c := range 4 {
-				g.p("VXORPS %s, %s, %s", acc(t, c), acc(t, c), acc(t, c))
+				g.zero(acc(t, c))
 			}
 		}
 		g.p("MOVQ %d(DI), R10", offGroups)
 		g.l(grp)
-		bcast("(R9)", "Y12")
-		bcast("(R9)(R8*1)", "Y13")
+		if !g.isa.avx512 {
+			bcast("(R9)", sc)
+		}
+		bcast("(R9)(R8*1)", bi)
+		switch {
+		case !g.isa.avx512:
+		case table && sdt == "bf16":
+			bcast("(R9)", sc)
+			g.p("VFMADD231PS Z17, Z16, Z18") // Z18[q] = q·scale + bias
+		case table:
+			g.p("VFMADD231PS.BCST (R9), Z16, Z18")
+		default:
+			bcast("(R9)", sc)
+		}
 		g.p("MOVQ %d(DI), R12", offBPG)
 		g.l(step)
-		if bits == 4 {
-			for h := range 2 {
-				lo, hi := fmt.Sprintf("Y%d", 8+2*h), fmt.Sprintf("Y%d", 9+2*h)
-				g.p("VPMOVZXBD %d(AX), %s", 8*h, lo)
-				g.p("VPSRLD $4, %s, %s", lo, hi)
-				g.p("VPAND Y14, %s, %s", lo, lo)
+		w := func(c int) string { return g.V(w0 + c) }
+		switch {
+		case table:
+			for blk := range 2 {
+				g.p("VPMOVZXBD %d(AX), %s", 16*blk, w(2*blk))
+				g.p("VPSRLD $4, %s, %s", w(2*blk), w(2*blk+1))
+				g.p("VPERMPS Z18, %s, %s", w(2*blk), w(2*blk))
+				g.p("VPERMPS Z18, %s, %s", w(2*blk+1), w(2*blk+1))
 			}
-		} else {
+		case bits == 4:
+			for h := range 2 {
+				g.p("VPMOVZXBD %d(AX), %s", 8*h, w(2*h))
+				g.p("VPSRLD $4, %s, %s", w(2*h), w(2*h+1))
+				g.p("VPAND Y14, %s, %s", w(2*h), w(2*h))
+			}
+		default:
 			for c := range 4 {
-				g.p("VPMOVZXBD %d(AX), Y%d", 8*c, 8+c)
+				g.p("VPMOVZXBD %d(AX), %s", L*c, w(c))
 			}
 		}
-		for c := range 4 {
-			w := fmt.Sprintf("Y%d", 8+c)
-			g.p("VCVTDQ2PS %s, %s", w, w)
-			g.p("VFMADD213PS Y13, Y12, %s", w) // w = q·scale + bias
+		if !table {
+			for c := range 4 {
+				g.p("VCVTDQ2PS %s, %s", w(c), w(c))
+				g.p("VFMADD213PS %s, %s, %s", g.V(bi), g.V(sc), w(c)) // w = q·scale + bias
+			}
 		}
 		for t := range rows {
 			for c := range 4 {
-				g.p("VFMADD231PS %s, Y%d, %s", xaddr(2*pass+t, 32*c), 8+c, acc(t, c))
+				g.p("VFMADD231PS %s, %s, %s", xaddr(pass*perPass+t, 4*L*c), w(c), acc(t, c))
 			}
 		}
 		g.p("ADDQ $%d, AX", wb)
-		g.p("ADDQ $128, BX")
+		g.p("ADDQ $%d, BX", 16*L)
 		g.p("DECQ R12")
 		g.p("JNZ %s", step)
 		g.p("ADDQ $%d, R9", esize(sdt))
@@ -510,12 +451,7 @@ func (g *gen) quantF32AVX2(bits, nx int, sdt string) {
 			g.p("VADDPS %s, %s, %s", acc(t, 3), acc(t, 2), acc(t, 2))
 			g.p("VADDPS %s, %s, %s", acc(t, 2), acc(t, 0), acc(t, 0))
 			g.hsum(4*t, 4*t+1)
-			g.store(2*pass+t, 4*t)
-		}
-		if pass == 0 && nx == 4 { // back to this row's scales for rows 2 and 3
-			g.p("MOVQ %d(DI), R11", offGroups)
-			g.p("IMUL3Q $%d, R11, R11", -esize(sdt))
-			g.p("ADDQ R11, R9")
+			g.store(pass*perPass+t, 4*t)
 		}
 	}
 	g.p("ADDQ %d(DI), SI", offStride)
@@ -1312,11 +1248,7 @@ func main() {
 		for _, nx := range []int{1, 4} {
 			for _, sdt := range []string{"f32", "bf16"} {
 				for _, bits := range []int{4, 8} {
-					if is.avx512 {
-						g.quantF32(bits, nx, sdt)
-					} else {
-						g.quantF32AVX2(bits, nx, sdt)
-					}
+					g.quantF32(bits, nx, sdt)
 				}
 			}
 		}
