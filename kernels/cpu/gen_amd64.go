@@ -349,7 +349,7 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 	name := fmt.Sprintf("q%df%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
 	g.quantHeader(name)
 	w0, sc, bi := 20, 17, 18 // first weight register, scale, bias
-	perPass := 4            // input rows whose accumulators fit
+	perPass := 4             // input rows whose accumulators fit
 	if !g.isa.avx512 {
 		w0, sc, bi, perPass = 8, 12, 13, 2
 	}
