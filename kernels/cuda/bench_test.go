@@ -438,22 +438,36 @@ func BenchmarkAttentionDecode(b *testing.B) {
 }
 
 // BenchmarkAttentionPrefill: 512 query rows at positions 0..511 of the
-// sliding layers' shape (16 heads over 8 kv heads of 256, bf16 cache).
+// sliding layers' shape (16 heads over 8 kv heads of 256, window 1024) and of
+// the global layers' (16 over 2 of 512), bf16 caches; the tensor-core kernel
+// ("tc") and the split-key kernel one row a block ("plain").
 func BenchmarkAttentionPrefill(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(6, 6))
-	const H, KVH, D, T = 16, 8, 256, 512
-	kc := put(b, be, dtype.BF16, randn(r, 1024*KVH*D, 1), 1024, KVH*D)
-	vc := put(b, be, dtype.BF16, randn(r, 1024*KVH*D, 1), 1024, KVH*D)
-	q := put(b, be, dtype.BF16, randn(r, T*H*D, 1), T, H*D)
-	out, _ := be.Alloc(dtype.BF16, T, H*D)
-	ps := make([]int32, T)
-	for i := range ps {
-		ps[i] = int32(i)
+	const H, T = 16, 512
+	for _, s := range []struct {
+		name        string
+		KVH, D, win int
+	}{{"sliding", 8, 256, 1024}, {"global", 2, 512, 0}} {
+		kc := put(b, be, dtype.BF16, randn(r, 1024*s.KVH*s.D, 1), 1024, s.KVH*s.D)
+		vc := put(b, be, dtype.BF16, randn(r, 1024*s.KVH*s.D, 1), 1024, s.KVH*s.D)
+		q := put(b, be, dtype.BF16, randn(r, T*H*s.D, 1), T, H*s.D)
+		out, _ := be.Alloc(dtype.BF16, T, H*s.D)
+		ps := make([]int32, T)
+		for i := range ps {
+			ps[i] = int32(i)
+		}
+		pos := putRaw(b, be, dtype.I32, i32bytes(ps), T)
+		p := kernels.AttentionParams{Heads: H, KVHeads: s.KVH, HeadDim: s.D, Window: s.win, Scale: 1}
+		for _, plain := range []bool{false, true} {
+			mode := map[bool]string{false: "tc", true: "plain"}[plain]
+			b.Run(s.name+"/"+mode, func(b *testing.B) {
+				be.attnPlain = plain
+				defer func() { be.attnPlain = false }()
+				timeLoop(b, be, float64(2*T*s.KVH*s.D*2), func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
+			})
+		}
 	}
-	pos := putRaw(b, be, dtype.I32, i32bytes(ps), T)
-	p := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Window: 1024, Scale: 1}
-	timeLoop(b, be, 2*T*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
 }
 
 // decodeLayers is the setup of the decode-layer benchmarks: L layers of

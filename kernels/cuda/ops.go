@@ -829,6 +829,14 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	if T > maxBlocksY {
 		return fmt.Errorf("cuda: Attention of %d rows (at most %d)", T, maxBlocksY)
 	}
+	if b.attnTC(T, D, q, out, kCache, ptrs[0], ptrs[1]) {
+		a := b.args.Reset()
+		a.Ptr(ptrs[0]).Ptr(ptrs[1]).Ptr(ptrs[2]).Ptr(ptrs[3]).Ptr(ptrs[4]).I32(T).I32(H).I32(KVH).I32(cp).I32(p.Window).F32(p.Scale)
+		do := min(D, 256)
+		smem := ((64+32)*(D+8) + 32*(do+8)) * 2 // q tile, key tile, value tile (bf16)
+		return b.launch("attention_tc", fmt.Sprintf("attn_tc_d%d", D), cuda.Dim3{X: ceilDiv(T, 64), Y: H, Z: D / do},
+			cuda.Dim3{X: 128, Y: 1, Z: 1}, smem, a)
+	}
 	maxKeys := cp
 	if p.Window > 0 {
 		maxKeys = min(maxKeys, p.Window)
@@ -861,3 +869,15 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(part).I32(H).I32(D).I32(Z)
 	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 4*Z, a)
 }
+
+// attnTC reports whether Attention runs the tensor-core prefill kernel
+// (attention_tc.cu): bf16 queries, caches and output, head dim 128, 256 or
+// 512, at least attnTCMinRows query rows, sm_80 or later.
+func (b *Backend) attnTC(T, D int, q, out, kCache kernels.Tensor, outp, qp cuda.DevicePtr) bool {
+	return !b.attnPlain && b.props.Major >= 8 && T >= attnTCMinRows && (D == 128 || D == 256 || D == 512) &&
+		q.DType == dtype.BF16 && out.DType == dtype.BF16 && kCache.DType == dtype.BF16 && qp%16 == 0 && outp%4 == 0
+}
+
+// attnTCMinRows is the fewest query rows that take the tensor-core
+// attention (a block takes 64 rows; decode keeps the split-key kernel).
+const attnTCMinRows = 16

@@ -633,17 +633,19 @@ func TestAttention(t *testing.T) {
 		return v
 	}
 	tcs := []tc{
-		{16, 8, 256, 1024, 0, []int32{0}},                // first token
-		{16, 8, 256, 1024, 0, []int32{700}},              // decode, several splits
-		{16, 8, 256, 64, 64, []int32{1000}},              // sliding ring buffer
-		{16, 2, 512, 4096, 0, []int32{3000}},             // global layer shape, G = 8
-		{16, 8, 256, 128, 100, []int32{350}},             // window smaller than the ring
-		{8, 8, 64, 256, 0, seq(0, 40)},                   // prefill from 0
-		{16, 2, 128, 512, 32, seq(100, 50)},              // prefill continuing, windowed
-		{32, 2, 64, 2048, 0, []int32{1500, 1501, 1502}},  // G = 16
-		{16, 8, 256, 1024, 0, seq(0, 150)},               // long prefill
-		{16, 8, 256, 300, 128, seq(500, 137)},            // the same over a ring, windowed
-		{16, 8, 256, 128, 64, []int32{80, 3, 81, 90, 7}}, // rows out of order
+		{16, 8, 256, 1024, 0, []int32{0}},                        // first token
+		{16, 8, 256, 1024, 0, []int32{700}},                      // decode, several splits
+		{16, 8, 256, 64, 64, []int32{1000}},                      // sliding ring buffer
+		{16, 2, 512, 4096, 0, []int32{3000}},                     // global layer shape, G = 8
+		{16, 8, 256, 128, 100, []int32{350}},                     // window smaller than the ring
+		{8, 8, 64, 256, 0, seq(0, 40)},                           // prefill from 0
+		{16, 2, 128, 512, 32, seq(100, 50)},                      // prefill continuing, windowed
+		{32, 2, 64, 2048, 0, []int32{1500, 1501, 1502}},          // G = 16
+		{16, 8, 256, 1024, 0, seq(0, 150)},                       // long prefill
+		{16, 8, 256, 300, 128, seq(500, 137)},                    // the same over a ring, windowed
+		{16, 8, 256, 128, 64, []int32{80, 3, 81, 90, 7}},         // rows out of order
+		{16, 2, 512, 4096, 0, seq(1000, 70)},                     // global layer prefill, G = 8, D = 512
+		{8, 8, 128, 256, 0, append(seq(200, 20), seq(3, 20)...)}, // 40 rows, two runs of positions
 	}
 	for _, c := range tcs {
 		p := kernels.AttentionParams{Heads: c.H, KVHeads: c.KVH, HeadDim: c.D, Window: c.window, Scale: 1}
@@ -657,14 +659,29 @@ func TestAttention(t *testing.T) {
 		for _, be := range cases {
 			qr, kr, vr := roundAll(q, be.act), roundAll(kc, be.act), roundAll(vc, be.act)
 			want := attentionRef(qr, kr, vr, c.pos, c.capacity, p)
-			out := poisoned(t, be.be, be.act, T, c.H*c.D)
-			err := be.be.Attention(out, put(t, be.be, be.act, qr, T, c.H*c.D),
-				put(t, be.be, be.act, kr, c.capacity, c.KVH*c.D), put(t, be.be, be.act, vr, c.capacity, c.KVH*c.D),
-				putRaw(t, be.be, dtype.I32, i32bytes(c.pos), T), p)
-			if err != nil {
-				t.Fatal(err)
+			// Where the tensor-core prefill kernel applies, the split-key
+			// kernel is checked too.
+			cb, _ := be.be.(*Backend)
+			for _, plain := range []bool{false, true} {
+				if plain && (cb == nil || !cb.attnTC(T, c.D, kernels.Tensor{DType: be.act}, kernels.Tensor{DType: be.act},
+					kernels.Tensor{DType: be.act}, 0, 0)) {
+					continue
+				}
+				if cb != nil {
+					cb.attnPlain = plain
+				}
+				out := poisoned(t, be.be, be.act, T, c.H*c.D)
+				err := be.be.Attention(out, put(t, be.be, be.act, qr, T, c.H*c.D),
+					put(t, be.be, be.act, kr, c.capacity, c.KVH*c.D), put(t, be.be, be.act, vr, c.capacity, c.KVH*c.D),
+					putRaw(t, be.be, dtype.I32, i32bytes(c.pos), T), p)
+				if cb != nil {
+					cb.attnPlain = false
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				check(t, name("Attention", c.H, c.KVH, c.D, c.capacity, c.window, c.pos[0], T, "plain", plain), be, get(t, be.be, out), want)
 			}
-			check(t, name("Attention", c.H, c.KVH, c.D, c.capacity, c.window, c.pos[0], T), be, get(t, be.be, out), want)
 		}
 	}
 }

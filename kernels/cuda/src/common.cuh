@@ -147,3 +147,73 @@ __device__ __forceinline__ float gelu_tanh(float g) {
     const float k0 = 0.7978845608028654f; // sqrt(2/pi)
     return 0.5f * g * (1.f + tanhf(k0 * (g + 0.044715f * g * g * g)));
 }
+
+// ---------------------------------------------------------------------------
+// Tensor cores (sm_80+): bf16 packing, mma, ldmatrix, cp.async.
+
+// pack_bf2 rounds two floats to bf16 (nearest even; one instruction from sm_80).
+__device__ __forceinline__ u32 pack_bf2(float lo, float hi) {
+#if __CUDA_ARCH__ >= 800
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+#endif
+}
+
+// mma_bf16 adds the 16×8 product of a 16×16 bf16 A fragment (a0..a3) and a
+// 16×8 B fragment (b0, b1) to the f32 accumulators c (mma.m16n8k16).
+__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// ldsm4 loads four 8×8 bf16 matrices from shared memory (ldmatrix): lane i
+// gives the address of row i%8 of matrix i/8, and register j of every lane
+// receives its part of matrix j in the mma fragment layout.
+__device__ __forceinline__ void ldsm4(u32 (&r)[4], const u16* p) {
+#if __CUDA_ARCH__ >= 800 // (the kernels that use it run from sm_80 on)
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#endif
+}
+
+// ldsm4_trans is ldsm4 with each 8×8 matrix transposed (ldmatrix .trans):
+// from a row-major [k][n] tile it gives the B fragments of an mma.
+__device__ __forceinline__ void ldsm4_trans(u32 (&r)[4], const u16* p) {
+#if __CUDA_ARCH__ >= 800
+    const u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#endif
+}
+
+// cp_async16 copies 16 bytes from global to shared memory asynchronously
+// (both 16-byte aligned); cp_async_commit closes a group of copies and
+// cp_async_wait<N> waits until at most N groups are in flight.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#if __CUDA_ARCH__ >= 800
+    const u32 a = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
+#else
+    *(uint4*)smem = *(const uint4*)gmem;
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}

@@ -902,26 +902,6 @@ struct Tile {
     int count; // rows in the tile
 };
 
-// pack_bf2 rounds two floats to bf16 (nearest even; one instruction from sm_80).
-__device__ __forceinline__ u32 pack_bf2(float lo, float hi) {
-#if __CUDA_ARCH__ >= 800
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-#else
-    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
-#endif
-}
-
-__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 // gemm_tile reads the block's tile (plain when perm is 0: tokens
 // blockIdx.x·BM..; else tiles[blockIdx.x] of moe_sort) and fills its x and y
 // row indices (-1 past the tile's count), ending with a barrier.
@@ -949,16 +929,6 @@ __device__ __forceinline__ Tile gemm_tile(const int* perm, const int* tiles, int
     }
     __syncthreads();
     return t;
-}
-
-// ldsm4 loads four 8×8 bf16 matrices from shared memory (ldmatrix): lane i
-// gives the address of row i%8 of matrix i/8, and register j of every lane
-// receives its part of matrix j in the mma fragment layout.
-__device__ __forceinline__ void ldsm4(u32 (&r)[4], const u16* p) {
-    const u32 a = (u32)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
 }
 
 // mma_tile adds the products of one staged BK-slice (x tile, then W tile,
