@@ -376,7 +376,7 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 			})
 		}
 	}
-	for _, M := range []int{16, 32, 64, 512} {
+	for _, M := range []int{16, 32, 64, 128, 512} {
 		ws, one := benchWeights(b, be, 128, 704, 2816, 4, 64, 0)
 		ids := make([]int32, M*8)
 		for m := range M {
