@@ -94,6 +94,7 @@ type Backend struct {
 	// wherever the kernels can).
 	gemmPlain  bool
 	mvRowsMode int
+	noSplitK   bool // benchmarks and tests: GEMMs without split K
 	attnPlain  bool // tests and benchmarks: no tensor-core prefill attention
 
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)

@@ -349,8 +349,9 @@ func BenchmarkCopy(b *testing.B) {
 // gate) of 8, 16, 64 and 512 tokens, the sorted expert GEMM (tokens × 8 of
 // 128 experts, 2816→704), and the router (f32 rows, 8-bit 2816→128).
 // Variants: "plain" is the unpipelined gemm_tc (gemm_f32 for f32 rows),
-// "pipelined" gemm_q4/gemm_q8, "auto" the backend's choice (matrix-vector
-// launches over the rows where mvRows says so).
+// "pipelined" gemm_q4/gemm_q4b/gemm_q8 without split K, "matvec" the
+// matrix-vector kernels, "auto" the backend's choice (matrix-vector launches
+// where mvRows and mvPairs say so, split K for GEMMs of few tiles).
 func BenchmarkPrefillGEMM(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(3, 3))
@@ -360,8 +361,8 @@ func BenchmarkPrefillGEMM(b *testing.B) {
 		mvMode int
 	}{{"plain", true, -1}, {"pipelined", false, -1}, {"matvec", false, 1}, {"auto", false, 0}}
 	run := func(b *testing.B, mode int, f func(b *testing.B)) {
-		be.gemmPlain, be.mvRowsMode = modes[mode].plain, modes[mode].mvMode
-		defer func() { be.gemmPlain, be.mvRowsMode = false, 0 }()
+		be.gemmPlain, be.mvRowsMode, be.noSplitK = modes[mode].plain, modes[mode].mvMode, modes[mode].name == "pipelined"
+		defer func() { be.gemmPlain, be.mvRowsMode, be.noSplitK = false, 0, false }()
 		f(b)
 	}
 	for _, M := range []int{8, 16, 64, 512} {

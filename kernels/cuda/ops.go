@@ -69,6 +69,8 @@ func (b *Backend) occupancy(mod, name string, block, smem int) int {
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
+func ceilDiv64(a, b int64) int64 { return (a + b - 1) / b }
+
 func floatArg(t kernels.Tensor, what string) error {
 	if !t.DType.IsFloat() {
 		return fmt.Errorf("cuda: %s has dtype %s (want F32, F16 or BF16)", what, t.DType)
@@ -231,14 +233,37 @@ func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.We
 	a := b.args.Reset()
 	if name == "gemm_tc" && fast == 3 && w.K%32 == 0 && !b.gemmPlain {
 		// The pipelined kernels (gemm_q4, gemm_q4b, gemm_q8): bf16 x rows and
-		// 4- or 8-bit weights, aligned, whole 32-wide slices of K.
+		// 4- or 8-bit weights, aligned, whole 32-wide slices of K. A plain
+		// GEMM of few tiles splits K over blocks (f32 partial products in
+		// scratch, added up in order by gemm_splitk_sum).
+		ks := 1
+		if perm == 0 && !b.noSplitK {
+			ks = min(splitKMax, b.props.SMs/(gx*gy), w.K/32/8) // at least 8 slices a block
+		}
+		ks = max(ks, 1)
+		var part cuda.DevicePtr
+		if ks > 1 {
+			var err error
+			if part, err = b.scratch(int64(ks) * int64(M) * int64(w.N) * 4); err != nil {
+				return err
+			}
+			defer b.release(part)
+		}
 		a.Ptr(yp).I32(int(y.DType)).Ptr(xp).Ptr(data).Ptr(sc).Ptr(bi).I32(sdt).
-			I32(M).I32(w.N).I32(w.K).I32(w.Group).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride)
+			I32(M).I32(w.N).I32(w.K).I32(w.Group).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride).
+			I32(ks).Ptr(part)
 		name = fmt.Sprintf("gemm_q%d", w.Bits)
 		if w.Bits == 4 && w.Scales.DType == dtype.BF16 {
 			name = "gemm_q4b" // MLX's default: bf16 pair dequantization
 		}
-		return b.launch("matmul", name, cuda.Dim3{X: gx, Y: gy, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+		if err := b.launch("matmul", name, cuda.Dim3{X: gx, Y: gy, Z: ks}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a); err != nil || ks == 1 {
+			return err
+		}
+		n := int64(M) * int64(w.N)
+		a = b.args.Reset()
+		a.Ptr(yp).I32(int(y.DType)).Ptr(part).I32(ks).I64(n)
+		return b.launch("matmul", "gemm_splitk_sum", cuda.Dim3{X: int(min(ceilDiv64(n, 256), int64(4*b.props.SMs))), Y: 1, Z: 1},
+			cuda.Dim3{X: 256, Y: 1, Z: 1}, 0, a)
 	}
 	a.Ptr(yp).I32(int(y.DType)).Ptr(xp).I32(int(x.DType)).Ptr(data).I32(int(w.Data.DType)).Ptr(sc).Ptr(bi).I32(sdt).
 		I32(w.Bits).I32(M).I32(w.N).I32(w.K).I32(max(w.Group, 1)).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride).
@@ -343,6 +368,9 @@ func (b *Backend) mvPairs(M, P, E int) bool {
 // mvPairsPerExpert is the most (token, slot) pairs per expert, on average,
 // that MatMulExperts runs as matrix-vector products.
 const mvPairsPerExpert = 4
+
+// splitKMax is the most blocks a plain GEMM tile's K is split over.
+const splitKMax = 4
 
 // mvRowsMax is the most rows MatMul runs as matrix-vector products in bf16;
 // mvRowsL2Bytes bounds the weight bytes those products read in all.

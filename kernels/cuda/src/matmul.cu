@@ -1229,7 +1229,7 @@ struct GemmRaw {
 template <int BITS, bool BFS>
 __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const void* W, const void* S,
                                        const void* B, int sdt, int M, int N, int K, int group, const int* perm,
-                                       const int* tiles, int xdiv, i64 wstride, i64 gstride) {
+                                       const int* tiles, int xdiv, i64 wstride, i64 gstride, int ksplit, float* part) {
     __shared__ __align__(16) u16 sm[2][2 * BM * LDS_BF];
     __shared__ int rowx[BM], rowy[BM];
     const Tile t = gemm_tile(perm, tiles, M, xdiv, rowx, rowy);
@@ -1290,12 +1290,17 @@ __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const vo
     float acc[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) acc[i] = 0.f;
-    const int nk = K / BK;
+    // Split K (ksplit > 1, plain tiles only): block z takes the slices
+    // [z·S/ksplit, (z+1)·S/ksplit) and stores its f32 partial products in
+    // part[z]; gemm_splitk_sum adds them up in order.
+    const int S0 = K / BK, z = blockIdx.z;
+    const int s0 = z * S0 / ksplit, nk = (z + 1) * S0 / ksplit - s0;
+    const u32 kb = (u32)s0 * BK;
     GemmRaw r[2];
-    load(r[0], 0);
-    if (nk > 1) load(r[1], BK);
+    load(r[0], kb);
+    if (nk > 1) load(r[1], kb + BK);
     stage(r[0], sm[0]);
-    if (nk > 2) load(r[0], 2 * BK);
+    if (nk > 2) load(r[0], kb + 2 * BK);
     __syncthreads();
     // Step it multiplies buffer it&1 while registers hold slices it+1 (slot
     // (it+1)&1) and it+2 (slot it&1); it stages it+1 and loads it+3 into the
@@ -1307,12 +1312,25 @@ __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const vo
             if (st < nk) {
                 mma_tile(sm[d], acc);
                 if (st + 1 < nk) stage(r[1 - d], sm[1 - d]);
-                if (st + 3 < nk) load(r[1 - d], (st + 3) * BK);
+                if (st + 3 < nk) load(r[1 - d], kb + (st + 3) * BK);
                 __syncthreads();
             }
         }
     }
-    store_tile(y, ydt, N, n0, rowy, acc);
+    if (ksplit > 1)
+        store_tile(part + (i64)z * M * N, DT_F32, N, n0, rowy, acc);
+    else
+        store_tile(y, ydt, N, n0, rowy, acc);
+}
+
+// gemm_splitk_sum: y[i] = Σ_z part[z][i] over the ksplit partial products of
+// a split-K gemm_q (n = M·N values), in order.
+extern "C" __global__ void gemm_splitk_sum(void* y, int ydt, const float* part, int ksplit, i64 n) { PDL_ENTRY();
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float v = 0.f;
+        for (int z = 0; z < ksplit; z++) v += part[z * n + i];
+        stf(y, i, ydt, v);
+    }
 }
 
 #define GEMM_ARGS                                                                                            \
@@ -1326,8 +1344,8 @@ extern "C" __global__ void __launch_bounds__(128) gemm_f32(GEMM_ARGS) { PDL_ENTR
 
 #define GEMMQ_ARGS                                                                                            \
     void *y, int ydt, const void *x, const void *W, const void *S, const void *B, int sdt, int M, int N, int K, \
-        int group, const int *perm, const int *tiles, int xdiv, i64 wstride, i64 gstride
-#define GEMMQ_PASS y, ydt, x, W, S, B, sdt, M, N, K, group, perm, tiles, xdiv, wstride, gstride
+        int group, const int *perm, const int *tiles, int xdiv, i64 wstride, i64 gstride, int ksplit, float *part
+#define GEMMQ_PASS y, ydt, x, W, S, B, sdt, M, N, K, group, perm, tiles, xdiv, wstride, gstride, ksplit, part
 extern "C" __global__ void __launch_bounds__(128) gemm_q4(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4, false>(GEMMQ_PASS); }
 extern "C" __global__ void __launch_bounds__(128) gemm_q8(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<8, false>(GEMMQ_PASS); }
 // 4 bits with bf16 scales and biases (MLX's default): bf16 pair dequantization.
