@@ -378,7 +378,89 @@ func (b *Backend) NormGLU(y kernels.Tensor, gate, up *kernels.Weight, ids, x ker
 			return err
 		}
 	}
+	if ok, err := b.normGLUGEMM(y, gate, up, ids, x, np, M, P, xdiv); ok || err != nil {
+		return err
+	}
 	return b.unfused().NormGLU(y, gate, up, ids, x, np)
+}
+
+// normGLUGEMM runs NormGLU of several tokens as the norm and one GLU GEMM:
+// each block stages one x tile and both weights' tiles and stores the gated
+// GeLU of the two products (the gate/up pair through gemm_q*_glu; experts
+// sorted by moe_sort once). ok is false where it does not apply: then the
+// plain ops run (matrix-vector products of few tokens, other formats).
+func (b *Backend) normGLUGEMM(y kernels.Tensor, gate, up *kernels.Weight, ids, x kernels.Tensor, np kernels.NormParams,
+	M, P, xdiv int) (ok bool, err error) {
+	K := gate.K
+	if b.props.Major < 8 || b.gemmPlain || np.XDType != dtype.BF16 || !sameFormat(gate, up) ||
+		(gate.Bits != 4 && gate.Bits != 8) || K%32 != 0 ||
+		gate.DataStride != up.DataStride || gate.GroupStride != up.GroupStride {
+		return false, nil
+	}
+	if gate.Experts > 0 {
+		if b.mvPairs(M, P, gate.Experts) {
+			return false, nil
+		}
+	} else if b.mvRows(M, kernels.Tensor{DType: dtype.BF16}, gate) || ceilDiv(M, 64)*ceilDiv(gate.N, 64) < b.props.SMs {
+		return false, nil // few rows: matrix-vector products, or GEMMs with split K
+	}
+	var ptr [2][3]cuda.DevicePtr
+	for i, w := range []*kernels.Weight{gate, up} {
+		if err := b.locked(func() error {
+			d, sc, bi, err := b.weightPtrs(w)
+			ptr[i] = [3]cuda.DevicePtr{d, sc, bi}
+			return err
+		}); err != nil {
+			return false, err
+		}
+		if ptr[i][0]%16 != 0 || w.DataStride%16 != 0 {
+			return false, nil
+		}
+	}
+	xn, err := b.Alloc(dtype.BF16, M, K)
+	if err != nil {
+		return true, err
+	}
+	defer b.Free(xn)
+	if err := b.RMSNorm(xn, x, np.Weight, np.Eps); err != nil {
+		return true, err
+	}
+	if np.Scale != 0 && np.Scale != 1 {
+		if err := b.Scale(xn, xn, np.Scale); err != nil {
+			return true, err
+		}
+	}
+	return true, b.locked(func() error {
+		xp, err := b.dev(xn, "NormGLU x")
+		if err != nil {
+			return err
+		}
+		yp, err := b.dev(y, "NormGLU y")
+		if err != nil {
+			return err
+		}
+		u := &gemmUp{data: ptr[1][0], sc: ptr[1][1], bi: ptr[1][2]}
+		if gate.Experts == 0 {
+			return b.gemm(y, xn, yp, xp, gate, ptr[0][0], ptr[0][1], ptr[0][2], M, 0, 0, 0, 1, 0, 0, u)
+		}
+		if err := b.checkExpertsInBuffer(gate); err != nil {
+			return err
+		}
+		if err := b.checkExpertsInBuffer(up); err != nil {
+			return err
+		}
+		idp, err := b.dev(ids, "NormGLU ids")
+		if err != nil {
+			return err
+		}
+		perm, tiles, maxTiles, release, err := b.sortPairs(idp, P, gate.Experts)
+		if err != nil {
+			return err
+		}
+		defer release()
+		return b.gemm(y, xn, yp, xp, gate, ptr[0][0], ptr[0][1], ptr[0][2], P, perm, tiles, maxTiles, xdiv,
+			gate.DataStride, gate.GroupStride, u)
+	})
 }
 
 // AttentionPrep runs q_norm, RoPE, v_norm, k_norm and the cache stores of

@@ -125,6 +125,10 @@ func TestFusedNormGLU(t *testing.T) {
 		{8, 8, 2, 1, 64, 512},
 		{3, 8, 2, 1, 64, 256}, // 3 bits: the plain path
 		{4, 128, 8, 1, 704, 2816},
+		{4, 8, 3, 40, 96, 256},     // several tokens, 15 pairs an expert: the GLU GEMM (bf16)
+		{8, 16, 4, 50, 64, 512},    // the same at 8 bits
+		{4, 0, 0, 600, 896, 256},   // a dense GLU GEMM of 140 tiles
+		{4, 128, 8, 20, 704, 2816}, // 1.25 pairs an expert: matrix-vector products
 	} {
 		gw := newQWeight(r, tc.E, tc.N, tc.K, tc.bits, 64, dtype.BF16)
 		uw := newQWeight(r, tc.E, tc.N, tc.K, tc.bits, 64, dtype.BF16)

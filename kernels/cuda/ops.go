@@ -205,8 +205,13 @@ func (b *Backend) matvec(pl mvPlan, y, x kernels.Tensor, yp, xp cuda.DevicePtr, 
 }
 
 // gemm enqueues the tiled GEMM (plain when perm is 0, else gathered by tiles).
+// gemmUp is the second weight of a GLU GEMM (y = gelu(x·Wᵀ)·(x·upᵀ)).
+type gemmUp struct {
+	data, sc, bi cuda.DevicePtr
+}
+
 func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.Weight, data, sc, bi cuda.DevicePtr,
-	M int, perm, tiles cuda.DevicePtr, tilesX, xdiv int, wstride, gstride int64) error {
+	M int, perm, tiles cuda.DevicePtr, tilesX, xdiv int, wstride, gstride int64, up *gemmUp) error {
 	name := "gemm_f32"
 	if x.DType == dtype.BF16 && b.props.Major >= 8 {
 		name = "gemm_tc"
@@ -231,13 +236,16 @@ func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.We
 		fast |= 2 // vector loads and exact fast dequantization of W
 	}
 	a := b.args.Reset()
-	if name == "gemm_tc" && fast == 3 && w.K%32 == 0 && !b.gemmPlain {
+	if up != nil && (name != "gemm_tc" || fast != 3 || w.K%32 != 0) {
+		return fmt.Errorf("cuda: GLU GEMM of x %s and a %d-bit weight of K %d", x.DType, w.Bits, w.K)
+	}
+	if name == "gemm_tc" && fast == 3 && w.K%32 == 0 && (!b.gemmPlain || up != nil) {
 		// The pipelined kernels (gemm_q4, gemm_q4b, gemm_q8): bf16 x rows and
 		// 4- or 8-bit weights, aligned, whole 32-wide slices of K. A plain
 		// GEMM of few tiles splits K over blocks (f32 partial products in
 		// scratch, added up in order by gemm_splitk_sum).
 		ks := 1
-		if perm == 0 && !b.noSplitK {
+		if perm == 0 && !b.noSplitK && up == nil {
 			ks = min(splitKMax, b.props.SMs/(gx*gy), w.K/32/8) // at least 8 slices a block
 		}
 		ks = max(ks, 1)
@@ -249,12 +257,19 @@ func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.We
 			}
 			defer b.release(part)
 		}
+		var u gemmUp
+		if up != nil {
+			u = *up
+		}
 		a.Ptr(yp).I32(int(y.DType)).Ptr(xp).Ptr(data).Ptr(sc).Ptr(bi).I32(sdt).
 			I32(M).I32(w.N).I32(w.K).I32(w.Group).Ptr(perm).Ptr(tiles).I32(xdiv).I64(wstride).I64(gstride).
-			I32(ks).Ptr(part)
+			I32(ks).Ptr(part).Ptr(u.data).Ptr(u.sc).Ptr(u.bi)
 		name = fmt.Sprintf("gemm_q%d", w.Bits)
 		if w.Bits == 4 && w.Scales.DType == dtype.BF16 {
 			name = "gemm_q4b" // MLX's default: bf16 pair dequantization
+		}
+		if up != nil {
+			name += "_glu"
 		}
 		if err := b.launch("matmul", name, cuda.Dim3{X: gx, Y: gy, Z: ks}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a); err != nil || ks == 1 {
 			return err
@@ -313,7 +328,7 @@ func (b *Backend) MatMul(y, x kernels.Tensor, w *kernels.Weight) error {
 			return b.matvec(pl, y, x, yp, xp, w, data, sc, bi, 0, 0, 1, M, 0, 0)
 		}
 	}
-	return b.gemm(y, x, yp, xp, w, data, sc, bi, M, 0, 0, 0, 1, 0, 0)
+	return b.gemm(y, x, yp, xp, w, data, sc, bi, M, 0, 0, 0, 1, 0, 0, nil)
 }
 
 // mvRows reports whether MatMul runs its M rows as one matrix-vector launch
@@ -449,20 +464,32 @@ func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kern
 		}
 	}
 	// Sort pairs by expert on the device, then one GEMM over the tiles.
-	E := w.Experts
-	maxTiles := ceilDiv(P, 64) + min(E, P)
-	scr, err := b.scratch(int64(4 * (P + 3*maxTiles)))
+	perm, tiles, maxTiles, release, err := b.sortPairs(idp, P, w.Experts)
 	if err != nil {
 		return err
 	}
-	defer b.release(scr)
-	perm, tiles := scr, scr+cuda.DevicePtr(4*P)
+	defer release()
+	return b.gemm(y, x, yp, xp, w, data, sc, bi, P, perm, tiles, maxTiles, xdiv, w.DataStride, w.GroupStride, nil)
+}
+
+// sortPairs enqueues moe_sort of the P (token, slot) pairs' expert ids
+// into scratch: perm (the pairs expert by expert) and the tiles of at most
+// 64 pairs of one expert (maxTiles of them, the unused ones empty).
+// release returns the scratch once the caller has enqueued its users.
+func (b *Backend) sortPairs(idp cuda.DevicePtr, P, E int) (perm, tiles cuda.DevicePtr, maxTiles int, release func(), err error) {
+	maxTiles = ceilDiv(P, 64) + min(E, P)
+	scr, err := b.scratch(int64(4 * (P + 3*maxTiles)))
+	if err != nil {
+		return 0, 0, 0, nil, err
+	}
+	perm, tiles = scr, scr+cuda.DevicePtr(4*P)
 	a := b.args.Reset()
 	a.Ptr(idp).I32(P).I32(E).Ptr(perm).Ptr(tiles).I32(maxTiles)
 	if err := b.launch("matmul", "moe_sort", cuda.Dim3{X: 1, Y: 1, Z: 1}, cuda.Dim3{X: 1024, Y: 1, Z: 1}, 3*E*4, a); err != nil {
-		return err
+		b.release(scr)
+		return 0, 0, 0, nil, err
 	}
-	return b.gemm(y, x, yp, xp, w, data, sc, bi, P, perm, tiles, maxTiles, xdiv, w.DataStride, w.GroupStride)
+	return perm, tiles, maxTiles, func() { b.release(scr) }, nil
 }
 
 // MoECombine computes y[M,N] = Σ_j weights[m,j]·x[m,j,:].

@@ -931,13 +931,12 @@ __device__ __forceinline__ Tile gemm_tile(const int* perm, const int* tiles, int
     return t;
 }
 
-// mma_tile adds the products of one staged BK-slice (x tile, then W tile,
-// bf16 rows of stride LDS_BF) to the warp's 32×32 accumulators: four warps,
-// a 2×2 grid of 32×32 blocks of the 64×64 tile. The fragments come from
-// ldmatrix (rows of 80 bytes: the eight row addresses of a matrix fall in
-// distinct banks).
-__device__ __forceinline__ void mma_tile(const u16* xs, float* acc) {
-    const u16* ws = xs + BM * LDS_BF;
+// mma_tile adds the products of one staged BK-slice (x tile xs and W tile
+// ws, bf16 rows of stride LDS_BF) to the warp's 32×32 accumulators: four
+// warps, a 2×2 grid of 32×32 blocks of the 64×64 tile. The fragments come
+// from ldmatrix (rows of 80 bytes: the eight row addresses of a matrix fall
+// in distinct banks).
+__device__ __forceinline__ void mma_tile(const u16* xs, const u16* ws, float* acc) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 1, wnn = warp & 1;
     // A (x rows): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
@@ -960,8 +959,12 @@ __device__ __forceinline__ void mma_tile(const u16* xs, float* acc) {
     }
 }
 
-// store_tile writes the warp's tensor-core accumulators to the tile's y rows.
-__device__ __forceinline__ void store_tile(void* y, int ydt, int N, int n0, const int* rowy, const float* acc) {
+// store_tile writes the warp's tensor-core accumulators to the tile's y rows;
+// with up (GLU), gelu(gate)·up of the two products, each rounded to y's type
+// first as the unfused sequence stores them.
+template <bool GLU = false>
+__device__ __forceinline__ void store_tile(void* y, int ydt, int N, int n0, const int* rowy, const float* acc,
+                                           const float* up = nullptr) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tg = lane & 3;
     const int wm = warp >> 1, wnn = warp & 1;
@@ -975,9 +978,14 @@ __device__ __forceinline__ void store_tile(void* y, int ydt, int N, int n0, cons
                 int yr = rowy[i];
                 if (yr < 0) continue;
                 int n = n0 + 32 * wnn + 8 * nt + 2 * tg;
-                const float* c = acc + (mt * 4 + nt) * 4 + 2 * h;
-                if (n < N) stf(y, (i64)yr * N + n, ydt, c[0]);
-                if (n + 1 < N) stf(y, (i64)yr * N + n + 1, ydt, c[1]);
+                const int ci = (mt * 4 + nt) * 4 + 2 * h;
+                float v0 = acc[ci], v1 = acc[ci + 1];
+                if (GLU) {
+                    v0 = gelu_tanh(round_act(v0, ydt)) * round_act(up[ci], ydt);
+                    v1 = gelu_tanh(round_act(v1, ydt)) * round_act(up[ci + 1], ydt);
+                }
+                if (n < N) stf(y, (i64)yr * N + n, ydt, v0);
+                if (n + 1 < N) stf(y, (i64)yr * N + n + 1, ydt, v1);
             }
 }
 
@@ -1112,7 +1120,7 @@ __device__ __forceinline__ void gemm(void* y, int ydt, const void* x, int xdt, c
         }
         __syncthreads();
         if (TC) {
-            mma_tile((const u16*)sm, acc);
+            mma_tile((const u16*)sm, (const u16*)sm + BM * LDS_BF, acc);
         } else {
             const float* xs = (const float*)sm;
             const float* ws = xs + BM * LDS_F;
@@ -1222,15 +1230,19 @@ __device__ __forceinline__ uint4 perm8(uint4 v) {
 // buffers, so a step has one barrier and its loads were issued two steps
 // before. Same tile layout and results as gemm<true>.
 struct GemmRaw {
-    uint4 xa, xb, w;
-    u32 s, b;
+    uint4 xa, xb, w, w2;
+    u32 s, b, s2, b2;
 };
 
-template <int BITS, bool BFS>
+// GLU: two weights of one format (W2, S2, B2: up), y = gelu(x·Wᵀ)·(x·W2ᵀ);
+// each block stages and multiplies both W tiles against one x tile.
+template <int BITS, bool BFS, bool GLU>
 __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const void* W, const void* S,
                                        const void* B, int sdt, int M, int N, int K, int group, const int* perm,
-                                       const int* tiles, int xdiv, i64 wstride, i64 gstride, int ksplit, float* part) {
-    __shared__ __align__(16) u16 sm[2][2 * BM * LDS_BF];
+                                       const int* tiles, int xdiv, i64 wstride, i64 gstride, int ksplit, float* part,
+                                       const void* W2, const void* S2, const void* B2) {
+    constexpr int NW = GLU ? 2 : 1; // W tiles
+    __shared__ __align__(16) u16 sm[2][(BM + NW * BN) * LDS_BF];
     __shared__ int rowx[BM], rowy[BM];
     const Tile t = gemm_tile(perm, tiles, M, xdiv, rowx, rowy);
     if (t.count <= 0) return;
@@ -1241,10 +1253,14 @@ __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const vo
     const int wn = n0 + lr;
     const uint4* xp = xr >= 0 ? (const uint4*)((const u16*)x + (i64)xr * K + lc) : nullptr;
     const bool wok = wn < N;
-    const char* wrow = (const char*)W + (i64)t.e * wstride + (i64)(wok ? wn : 0) * (K * BITS / 8) + lc * BITS / 8;
+    const i64 wofs = (i64)t.e * wstride + (i64)(wok ? wn : 0) * (K * BITS / 8) + lc * BITS / 8;
+    const char* wrow = (const char*)W + wofs;
+    const char* wrow2 = GLU ? (const char*)W2 + wofs : nullptr;
     const i64 g0 = (i64)(wok ? wn : 0) * (K / group);
     const char* Sp = (const char*)S + (i64)t.e * gstride;
     const char* Bp = (const char*)B + (i64)t.e * gstride;
+    const char* Sp2 = GLU ? (const char*)S2 + (i64)t.e * gstride : nullptr;
+    const char* Bp2 = GLU ? (const char*)B2 + (i64)t.e * gstride : nullptr;
     const int gshift = __ffs(group) - 1; // group is 32, 64 or 128
     const uint4 zero = make_uint4(0, 0, 0, 0);
     // Unsigned offsets and shifts only: a signed division here costs more
@@ -1253,43 +1269,54 @@ __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const vo
         r.xa = xp ? __ldg(xp + (k0 >> 3)) : zero;
         r.xb = xp ? __ldg(xp + (k0 >> 3) + 1) : zero;
         if (wok) {
-            if (BITS == 4) {
-                uint2 q = __ldg((const uint2*)(wrow + (k0 >> 1)));
-                r.w = make_uint4(q.x, q.y, 0, 0);
-            } else {
-                r.w = __ldg((const uint4*)(wrow + k0));
-            }
-            const i64 gi = g0 + ((k0 + (u32)lc) >> gshift);
-            if (BFS) {
-                r.s = __ldg((const u16*)Sp + gi);
-                r.b = __ldg((const u16*)Bp + gi);
-            } else {
-                r.s = ldraw(Sp, gi, sdt);
-                r.b = ldraw(Bp, gi, sdt);
-            }
+            auto one = [&](const char* wr, const char* sp, const char* bp, uint4& w, u32& sv, u32& bv) {
+                if (BITS == 4) {
+                    uint2 q = __ldg((const uint2*)(wr + (k0 >> 1)));
+                    w = make_uint4(q.x, q.y, 0, 0);
+                } else {
+                    w = __ldg((const uint4*)(wr + k0));
+                }
+                const i64 gi = g0 + ((k0 + (u32)lc) >> gshift);
+                if (BFS) {
+                    sv = __ldg((const u16*)sp + gi);
+                    bv = __ldg((const u16*)bp + gi);
+                } else {
+                    sv = ldraw(sp, gi, sdt);
+                    bv = ldraw(bp, gi, sdt);
+                }
+            };
+            one(wrow, Sp, Bp, r.w, r.s, r.b);
+            if (GLU) one(wrow2, Sp2, Bp2, r.w2, r.s2, r.b2);
         }
     };
     auto stage = [&](const GemmRaw& r, u16* buf) {
         uint4* xd = (uint4*)(buf + lr * LDS_BF + lc);
-        uint4* wd = (uint4*)(buf + (BM + lr) * LDS_BF + lc);
         xd[0] = BFS ? perm8(r.xa) : r.xa;
         xd[1] = BFS ? perm8(r.xb) : r.xb;
-        if (wok) {
-            u32 d[8];
-            if (BFS)
-                dequant16_bf(r.w, r.s, r.b, d);
-            else
-                dequant16<BITS>(r.w, rawf(r.s, sdt), rawf(r.b, sdt), d);
-            wd[0] = make_uint4(d[0], d[1], d[2], d[3]);
-            wd[1] = make_uint4(d[4], d[5], d[6], d[7]);
-        } else {
-            wd[0] = zero;
-            wd[1] = zero;
+#pragma unroll
+        for (int i = 0; i < NW; i++) {
+            uint4* wd = (uint4*)(buf + (BM + i * BN + lr) * LDS_BF + lc);
+            if (wok) {
+                const uint4 w = i ? r.w2 : r.w;
+                const u32 sv = i ? r.s2 : r.s, bv = i ? r.b2 : r.b;
+                u32 d[8];
+                if (BFS)
+                    dequant16_bf(w, sv, bv, d);
+                else
+                    dequant16<BITS>(w, rawf(sv, sdt), rawf(bv, sdt), d);
+                wd[0] = make_uint4(d[0], d[1], d[2], d[3]);
+                wd[1] = make_uint4(d[4], d[5], d[6], d[7]);
+            } else {
+                wd[0] = zero;
+                wd[1] = zero;
+            }
         }
     };
-    float acc[32];
+    float acc[32], acc2[GLU ? 32 : 1];
 #pragma unroll
     for (int i = 0; i < 32; i++) acc[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (GLU ? 32 : 1); i++) acc2[i] = 0.f;
     // Split K (ksplit > 1, plain tiles only): block z takes the slices
     // [z·S/ksplit, (z+1)·S/ksplit) and stores its f32 partial products in
     // part[z]; gemm_splitk_sum adds them up in order.
@@ -1310,14 +1337,17 @@ __device__ __forceinline__ void gemm_q(void* y, int ydt, const void* x, const vo
         for (int d = 0; d < 2; d++) {
             const int st = it + d;
             if (st < nk) {
-                mma_tile(sm[d], acc);
+                mma_tile(sm[d], sm[d] + BM * LDS_BF, acc);
+                if (GLU) mma_tile(sm[d], sm[d] + (BM + BN) * LDS_BF, acc2);
                 if (st + 1 < nk) stage(r[1 - d], sm[1 - d]);
                 if (st + 3 < nk) load(r[1 - d], kb + (st + 3) * BK);
                 __syncthreads();
             }
         }
     }
-    if (ksplit > 1)
+    if (GLU)
+        store_tile<true>(y, ydt, N, n0, rowy, acc, acc2);
+    else if (ksplit > 1)
         store_tile(part + (i64)z * M * N, DT_F32, N, n0, rowy, acc);
     else
         store_tile(y, ydt, N, n0, rowy, acc);
@@ -1342,14 +1372,21 @@ extern "C" __global__ void gemm_splitk_sum(void* y, int ydt, const float* part, 
 extern "C" __global__ void __launch_bounds__(128) gemm_tc(GEMM_ARGS) { PDL_ENTRY(); gemm<true>(GEMM_PASS); }
 extern "C" __global__ void __launch_bounds__(128) gemm_f32(GEMM_ARGS) { PDL_ENTRY(); gemm<false>(GEMM_PASS); }
 
-#define GEMMQ_ARGS                                                                                            \
-    void *y, int ydt, const void *x, const void *W, const void *S, const void *B, int sdt, int M, int N, int K, \
-        int group, const int *perm, const int *tiles, int xdiv, i64 wstride, i64 gstride, int ksplit, float *part
-#define GEMMQ_PASS y, ydt, x, W, S, B, sdt, M, N, K, group, perm, tiles, xdiv, wstride, gstride, ksplit, part
-extern "C" __global__ void __launch_bounds__(128) gemm_q4(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4, false>(GEMMQ_PASS); }
-extern "C" __global__ void __launch_bounds__(128) gemm_q8(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<8, false>(GEMMQ_PASS); }
+#define GEMMQ_ARGS                                                                                                  \
+    void *y, int ydt, const void *x, const void *W, const void *S, const void *B, int sdt, int M, int N, int K,       \
+        int group, const int *perm, const int *tiles, int xdiv, i64 wstride, i64 gstride, int ksplit, float *part, \
+        const void *W2, const void *S2, const void *B2
+#define GEMMQ_PASS y, ydt, x, W, S, B, sdt, M, N, K, group, perm, tiles, xdiv, wstride, gstride, ksplit, part, W2, S2, B2
+#define GEMMQ_KERNEL(NAME, BITS, BFS, GLU) \
+    extern "C" __global__ void __launch_bounds__(128) NAME(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<BITS, BFS, GLU>(GEMMQ_PASS); }
+GEMMQ_KERNEL(gemm_q4, 4, false, false)
+GEMMQ_KERNEL(gemm_q8, 8, false, false)
 // 4 bits with bf16 scales and biases (MLX's default): bf16 pair dequantization.
-extern "C" __global__ void __launch_bounds__(128) gemm_q4b(GEMMQ_ARGS) { PDL_ENTRY(); gemm_q<4, true>(GEMMQ_PASS); }
+GEMMQ_KERNEL(gemm_q4b, 4, true, false)
+// Gate and up with the gated GeLU (NormGLU of several tokens).
+GEMMQ_KERNEL(gemm_q4_glu, 4, false, true)
+GEMMQ_KERNEL(gemm_q8_glu, 8, false, true)
+GEMMQ_KERNEL(gemm_q4b_glu, 4, true, true)
 
 // moe_sort groups the P = M·k (token, slot) pairs by expert with a counting
 // sort in one block: perm lists the pairs expert by expert, and tiles[3·t]
