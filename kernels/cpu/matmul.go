@@ -559,7 +559,7 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 		if j.bits == 4 {
 			b.xf32 = grow(b.xf32, rows*k)
 			for r := range rows {
-				permute4F32(b.xf32[r*k:(r+1)*k], src[r*k:(r+1)*k], 2*j.lanes)
+				permute4(b.xf32[r*k:(r+1)*k], src[r*k:(r+1)*k], 2*j.lanes)
 			}
 			src = b.xf32[:rows*k]
 		}

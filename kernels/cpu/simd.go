@@ -16,8 +16,9 @@ import (
 //
 // Most matmul kernels of a set are exact in float64 like the generic
 // kernels (the f32-sum quantized kernels of the AVX2 and AVX-512 sets, the
-// default where they apply, are the exception: see matmulF32): a weight (a small unsigned integer q, a bf16 or an f32 value)
-// times an f32 input is exact in float64, the kernels sum such products in
+// default where they apply, are the exception: see matmulF32): a weight (a
+// small unsigned integer q, a bf16 or an f32 value) times an f32 input is
+// exact in float64, the kernels sum such products in
 // float64 lanes, and the output is rounded to f32 once. Their results
 // therefore equal the generic kernels' except, rarely, in the last bit when
 // the two summation orders straddle a rounding boundary. (That matters: the
@@ -192,20 +193,6 @@ func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs
 	return nil
 }
 
-// permute4F32 copies an input row for the 4-bit f32 kernels: in each block
-// of `block` values (twice the kernels' lanes), the even-indexed ones (the
-// low nibbles of the block's bytes), then the odd ones.
-func permute4F32(dst, x []float32, block int) {
-	h := block / 2
-	for b := 0; b+block <= len(x); b += block {
-		xs, ds := x[b:b+block:b+block], dst[b:b+block:b+block]
-		for i := range h {
-			ds[i] = xs[2*i]
-			ds[h+i] = xs[2*i+1]
-		}
-	}
-}
-
 // int8Kernels returns the set's int8-activation kernels for a quantized
 // format, or nil.
 func (ks *kernelSet) int8Kernels(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
@@ -228,16 +215,17 @@ func (ks *kernelSet) int8Kernels(bits, group int, sdt dtype.DType) *[2]func(*kar
 	return nil
 }
 
-// permute4 widens an input row for the 4-bit kernels: in each block of
-// `block` values, the even-indexed ones (the low nibbles of the block's
-// bytes), then the odd ones.
-func permute4(dst []float64, x []float32, block int) {
+// permute4 copies an input row for the 4-bit kernels (float64 lanes: the
+// exact kernels; float32: the f32-sum ones): in each block of `block` values,
+// the even-indexed ones (the low nibbles of the block's bytes), then the odd
+// ones.
+func permute4[T float32 | float64](dst []T, x []float32, block int) {
 	h := block / 2
 	for b := 0; b+block <= len(x); b += block {
 		xs, ds := x[b:b+block:b+block], dst[b:b+block:b+block]
 		for i := range h {
-			ds[i] = float64(xs[2*i])
-			ds[h+i] = float64(xs[2*i+1])
+			ds[i] = T(xs[2*i])
+			ds[h+i] = T(xs[2*i+1])
 		}
 	}
 }

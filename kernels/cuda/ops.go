@@ -204,12 +204,13 @@ func (b *Backend) matvec(pl mvPlan, y, x kernels.Tensor, yp, xp cuda.DevicePtr, 
 	return b.launch("matmul", pl.kernel, cuda.Dim3{X: gx, Y: P, Z: 1}, block256, pl.smem, a)
 }
 
-// gemm enqueues the tiled GEMM (plain when perm is 0, else gathered by tiles).
 // gemmUp is the second weight of a GLU GEMM (y = gelu(x·Wᵀ)·(x·upᵀ)).
 type gemmUp struct {
 	data, sc, bi cuda.DevicePtr
 }
 
+// gemm enqueues the tiled GEMM (plain when perm is 0, else gathered by
+// tiles; with up, the GLU GEMM of w and up).
 func (b *Backend) gemm(y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.Weight, data, sc, bi cuda.DevicePtr,
 	M int, perm, tiles cuda.DevicePtr, tilesX, xdiv int, wstride, gstride int64, up *gemmUp) error {
 	name := "gemm_f32"
@@ -394,11 +395,11 @@ const (
 	mvRowsL2Bytes = 256 << 20
 )
 
-// MatMulExperts computes y[M,k,N] = x[m]·W[ids[m,j]]ᵀ. For one or two tokens
-// it runs one matrix-vector launch over all (token, slot) pairs, each block
-// reading its expert id on the device; for more it sorts the pairs by expert
-// on the device and runs a tiled GEMM so each expert's weights are read once
-// per 64 pairs.
+// MatMulExperts computes y[M,k,N] = x[m]·W[ids[m,j]]ᵀ. For one or two tokens,
+// or few pairs per expert (mvPairs), it runs one matrix-vector launch over
+// all (token, slot) pairs, each block reading its expert id on the device;
+// for more it sorts the pairs by expert on the device and runs a tiled GEMM
+// so each expert's weights are read once per 64 pairs.
 func (b *Backend) MatMulExperts(y, x kernels.Tensor, w *kernels.Weight, ids kernels.Tensor) error {
 	if err := w.Validate(); err != nil {
 		return err
