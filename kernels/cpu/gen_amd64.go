@@ -60,6 +60,14 @@ func (g *gen) newLabel(base string) string {
 func (g *gen) V(i int) string { return fmt.Sprintf("%s%d", g.isa.v, i) }
 func X(i int) string          { return fmt.Sprintf("X%d", i) }
 
+// half is the half-width register of V(i): Y(i) for AVX-512, X(i) for AVX2.
+func (g *gen) half(i int) string {
+	if g.isa.avx512 {
+		return fmt.Sprintf("Y%d", i)
+	}
+	return fmt.Sprintf("X%d", i)
+}
+
 // kargs field offsets (see kargs in simd.go; TestKargsLayout checks them).
 const (
 	offW      = 0
@@ -152,12 +160,7 @@ func (g *gen) quant(bits, nx int, sdt string) {
 	D := g.isa.lanes / 2
 	name := fmt.Sprintf("q%d%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
 	g.quantHeader(name)
-	half := func(i int) string { // the half-width register of V(i)
-		if g.isa.avx512 {
-			return fmt.Sprintf("Y%d", i)
-		}
-		return fmt.Sprintf("X%d", i)
-	}
+	half := g.half
 	// nibTable: 4-bit AVX-512 kernels look the nibbles up as float64 in
 	// Z16 (0..7) and Z17 (8..15) with VPERMI2PD instead of masking and
 	// converting them (12% faster from cache; the values are the same).
@@ -584,12 +587,7 @@ func (g *gen) dense(wdt string, nx int) {
 	for 1<<shift < 2*D {
 		shift++
 	}
-	half := func(i int) string {
-		if g.isa.avx512 {
-			return fmt.Sprintf("Y%d", i)
-		}
-		return fmt.Sprintf("X%d", i)
-	}
+	half := g.half
 	load := func() {
 		if wdt == "bf16" {
 			g.p("VPMOVZXWD (AX), %s", half(0))
@@ -669,12 +667,7 @@ func (g *gen) dense(wdt string, nx int) {
 func (g *gen) dot() {
 	D := g.isa.lanes / 2
 	name := "dotF64" + g.isa.name
-	h := func(i int) string {
-		if g.isa.avx512 {
-			return fmt.Sprintf("Y%d", i)
-		}
-		return fmt.Sprintf("X%d", i)
-	}
+	h := g.half
 	fmt.Fprintf(&g.buf, "\n// func %s(a, b *float32, n int) float64\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
 	g.p("MOVQ a+0(FP), SI")
 	g.p("MOVQ b+8(FP), DI")
@@ -770,12 +763,7 @@ func (g *gen) axpy() {
 func (g *gen) softcap() {
 	D := g.isa.lanes / 2
 	name := "softcapPoly" + g.isa.name
-	h := func(i int) string {
-		if g.isa.avx512 {
-			return fmt.Sprintf("Y%d", i)
-		}
-		return fmt.Sprintf("X%d", i)
-	}
+	h := g.half
 	fmt.Fprintf(&g.buf, "\n// func %s(y, x *float32, c float64, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
 	g.p("MOVQ y+0(FP), DI")
 	g.p("MOVQ x+8(FP), SI")
