@@ -218,20 +218,46 @@ func benchBackend(b *testing.B) *Backend {
 }
 
 // BenchmarkQMV: one token times a quantized matrix (decode projections and
-// the LM head), bf16 activations.
+// the LM head), bf16 activations; 4-bit products also through the CUDA-core
+// kernels (_cudacores) that the tensor-core one replaced.
 func BenchmarkQMV(b *testing.B) {
 	for _, c := range []struct{ bits, N, K int }{
 		{4, 8192, 2816}, {8, 8192, 2816}, {4, 2816, 8192}, {4, 262144, 2816}, {8, 262144, 2816},
 	} {
-		b.Run(fmt.Sprintf("q%d_%dx%d", c.bits, c.N, c.K), func(b *testing.B) {
-			be := benchBackend(b)
-			l2 := max(be.props.L2Bytes, 50<<20)
-			ws, one := benchWeights(b, be, 0, c.N, c.K, c.bits, 64, 4*l2)
-			x := put(b, be, dtype.BF16, randn(rand.New(rand.NewPCG(1, 1)), c.K, 1), 1, c.K)
-			y, _ := be.Alloc(dtype.BF16, 1, c.N)
-			timeLoop(b, be, float64(one+2*c.K+2*c.N), func(i int) error { return be.MatMul(y, x, ws[i%len(ws)]) })
-		})
+		for _, m := range mvModes(c.bits) {
+			b.Run(fmt.Sprintf("q%d_%dx%d%s", c.bits, c.N, c.K, m.name), func(b *testing.B) {
+				be := benchBackend(b)
+				defer m.set(be)()
+				l2 := max(be.props.L2Bytes, 50<<20)
+				ws, one := benchWeights(b, be, 0, c.N, c.K, c.bits, 64, 4*l2)
+				x := put(b, be, dtype.BF16, randn(rand.New(rand.NewPCG(1, 1)), c.K, 1), 1, c.K)
+				y, _ := be.Alloc(dtype.BF16, 1, c.N)
+				timeLoop(b, be, float64(one+2*c.K+2*c.N), func(i int) error { return be.MatMul(y, x, ws[i%len(ws)]) })
+			})
+		}
 	}
+}
+
+// mvMode is the backend's choice of matrix-vector kernel, or (name
+// _cudacores) the CUDA-core kernels in place of the tensor-core one.
+type mvMode struct {
+	name string
+	noTC bool
+}
+
+// set applies the mode to be and returns the function that undoes it.
+func (m mvMode) set(be *Backend) func() {
+	be.mvNoTC = m.noTC
+	return func() { be.mvNoTC = false }
+}
+
+// mvModes lists the modes worth timing at the given bits (the tensor-core
+// kernel takes 4-bit weights only).
+func mvModes(bits int) []mvMode {
+	if bits != 4 {
+		return []mvMode{{}}
+	}
+	return []mvMode{{}, {"_cudacores", true}}
 }
 
 // BenchmarkQMVVariants times each 4- and 8-bit matrix-vector kernel variant
@@ -700,7 +726,12 @@ func BenchmarkDecodeLayerFused(b *testing.B) {
 		}
 		return nil
 	}
-	timeLayers(b, be, dl, 13, step)
+	for _, m := range mvModes(4) {
+		b.Run("mv"+m.name, func(b *testing.B) {
+			defer m.set(be)()
+			timeLayers(b, be, dl, 13, step)
+		})
+	}
 }
 
 // BenchmarkFusedMV: the fused matrix-vector launches of a decode layer
@@ -719,48 +750,54 @@ func BenchmarkFusedMV(b *testing.B) {
 	np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
 	x := put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
 	l2 := max(be.props.L2Bytes, 50<<20)
-	b.Run("experts_glu_q4_128x704x2816_top8", func(b *testing.B) {
-		const E, k, sets = 128, 8, 64
-		gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
-		us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
-		ids := make([]int32, sets*k)
-		for s := range sets {
-			for j, e := range r.Perm(E)[:k] {
-				ids[s*k+j] = int32(e)
+	for _, m := range mvModes(4) {
+		b.Run("experts_glu_q4_128x704x2816_top8"+m.name, func(b *testing.B) {
+			defer m.set(be)()
+			const E, k, sets = 128, 8, 64
+			gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
+			us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
+			ids := make([]int32, sets*k)
+			for s := range sets {
+				for j, e := range r.Perm(E)[:k] {
+					ids[s*k+j] = int32(e)
+				}
 			}
-		}
-		idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
-		views := make([]kernels.Tensor, sets)
-		for s := range views {
-			views[s], _ = idt.RowRange(s, s+1)
-		}
-		y, _ := be.Alloc(dtype.BF16, 1, k, 704)
-		timeLoop(b, be, 2*k*float64(one/E), func(i int) error { return be.NormGLU(y, gs[0], us[0], views[i%sets], x, np) })
-	})
-	b.Run("qkv_q4_8192x2816", func(b *testing.B) {
-		qs, oq := benchWeights(b, be, 0, 4096, Hd, 4, 64, 4*l2)
-		ks, ok := benchWeights(b, be, 0, 2048, Hd, 4, 64, 4*l2)
-		vs, _ := makeBenchWeights(b, be, 0, 2048, Hd, 4, 64, 4*l2)
-		q, _ := be.Alloc(dtype.BF16, 1, 4096)
-		kk, _ := be.Alloc(dtype.BF16, 1, 2048)
-		v, _ := be.Alloc(dtype.BF16, 1, 2048)
-		n := min(len(qs), len(ks), len(vs))
-		timeLoop(b, be, float64(oq+2*ok), func(i int) error {
-			return be.NormMatMul([]kernels.Tensor{q, kk, v}, []*kernels.Weight{qs[i%n], ks[i%n], vs[i%n]}, x, np, 0)
+			idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
+			views := make([]kernels.Tensor, sets)
+			for s := range views {
+				views[s], _ = idt.RowRange(s, s+1)
+			}
+			y, _ := be.Alloc(dtype.BF16, 1, k, 704)
+			timeLoop(b, be, 2*k*float64(one/E), func(i int) error { return be.NormGLU(y, gs[0], us[0], views[i%sets], x, np) })
 		})
-	})
-	b.Run("dense_glu_q4_2112x2816", func(b *testing.B) {
-		gs, one := benchWeights(b, be, 0, 2112, Hd, 4, 64, 4*l2)
-		us, _ := makeBenchWeights(b, be, 0, 2112, Hd, 4, 64, 4*l2)
-		y, _ := be.Alloc(dtype.BF16, 1, 2112)
-		n := min(len(gs), len(us))
-		timeLoop(b, be, 2*float64(one), func(i int) error { return be.NormGLU(y, gs[i%n], us[i%n], kernels.Tensor{}, x, np) })
-	})
-	b.Run("lm_head_q4_262144x2816_softcap", func(b *testing.B) {
-		ws, one := benchWeights(b, be, 0, 262144, Hd, 4, 64, 4*l2)
-		y, _ := be.Alloc(dtype.BF16, 1, 262144)
-		timeLoop(b, be, float64(one), func(i int) error {
-			return be.NormMatMul([]kernels.Tensor{y}, []*kernels.Weight{ws[i%len(ws)]}, x, np, 30)
+		b.Run("qkv_q4_8192x2816"+m.name, func(b *testing.B) {
+			defer m.set(be)()
+			qs, oq := benchWeights(b, be, 0, 4096, Hd, 4, 64, 4*l2)
+			ks, ok := benchWeights(b, be, 0, 2048, Hd, 4, 64, 4*l2)
+			vs, _ := makeBenchWeights(b, be, 0, 2048, Hd, 4, 64, 4*l2)
+			q, _ := be.Alloc(dtype.BF16, 1, 4096)
+			kk, _ := be.Alloc(dtype.BF16, 1, 2048)
+			v, _ := be.Alloc(dtype.BF16, 1, 2048)
+			n := min(len(qs), len(ks), len(vs))
+			timeLoop(b, be, float64(oq+2*ok), func(i int) error {
+				return be.NormMatMul([]kernels.Tensor{q, kk, v}, []*kernels.Weight{qs[i%n], ks[i%n], vs[i%n]}, x, np, 0)
+			})
 		})
-	})
+		b.Run("dense_glu_q4_2112x2816"+m.name, func(b *testing.B) {
+			defer m.set(be)()
+			gs, one := benchWeights(b, be, 0, 2112, Hd, 4, 64, 4*l2)
+			us, _ := makeBenchWeights(b, be, 0, 2112, Hd, 4, 64, 4*l2)
+			y, _ := be.Alloc(dtype.BF16, 1, 2112)
+			n := min(len(gs), len(us))
+			timeLoop(b, be, 2*float64(one), func(i int) error { return be.NormGLU(y, gs[i%n], us[i%n], kernels.Tensor{}, x, np) })
+		})
+		b.Run("lm_head_q4_262144x2816_softcap"+m.name, func(b *testing.B) {
+			defer m.set(be)()
+			ws, one := benchWeights(b, be, 0, 262144, Hd, 4, 64, 4*l2)
+			y, _ := be.Alloc(dtype.BF16, 1, 262144)
+			timeLoop(b, be, float64(one), func(i int) error {
+				return be.NormMatMul([]kernels.Tensor{y}, []*kernels.Weight{ws[i%len(ws)]}, x, np, 30)
+			})
+		})
+	}
 }

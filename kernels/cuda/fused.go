@@ -50,6 +50,7 @@ const (
 	mvNexp
 	mvWstride
 	mvGstride
+	mvKS
 	mvWords
 )
 
@@ -77,6 +78,7 @@ func sameFormat(a, c *kernels.Weight) bool {
 
 // mvNormArgs is the norm a fused matrix-vector launch applies to x.
 type mvNormArgs struct {
+	off   bool // no norm: the plain product of x
 	w     cuda.DevicePtr
 	wdt   dtype.DType
 	eps   float32
@@ -126,6 +128,9 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 	}
 	if P > maxBlocksY {
 		return fmt.Errorf("cuda: %d matrix-vector products in one launch (at most %d)", P, maxBlocksY)
+	}
+	if b.tcMVOK(segs, glu, x, n) {
+		return b.qmvt(segs, glu, x, xp, xdiv, n, softcap, ids, nexp, P, wstride, gstride)
 	}
 	NT := 0
 	for _, s := range segs {
@@ -185,14 +190,93 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 	blocksX := ceilDiv(NT, QMVWarps*R)
 	capBlocks := b.props.SMs * b.occupancy("matmul", name, 256, smem)
 	gx := max(1, min(blocksX, ceilDiv(capBlocks, P)))
-	a := b.args.Reset().Blob(mvParams(segs, x, xp, xdiv, n, softcap, ids, nexp, wstride, gstride))
+	a := b.args.Reset().Blob(mvParams(segs, x, xp, xdiv, n, softcap, ids, nexp, wstride, gstride, 1))
+	return b.launch("matmul", name, cuda.Dim3{X: gx, Y: P, Z: 1}, block256, smem, a)
+}
+
+// tcMVOK reports whether qmvt (matmul.cu: 4-bit products on the tensor
+// cores) takes a matrix-vector launch: 4-bit weights in groups of 32, 64 or
+// 128, K a multiple of 32, every segment whole tiles (16 rows, 8 for GLU),
+// and x staged exactly as bf16 — a bf16 x without a norm, or a norm whose
+// result is rounded to bf16 — on a GPU with bf16 mma.
+func (b *Backend) tcMVOK(segs []mvSeg, glu bool, x kernels.Tensor, n mvNormArgs) bool {
+	w0 := segs[0].w
+	if b.mvNoTC || b.props.Major < 8 || w0.Bits != 4 || w0.K%32 != 0 || (w0.Group != 32 && w0.Group != 64 && w0.Group != 128) {
+		return false
+	}
+	staged := n.xrdt
+	if n.off {
+		staged = x.DType
+	}
+	if staged != dtype.BF16 {
+		return false
+	}
+	tile := 16
+	if glu {
+		tile = 8
+	}
+	for _, s := range segs {
+		if s.w.N%tile != 0 || !sameFormat(s.w, w0) {
+			return false
+		}
+	}
+	return true
+}
+
+// qmvtDepth is QMVT_DEPTH of matmul.cu: the steps of weight loads in flight.
+const qmvtDepth = 3
+
+// qmvt launches the tensor-core matrix-vector kernel (tcMVOK says when it
+// applies) with fusedMV's arguments. A tile of 16 rows takes one warp, or
+// KS warps that split its K where the tiles alone would leave the GPU's
+// warp slots idle (the slices meet in shared memory).
+func (b *Backend) qmvt(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.DevicePtr, xdiv int, n mvNormArgs, softcap float32,
+	ids cuda.DevicePtr, nexp, P int, wstride, gstride int64) error {
+	w0 := segs[0].w
+	K := w0.K
+	c8, c := K/16, K/32
+	// The warps' rings of weight chunks (qmvtDepth steps of four 16-byte
+	// chunks a lane), x staged as the 8-bit kernels stage it, its bf16
+	// repacking, the group sums, and the norm weight as f32 (see qmvt in
+	// matmul.cu).
+	smem := QMVWarps*qmvtDepth*4*32*16 + (c8*20+2*c8+(c+1)*20+K/w0.Group)*4
+	if !n.off && n.w != 0 {
+		smem += K * 4
+	}
+	if smem > b.props.MaxSharedOptin {
+		return fmt.Errorf("cuda: matvec of K %d needs %d bytes of shared memory", K, smem)
+	}
+	rows := 0
+	for _, s := range segs {
+		rows += s.w.N
+	}
+	if glu {
+		rows = 2 * w0.N
+	}
+	tiles := rows / 16
+	name := "qmvt4"
+	if glu {
+		name = "qmvt4_glu"
+	}
+	if w0.Scales.DType == dtype.F32 {
+		name += "_s4"
+	}
+	occ := b.occupancy("matmul", name, 256, smem)
+	steps := ceilDiv(c, 8)
+	ks := 1
+	for ks < QMVWarps && tiles*P*ks < b.props.SMs*occ*QMVWarps && ceilDiv(steps, 2*ks)*(2*ks-1) < steps {
+		ks *= 2
+	}
+	groups := ceilDiv(tiles, QMVWarps/ks)
+	gx := max(1, min(groups, ceilDiv(b.props.SMs*occ, P)))
+	a := b.args.Reset().Blob(mvParams(segs, x, xp, xdiv, n, softcap, ids, nexp, wstride, gstride, ks))
 	return b.launch("matmul", name, cuda.Dim3{X: gx, Y: P, Z: 1}, block256, smem, a)
 }
 
 // mvParams lays out struct MVParams (matmul.cu) for a fused matrix-vector
 // launch.
 func mvParams(segs []mvSeg, x kernels.Tensor, xp cuda.DevicePtr, xdiv int, n mvNormArgs, softcap float32,
-	ids cuda.DevicePtr, nexp int, wstride, gstride int64) []byte {
+	ids cuda.DevicePtr, nexp int, wstride, gstride int64, ks int) []byte {
 	w0 := segs[0].w
 	var words [mvWords]uint64
 	start := 0
@@ -205,9 +289,13 @@ func mvParams(segs []mvSeg, x kernels.Tensor, xp cuda.DevicePtr, xdiv int, n mvN
 	words[mvNseg], words[mvK], words[mvGroup], words[mvSdt] = uint64(len(segs)), uint64(w0.K), uint64(w0.Group), uint64(w0.Scales.DType)
 	words[mvX], words[mvXdt], words[mvXdiv] = uint64(xp), uint64(x.DType), uint64(max(xdiv, 1))
 	words[mvNw], words[mvNwdt], words[mvNorm], words[mvXrdt] = uint64(n.w), uint64(n.wdt), 1, uint64(n.xrdt)
+	if n.off {
+		words[mvNw], words[mvNorm] = 0, 0
+	}
 	words[mvEps], words[mvNscale], words[mvSoftcap] = math.Float64bits(float64(n.eps)), math.Float64bits(float64(n.scale)),
 		math.Float64bits(float64(softcap))
 	words[mvIds], words[mvNexp], words[mvWstride], words[mvGstride] = uint64(ids), uint64(nexp), uint64(wstride), uint64(gstride)
+	words[mvKS] = uint64(ks)
 	raw := make([]byte, 8*mvWords)
 	for i, v := range words {
 		binary.LittleEndian.PutUint64(raw[8*i:], v)

@@ -20,8 +20,11 @@ var (
 	gpuOnce sync.Once
 	gpuF32  *Backend
 	gpuBF16 *Backend
-	gpuErr  error
-	cpuBE   *cpu.Backend
+	// gpuBF16CC has bf16 activations and no tensor-core matrix-vector
+	// kernel: the CUDA-core kernels the fused ops take otherwise.
+	gpuBF16CC *Backend
+	gpuErr    error
+	cpuBE     *cpu.Backend
 )
 
 func TestMain(m *testing.M) {
@@ -29,6 +32,7 @@ func TestMain(m *testing.M) {
 	if gpuF32 != nil {
 		gpuF32.Close()
 		gpuBF16.Close()
+		gpuBF16CC.Close()
 	}
 	os.Exit(code)
 }
@@ -40,6 +44,12 @@ func gpus(t testing.TB) (*Backend, *Backend) {
 		gpuF32, gpuErr = New(WithActivationDType(dtype.F32))
 		if gpuErr == nil {
 			gpuBF16, gpuErr = New()
+		}
+		if gpuErr == nil {
+			gpuBF16CC, gpuErr = New()
+		}
+		if gpuErr == nil {
+			gpuBF16CC.mvNoTC = true
 		}
 		cpuBE = cpu.New()
 	})

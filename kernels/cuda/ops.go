@@ -162,7 +162,7 @@ func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P
 	if pl.smem > b.props.MaxSharedOptin {
 		return pl, false
 	}
-	if b.mvKernel != "" && pl.rows == 0 { // benchmarks: force a variant
+	if b.mvKernel != "" && b.mvKernel != mvTC && pl.rows == 0 { // benchmarks: force a variant
 		pl.kernel = b.mvKernel
 		pl.rows = int(b.mvKernel[6] - '0')
 		return pl, true
@@ -180,11 +180,23 @@ func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P
 // QMVWarps is the number of warps per block of the matrix-vector kernels.
 const QMVWarps = 8
 
+// mvTC names the tensor-core matrix-vector kernel (qmvt) where tests and
+// benchmarks force a variant: 4-bit weights with bf16 x take it, others the
+// backend's choice.
+const mvTC = "qmvt"
+
 // matvec enqueues y[p] = x[p/xdiv]·W[e(p)]ᵀ for P pairs.
 func (b *Backend) matvec(pl mvPlan, y, x kernels.Tensor, yp, xp cuda.DevicePtr, w *kernels.Weight,
 	data, sc, bi, ids cuda.DevicePtr, nexp, xdiv, P int, wstride, gstride int64) error {
 	if P > maxBlocksY {
 		return fmt.Errorf("cuda: %d matrix-vector products in one launch (at most %d)", P, maxBlocksY)
+	}
+	if w.Quantized() && pl.kernel != "mv_generic" && (b.mvKernel == "" || b.mvKernel == mvTC) {
+		segs := []mvSeg{{w: w, data: data, sc: sc, bi: bi, y: y, yp: yp}}
+		n := mvNormArgs{off: true, scale: 1}
+		if b.tcMVOK(segs, false, x, n) {
+			return b.qmvt(segs, false, x, xp, xdiv, n, 0, ids, nexp, P, wstride, gstride)
+		}
 	}
 	blocksX := ceilDiv(w.N, QMVWarps*pl.rows)
 	capBlocks := b.props.SMs * b.occupancy("matmul", pl.kernel, 256, pl.smem)

@@ -113,7 +113,7 @@ func gemmModes(be kernels.Backend, M int) []gemmMode {
 
 // qmvVariants lists every 4- and 8-bit matrix-vector kernel variant.
 var qmvVariants = map[int][]string{
-	4: {"qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r8", "qmv4_r1_d4", "qmv4_r2_d3", "qmv4_r2_d4", "qmv4_r4_d3", "qmv4_r4_lb3"},
+	4: {mvTC, "qmv4_r1", "qmv4_r2", "qmv4_r4", "qmv4_r8", "qmv4_r1_d4", "qmv4_r2_d3", "qmv4_r2_d4", "qmv4_r4_d3", "qmv4_r4_lb3"},
 	8: {"qmv8_r1", "qmv8_r2", "qmv8_r4", "qmv8_r8", "qmv8_r1_d4", "qmv8_r2_d3", "qmv8_r2_d4", "qmv8_r4_d3", "qmv8_r4_lb3"},
 }
 
@@ -134,6 +134,13 @@ func TestQMVVariants(t *testing.T) {
 			tc{bits, 64, 1000, 704, 0, 0, 1, dtype.F32},
 			tc{bits, 64, 96, 2816, 8, 3, 1, dtype.BF16},
 			tc{bits, 64, 130, 704, 8, 4, 2, dtype.BF16},
+			// Shapes the tensor-core kernel (qmvt) takes at 4 bits: whole
+			// tiles of 16 rows, every group size, K of ragged steps.
+			tc{bits, 32, 112, 384, 0, 0, 1, dtype.BF16},
+			tc{bits, 128, 48, 2816, 0, 0, 1, dtype.F16},
+			tc{bits, 64, 208, 704, 0, 0, 1, dtype.F32},
+			tc{bits, 64, 96, 704, 8, 4, 2, dtype.BF16},
+			tc{bits, 64, 2816, 2816, 0, 0, 3, dtype.BF16},
 		)
 	}
 	for _, c := range tcs {

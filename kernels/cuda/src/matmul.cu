@@ -491,6 +491,7 @@ struct MVParams {
     double eps, nscale, softcap;
     const int* ids;
     i64 nexp, wstride, gstride;
+    i64 ks; // qmvt: warps sharing one tile's K (1, 2, 4 or 8)
 };
 
 // The segment of row (over the concatenation): compile-time indices only,
@@ -597,14 +598,32 @@ __device__ __forceinline__ void mv_stage(const MVParams& P, float* xs, float* xs
     }
 }
 
+// mv_store_row stores row `row` (over the concatenated segments) of pair p
+// from its total v0 (for GLU: the gate total, v1 the up total): the gated
+// GeLU for GLU, else the softcap if set; NaN for an invalid expert id.
+template <bool GLU>
+__device__ __forceinline__ void mv_store_row(const MVParams& P, int row, int p, float v0, float v1, bool ok) {
+    const int s = GLU ? 0 : seg_of(P, row);
+    row -= (int)SEG_FIELD(P, s, start);
+    const int ydt = (int)SEG_FIELD(P, s, ydt);
+    const float cap = (float)P.softcap;
+    float v;
+    if (GLU) {
+        v = gelu_tanh(round_act(v0, ydt)) * round_act(v1, ydt);
+    } else {
+        v = v0;
+        if (cap > 0.f) v = cap * tanhf(round_act(v, ydt) * (1.f / cap));
+    }
+    stf(SEG_FIELD(P, s, y), (i64)p * SEG_FIELD(P, s, rows) + row, ydt, ok ? v : __int_as_float(0x7fc00000));
+}
+
 // mv_store reduces a warp's row totals (acc: R rows, then for GLU their R up
 // rows) and stores row group rg (rows rg·R.. over the concatenated
-// segments) of pair p: the gated GeLU for GLU, else the softcap if set.
+// segments) of pair p (mv_store_row).
 template <int R, bool GLU>
 __device__ __forceinline__ void mv_store(const MVParams& P, float (&acc)[GLU ? 2 * R : R], int rg, int p, bool ok) {
     constexpr int RR = GLU ? 2 * R : R;
     const int lane = threadIdx.x & 31;
-    const float cap = (float)P.softcap;
 #pragma unroll
     for (int i = 0; i < RR; i++) acc[i] = warp_sum(acc[i]);
     if (lane < R) {
@@ -615,18 +634,7 @@ __device__ __forceinline__ void mv_store(const MVParams& P, float (&acc)[GLU ? 2
                 v0 = acc[r];
                 v1 = acc[GLU ? R + r : r];
             }
-        int row = rg * R + lane;
-        const int s = GLU ? 0 : seg_of(P, row);
-        row -= (int)SEG_FIELD(P, s, start);
-        const int ydt = (int)SEG_FIELD(P, s, ydt);
-        float v;
-        if (GLU) {
-            v = gelu_tanh(round_act(v0, ydt)) * round_act(v1, ydt);
-        } else {
-            v = v0;
-            if (cap > 0.f) v = cap * tanhf(round_act(v, ydt) * (1.f / cap));
-        }
-        stf(SEG_FIELD(P, s, y), (i64)p * SEG_FIELD(P, s, rows) + row, ydt, ok ? v : __int_as_float(0x7fc00000));
+        mv_store_row<GLU>(P, rg * R + lane, p, v0, v1, ok);
     }
 }
 
@@ -784,6 +792,299 @@ QMVX_KERNEL_D(qmvx8_r2_d3, 8, 2, 3, false, 2)
 QMVX_KERNEL_D(qmvx8_r4_d3, 8, 4, 3, false, 2)
 QMVX_KERNEL_D(glu8_r1_d3, 8, 1, 3, true, 2)
 QMVX_KERNEL_D(glu8_r2_d3, 8, 2, 3, true, 2)
+
+// ---------------------------------------------------------------------------
+// qmvt: matrix-vector products of 4-bit weights and a bf16 x row on the
+// tensor cores (decode; the MVParams of qmvx, one x row a pair). The CUDA-core
+// kernels above spend about 2.5 instructions a weight on the dequantization
+// and the FMA, which bounds the 4-bit products at about 0.65 of the DRAM
+// peak; here a weight costs under one instruction and the product runs on
+// the mma units.
+//
+// A warp multiplies a tile of 16 weight rows (GLU: 8 gate rows, then the
+// same 8 up rows) by x with mma.m16n8k16: A is the tile, B holds x. A step
+// covers 256 values of K; lane (r0 = lane/4, j = lane%4) takes the 16-byte
+// chunks 8s+4h+j (h = 0, 1: a quad reads 64 contiguous bytes of a row at a
+// time) of rows r0 and r0+8, and turns each word's nibbles i and i+4 into the bf16 pair
+// (128+q_i, 128+q_{i+4}) with one LOP3 — exact, and in the mma fragment
+// layout once x is staged in the same order (any permutation of K applied
+// to both sides leaves the product unchanged). The step's first eight mmas
+// take every lane's chunk h = 0, the next eight chunk h = 1.
+//
+// Scales and biases are per group (32, 64 or 128 values), and an mma sums
+// over the four lanes of a quad, whose chunks may lie in different groups:
+// B column n = lane/4 carries x only where n is the column of the group of
+// the chunk (its index among the step's groups), zero elsewhere, so
+// accumulator column c of a step is group s·256/group + c alone. The lane
+// holding columns 2j, 2j+1 then adds scale·(Σ(128+q)x − 128·Σx) + bias·Σx
+// for each row and group, with Σx of each group staged with x.
+//
+// Each block's 8 warps take RW = 8/KS tiles, KS warps a tile, each warp a
+// contiguous slice of the tile's steps; the slices meet in shared memory in
+// a fixed order. The weights of the next DEPTH-1 steps are in flight while a
+// step multiplies, across tiles: each lane copies its four 16-byte chunks
+// into its own slots of a shared-memory ring with cp.async (bytes in flight
+// without registers) and reads back only what it copied itself; the scales
+// and biases ride in registers (SE: their size, 2 or 4 bytes).
+#define QMVT_DEPTH 3
+#define QMVT_XB 20 // words a staged x chunk takes (16 and 4 of padding)
+
+__device__ __forceinline__ void cp_async16_l2(void* smem, const void* gmem) {
+    const u32 a = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
+}
+
+// qmvt_scale reads the scales or biases of groups g0 and g0+1 (the second
+// only where two is set) at p (group g0) as raw bits: SE 2: one word, g0
+// in the low half; SE 4: v[0], v[1].
+template <int SE>
+__device__ __forceinline__ void qmvt_scale(u32* v, const char* p, bool two) {
+    if (SE == 2) {
+        if (two && ((size_t)p & 3) == 0) {
+            v[0] = __ldg((const u32*)p);
+        } else {
+            v[0] = __ldg((const u16*)p);
+            if (two) v[0] |= (u32)__ldg((const u16*)p + 1) << 16;
+        }
+    } else {
+        v[0] = __ldg((const u32*)p);
+        v[1] = two ? __ldg((const u32*)p + 1) : 0u;
+    }
+}
+
+template <int SE>
+__device__ __forceinline__ float qmvt_scalef(const u32* v, int e, int sdt) {
+    return SE == 2 ? rawf((v[0] >> (16 * e)) & 0xffffu, sdt) : __uint_as_float(v[e]);
+}
+
+template <bool GLU, int SE>
+__device__ __forceinline__ void qmvt(const MVParams& P) {
+    constexpr int DEPTH = QMVT_DEPTH;
+    constexpr int NV = SE == 2 ? 1 : 2; // registers a (row, kind) of a slot
+    __shared__ float red[32];
+    __shared__ float part[QMV_WARPS * 16]; // each warp's row totals of its slice
+    typedef uint4 Ring[DEPTH][4][32];      // a warp's ring: [slot][row a/b, chunk h][lane]
+    Ring* ring = (Ring*)dyn_smem;          // QMV_WARPS rings, then x
+    constexpr int E8 = 16, PAD = 4;        // x staged as by the 8-bit kernels, then repacked
+    const int K = (int)P.K;
+    const int C8 = K / E8;
+    float* xs = dyn_smem + QMV_WARPS * DEPTH * 4 * 32 * 4;
+    float* xsum = xs + C8 * (E8 + PAD);
+    const int C = K / 32; // 16-byte chunks a row
+    // x as B fragments: chunk c at xb + QMVT_XB·c (16 pairs, padded so that
+    // the four chunks a step's lanes read sit in different banks); chunk C
+    // is zero.
+    u32* xb = (u32*)(xsum + 2 * C8 + (P.norm && P.nw ? K : 0));
+    float* xg = (float*)(xb + (C + 1) * QMVT_XB); // Σx of each group
+    const int p = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r0 = lane >> 2, j = lane & 3;
+    pdl_trigger();
+    const MVNormLoad nl = mv_norm_load(P);
+    i64 eoff = 0, goff = 0;
+    bool ok = true;
+    if (P.ids) {
+        pdl_wait(); // the expert id comes from the kernel before
+        int e = P.ids[p];
+        if (e < 0 || e >= (int)P.nexp) { ok = false; e = 0; }
+        eoff = (i64)e * P.wstride;
+        goff = (i64)e * P.gstride;
+    }
+    const int sdt = (int)P.sdt;
+    const u32 rowBytes = (u32)K / 2;
+    const int group = (int)P.group;
+    const int G = K / group;
+    const u32 srowBytes = (u32)G * SE;
+    const int gshift = __ffs(group) - 1; // group is 32, 64 or 128
+    const int gps = 256 >> gshift;       // groups a step (8, 4 or 2)
+    const int col0 = (32 * j) >> gshift, col1 = (32 * j + 128) >> gshift; // B columns of chunks h = 0, 1
+    const bool folds = 2 * j < gps;      // this lane holds columns 2j, 2j+1
+    const int KS = (int)P.ks, RW = QMV_WARPS / KS;
+    const int S = (C + 7) / 8;        // steps a tile
+    const int ns = (S + KS - 1) / KS; // steps a slice
+    const int tt = warp / KS, kw = warp % KS;
+    const int s0 = kw * ns;
+    const int nseg = (int)P.nseg;
+    const int NT = GLU ? 2 * (int)P.seg[0].rows : (int)(SEG_FIELD(P, nseg - 1, start) + SEG_FIELD(P, nseg - 1, rows));
+    const int NTL = NT / 16;             // tiles
+    const int ntg = (NTL + RW - 1) / RW; // tile groups
+    const int niter = (int)blockIdx.x < ntg ? (ntg - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = niter * ns;
+
+    // Row h (0: a = r0, 1: b = r0+8) of tile t: its weights, scales and
+    // the offset from its scales to its biases.
+    const char* wr[2] = {nullptr, nullptr};
+    const char* sr[2] = {nullptr, nullptr};
+    i64 bo[2] = {0, 0};
+    auto tile_row = [&](int t, int h) {
+        int row, sg;
+        if (GLU) {
+            row = t * 8 + r0;
+            sg = h;
+        } else {
+            row = t * 16 + r0 + 8 * h;
+            sg = seg_of(P, row);
+            row -= (int)SEG_FIELD(P, sg, start);
+        }
+        wr[h] = SEG_FIELD(P, sg, W) + eoff + (i64)row * rowBytes;
+        sr[h] = SEG_FIELD(P, sg, S) + goff + (i64)row * srowBytes;
+        bo[h] = SEG_FIELD(P, sg, B) - SEG_FIELD(P, sg, S);
+    };
+    u32 sc[DEPTH][4 * NV]; // [row a scales, row a biases, row b scales, row b biases]
+    int lt = -1;           // the tile whose rows wr, sr hold
+    auto issue = [&](int slot, int q) {
+        const int it = q / ns, s = s0 + q % ns;
+        const int t = ((int)blockIdx.x + it * (int)gridDim.x) * RW + tt;
+        if (q < total && t < NTL && s < S) {
+            if (t != lt) {
+                tile_row(t, 0);
+                tile_row(t, 1);
+                lt = t;
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int c = 8 * s + 4 * h + j;
+                if (c < C) {
+                    cp_async16_l2(&ring[warp][slot][h][lane], wr[0] + (u32)c * 16);
+                    cp_async16_l2(&ring[warp][slot][2 + h][lane], wr[1] + (u32)c * 16);
+                }
+            }
+            const int g0 = s * gps + 2 * j;
+            if (folds && g0 < G) {
+                const bool two = 2 * j + 1 < gps && g0 + 1 < G;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    qmvt_scale<SE>(&sc[slot][(2 * h) * NV], sr[h] + (u32)g0 * SE, two);
+                    qmvt_scale<SE>(&sc[slot][(2 * h + 1) * NV], sr[h] + bo[h] + (u32)g0 * SE, two);
+                }
+            }
+        }
+        cp_async_commit(); // one group a step, empty or not: the waits count steps
+    };
+    // Weights first: they do not depend on the kernels before.
+#pragma unroll
+    for (int d = 0; d < DEPTH - 1; d++) issue(d, d);
+    if (!P.ids) pdl_wait();
+    mv_stage<8>(P, xs, xsum, red, nl, p);
+    // Repack x as the B fragments: pair e of chunk c is (x[k], x[k+4]) with
+    // k = 32c + 8(e/4) + e%4, the order of the nibble pairs of the weights.
+    for (int i = threadIdx.x; i < (C + 1) * 16; i += blockDim.x) {
+        const int c = i >> 4, e = i & 15;
+        u32 v = 0;
+        if (c < C) {
+            const int k = 32 * c + 8 * (e >> 2) + (e & 3);
+            v = pack_bf2(xs[(k >> 4) * (E8 + PAD) + (k & 15)], xs[((k + 4) >> 4) * (E8 + PAD) + ((k + 4) & 15)]);
+        }
+        xb[c * QMVT_XB + e] = v;
+    }
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        float t = 0.f;
+        for (int c = g * (group >> 4); c < (g + 1) * (group >> 4); c++) t += xsum[2 * c + 1];
+        xg[g] = t;
+    }
+    __syncthreads();
+
+    float ya = 0.f, yb = 0.f;
+    auto compute = [&](int slot, int q) {
+        const int it = q / ns, s = s0 + q % ns;
+        const int t = ((int)blockIdx.x + it * (int)gridDim.x) * RW + tt;
+        cp_async_wait<DEPTH - 1>(); // this step's copies (this lane's own) have landed
+        if (t < NTL && s < S) {
+            float d[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}}; // two chains
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int c = 8 * s + 4 * h + j;
+                const bool live = r0 == (h ? col1 : col0) && c < C;
+                const uint4* bp = (const uint4*)(xb + QMVT_XB * (live ? c : C));
+                const uint4 va = ring[warp][slot][h][lane], vb = ring[warp][slot][2 + h][lane];
+                const u32 wa4[4] = {va.x, va.y, va.z, va.w};
+                const u32 wb4[4] = {vb.x, vb.y, vb.z, vb.w};
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const uint4 bx = bp[u];
+                    u32 a[4], b[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(a[i]) : "r"(wa4[u] >> (4 * i)), "r"(0x000f000fu), "r"(0x43004300u));
+                        asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(b[i]) : "r"(wb4[u] >> (4 * i)), "r"(0x000f000fu), "r"(0x43004300u));
+                    }
+                    mma_bf16(d[u & 1], a[0], b[0], a[1], b[1], bx.x, bx.y);
+                    mma_bf16(d[u & 1], a[2], b[2], a[3], b[3], bx.z, bx.w);
+                }
+            }
+            const int g0 = s * gps + 2 * j;
+            if (folds) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int g = g0 + e;
+                    if (2 * j + e < gps && g < G) {
+                        const float X = xg[g];
+                        const float sa = qmvt_scalef<SE>(&sc[slot][0], e, sdt), ba = qmvt_scalef<SE>(&sc[slot][NV], e, sdt);
+                        const float sb = qmvt_scalef<SE>(&sc[slot][2 * NV], e, sdt), bb = qmvt_scalef<SE>(&sc[slot][3 * NV], e, sdt);
+                        ya = fmaf(sa, fmaf(-128.f, X, d[0][e] + d[1][e]), fmaf(ba, X, ya));
+                        yb = fmaf(sb, fmaf(-128.f, X, d[0][2 + e] + d[1][2 + e]), fmaf(bb, X, yb));
+                    }
+                }
+            }
+        }
+        if (q % ns == ns - 1) { // the slice of tile t is done
+            ya += __shfl_xor_sync(0xffffffffu, ya, 1);
+            yb += __shfl_xor_sync(0xffffffffu, yb, 1);
+            ya += __shfl_xor_sync(0xffffffffu, ya, 2);
+            yb += __shfl_xor_sync(0xffffffffu, yb, 2);
+            if (KS == 1) {
+                if (j == 0 && t < NTL) {
+                    if (GLU) {
+                        mv_store_row<true>(P, t * 8 + r0, p, ya, yb, ok);
+                    } else {
+                        mv_store_row<false>(P, t * 16 + r0, p, ya, 0.f, ok);
+                        mv_store_row<false>(P, t * 16 + r0 + 8, p, yb, 0.f, ok);
+                    }
+                }
+            } else {
+                if (j == 0) {
+                    part[warp * 16 + r0] = ya;
+                    part[warp * 16 + r0 + 8] = yb;
+                }
+                __syncthreads();
+                const int i = threadIdx.x;
+                const int tb = ((int)blockIdx.x + it * (int)gridDim.x) * RW; // the block's first tile
+                if (GLU ? i < RW * 8 : i < RW * 16) {
+                    const int ti = GLU ? i / 8 : i / 16, r = GLU ? i % 8 : i % 16;
+                    if (tb + ti < NTL) {
+                        float v0 = 0.f, v1 = 0.f;
+                        for (int k = 0; k < KS; k++) {
+                            v0 += part[(ti * KS + k) * 16 + r];
+                            if (GLU) v1 += part[(ti * KS + k) * 16 + r + 8];
+                        }
+                        mv_store_row<GLU>(P, (tb + ti) * (GLU ? 8 : 16) + r, p, v0, v1, ok);
+                    }
+                }
+                __syncthreads();
+            }
+            ya = yb = 0.f;
+        }
+    };
+    // Step q+d computes slot d after issuing step q+d+DEPTH-1 into the slot
+    // that step q+d-1 freed (this lane read it back before).
+    for (int q = 0; q < total; q += DEPTH) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            if (q + d < total) {
+                issue((d + DEPTH - 1) % DEPTH, q + d + DEPTH - 1);
+                compute(d, q + d);
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
+
+#define QMVT_KERNEL(NAME, GLU, SE, MINB) \
+    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(const MVParams P) { qmvt<GLU, SE>(P); }
+QMVT_KERNEL(qmvt4, false, 2, 2)
+QMVT_KERNEL(qmvt4_glu, true, 2, 2)
+QMVT_KERNEL(qmvt4_s4, false, 4, 2)
+QMVT_KERNEL(qmvt4_glu_s4, true, 4, 2)
 
 // dmv: dense matrix-vector, 16-byte loads of W (type WT: 0 f32, 1 bf16, 2 f16).
 template <int WT, int R>
