@@ -218,8 +218,8 @@ func benchBackend(b *testing.B) *Backend {
 }
 
 // BenchmarkQMV: one token times a quantized matrix (decode projections and
-// the LM head), bf16 activations; 4-bit products also through the CUDA-core
-// kernels (_cudacores) that the tensor-core one replaced.
+// the LM head), bf16 activations; 4-bit products through each kind of
+// kernel (mvModes).
 func BenchmarkQMV(b *testing.B) {
 	for _, c := range []struct{ bits, N, K int }{
 		{4, 8192, 2816}, {8, 8192, 2816}, {4, 2816, 8192}, {4, 262144, 2816}, {8, 262144, 2816},
@@ -238,8 +238,9 @@ func BenchmarkQMV(b *testing.B) {
 	}
 }
 
-// mvMode is the backend's choice of matrix-vector kernel, or (name
-// _cudacores) the CUDA-core kernels in place of the tensor-core one.
+// mvMode is a choice of 4-bit matrix-vector kernel: the CUDA-core kernels
+// (_cudacores) or the tensor-core one (_tc) wherever it applies. The
+// backend's own choice is one of the two by size (qmvtMinBytes).
 type mvMode struct {
 	name string
 	noTC bool
@@ -248,7 +249,10 @@ type mvMode struct {
 // set applies the mode to be and returns the function that undoes it.
 func (m mvMode) set(be *Backend) func() {
 	be.mvNoTC = m.noTC
-	return func() { be.mvNoTC = false }
+	if m.name == "_tc" {
+		be.mvKernel = mvTC
+	}
+	return func() { be.mvNoTC, be.mvKernel = false, "" }
 }
 
 // mvModes lists the modes worth timing at the given bits (the tensor-core
@@ -257,7 +261,7 @@ func mvModes(bits int) []mvMode {
 	if bits != 4 {
 		return []mvMode{{}}
 	}
-	return []mvMode{{}, {"_cudacores", true}}
+	return []mvMode{{"_cudacores", true}, {"_tc", false}}
 }
 
 // BenchmarkQMVVariants times each 4- and 8-bit matrix-vector kernel variant

@@ -198,7 +198,8 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 // cores) takes a matrix-vector launch: 4-bit weights in groups of 32, 64 or
 // 128, K a multiple of 32, every segment whole tiles (16 rows, 8 for GLU),
 // and x staged exactly as bf16 — a bf16 x without a norm, or a norm whose
-// result is rounded to bf16 — on a GPU with bf16 mma.
+// result is rounded to bf16 — on a GPU with bf16 mma, for products of at
+// least qmvtMinBytes (any size where tests force the kernel: mvKernel).
 func (b *Backend) tcMVOK(segs []mvSeg, glu bool, x kernels.Tensor, n mvNormArgs) bool {
 	w0 := segs[0].w
 	if b.mvNoTC || b.props.Major < 8 || w0.Bits != 4 || w0.K%32 != 0 || (w0.Group != 32 && w0.Group != 64 && w0.Group != 128) {
@@ -215,13 +216,26 @@ func (b *Backend) tcMVOK(segs []mvSeg, glu bool, x kernels.Tensor, n mvNormArgs)
 	if glu {
 		tile = 8
 	}
+	rows := 0
 	for _, s := range segs {
 		if s.w.N%tile != 0 || !sameFormat(s.w, w0) {
 			return false
 		}
+		rows += s.w.N
 	}
-	return true
+	if glu {
+		rows = 2 * w0.N
+	}
+	return b.mvKernel == mvTC || int64(rows)*int64(w0.K)/2 >= qmvtMinBytes
 }
+
+// qmvtMinBytes is the least weight bytes a product takes to run on the
+// tensor cores. Below it (every decode projection; the LM head is above)
+// the CUDA-core kernels are faster: their staging is lighter and their
+// warps reach the weights sooner (H200: q/k/v 10.0 against 10.9 us, the
+// experts' gate/up 14.7 against 16.4; the 4-bit LM head 143.6 against
+// 128.2 in the other direction).
+const qmvtMinBytes = 64 << 20
 
 // qmvtDepth is QMVT_DEPTH of matmul.cu: the steps of weight loads in flight.
 const qmvtDepth = 3
@@ -258,7 +272,10 @@ func (b *Backend) qmvt(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.DeviceP
 	if glu {
 		name = "qmvt4_glu"
 	}
-	if w0.Scales.DType == dtype.F32 {
+	switch w0.Scales.DType {
+	case dtype.F16:
+		name += "_h"
+	case dtype.F32:
 		name += "_s4"
 	}
 	occ := b.occupancy("matmul", name, 256, smem)

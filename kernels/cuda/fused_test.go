@@ -20,7 +20,7 @@ func fusedCases(t *testing.T) []beCase {
 	f32, bf := gpus(t)
 	t.Logf("programmatic dependent launch: %v", bf.PDL())
 	return []beCase{{"cuda-f32", f32, dtype.F32, 2e-5}, {"cuda-bf16", bf, dtype.BF16, 1.6e-2},
-		{"cuda-bf16-cudacores", gpuBF16CC, dtype.BF16, 1.6e-2}}
+		{"cuda-bf16-tc", gpuBF16TC, dtype.BF16, 1.6e-2}}
 }
 
 // compareFused runs op once through the backend's fused op and once through

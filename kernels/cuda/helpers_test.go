@@ -20,9 +20,9 @@ var (
 	gpuOnce sync.Once
 	gpuF32  *Backend
 	gpuBF16 *Backend
-	// gpuBF16CC has bf16 activations and no tensor-core matrix-vector
-	// kernel: the CUDA-core kernels the fused ops take otherwise.
-	gpuBF16CC *Backend
+	// gpuBF16TC has bf16 activations and runs every matrix-vector product
+	// it can on the tensor-core kernel (qmvt), small ones included.
+	gpuBF16TC *Backend
 	gpuErr    error
 	cpuBE     *cpu.Backend
 )
@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 	if gpuF32 != nil {
 		gpuF32.Close()
 		gpuBF16.Close()
-		gpuBF16CC.Close()
+		gpuBF16TC.Close()
 	}
 	os.Exit(code)
 }
@@ -46,10 +46,10 @@ func gpus(t testing.TB) (*Backend, *Backend) {
 			gpuBF16, gpuErr = New()
 		}
 		if gpuErr == nil {
-			gpuBF16CC, gpuErr = New()
+			gpuBF16TC, gpuErr = New()
 		}
 		if gpuErr == nil {
-			gpuBF16CC.mvNoTC = true
+			gpuBF16TC.mvKernel = mvTC
 		}
 		cpuBE = cpu.New()
 	})

@@ -181,8 +181,8 @@ func (b *Backend) planMV(w *kernels.Weight, data cuda.DevicePtr, stride int64, P
 const QMVWarps = 8
 
 // mvTC names the tensor-core matrix-vector kernel (qmvt) where tests and
-// benchmarks force a variant: 4-bit weights with bf16 x take it, others the
-// backend's choice.
+// benchmarks force a variant: every product it can take runs on it (fused
+// ones included, whatever their size), others take the backend's choice.
 const mvTC = "qmvt"
 
 // matvec enqueues y[p] = x[p/xdiv]·W[e(p)]ᵀ for P pairs.

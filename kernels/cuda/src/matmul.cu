@@ -795,20 +795,22 @@ QMVX_KERNEL_D(glu8_r2_d3, 8, 2, 3, true, 2)
 
 // ---------------------------------------------------------------------------
 // qmvt: matrix-vector products of 4-bit weights and a bf16 x row on the
-// tensor cores (decode; the MVParams of qmvx, one x row a pair). The CUDA-core
-// kernels above spend about 2.5 instructions a weight on the dequantization
-// and the FMA, which bounds the 4-bit products at about 0.65 of the DRAM
-// peak; here a weight costs under one instruction and the product runs on
-// the mma units.
+// tensor cores (the MVParams of qmvx, one x row a pair), for the large
+// products of decode (the LM head). The CUDA-core kernels above spend about
+// 2.5 instructions a weight on the dequantization and the FMA, which holds
+// the 4-bit LM head near 0.6 of the DRAM peak; here the dequantization is
+// under one instruction a weight and the products run on the mma units
+// (0.67). Small products stay on the CUDA-core kernels, whose staging is
+// lighter (the backend's qmvtMinBytes).
 //
 // A warp multiplies a tile of 16 weight rows (GLU: 8 gate rows, then the
 // same 8 up rows) by x with mma.m16n8k16: A is the tile, B holds x. A step
 // covers 256 values of K; lane (r0 = lane/4, j = lane%4) takes the 16-byte
 // chunks 8s+4h+j (h = 0, 1: a quad reads 64 contiguous bytes of a row at a
-// time) of rows r0 and r0+8, and turns each word's nibbles i and i+4 into the bf16 pair
-// (128+q_i, 128+q_{i+4}) with one LOP3 — exact, and in the mma fragment
-// layout once x is staged in the same order (any permutation of K applied
-// to both sides leaves the product unchanged). The step's first eight mmas
+// time) of rows r0 and r0+8, and turns each word's nibbles i and i+4 into
+// the bf16 pair (128+q_i, 128+q_{i+4}) with one LOP3 — exact, and in the
+// mma fragment layout once x is staged in the same order (any permutation
+// of K applied to both sides leaves the product unchanged). The step's first eight mmas
 // take every lane's chunk h = 0, the next eight chunk h = 1.
 //
 // Scales and biases are per group (32, 64 or 128 values), and an mma sums
@@ -835,12 +837,13 @@ __device__ __forceinline__ void cp_async16_l2(void* smem, const void* gmem) {
 }
 
 // qmvt_scale reads the scales or biases of groups g0 and g0+1 (the second
-// only where two is set) at p (group g0) as raw bits: SE 2: one word, g0
-// in the low half; SE 4: v[0], v[1].
-template <int SE>
-__device__ __forceinline__ void qmvt_scale(u32* v, const char* p, bool two) {
-    if (SE == 2) {
-        if (two && ((size_t)p & 3) == 0) {
+// only where two is set; g0 is even) at p (group g0) as raw bits: 16-bit
+// types in one word, g0 in the low half (one load where the row is 4-byte
+// aligned: al); f32 in v[0], v[1].
+template <int SDT>
+__device__ __forceinline__ void qmvt_scale(u32* v, const char* p, bool two, bool al) {
+    if (SDT != DT_F32) {
+        if (two && al) {
             v[0] = __ldg((const u32*)p);
         } else {
             v[0] = __ldg((const u16*)p);
@@ -852,13 +855,17 @@ __device__ __forceinline__ void qmvt_scale(u32* v, const char* p, bool two) {
     }
 }
 
-template <int SE>
-__device__ __forceinline__ float qmvt_scalef(const u32* v, int e, int sdt) {
-    return SE == 2 ? rawf((v[0] >> (16 * e)) & 0xffffu, sdt) : __uint_as_float(v[e]);
+// qmvt_scalef is the value of group g0+e from qmvt_scale's registers.
+template <int SDT>
+__device__ __forceinline__ float qmvt_scalef(const u32* v, int e) {
+    if (SDT == DT_BF16) return __uint_as_float(e ? v[0] & 0xffff0000u : v[0] << 16);
+    if (SDT == DT_F16) return h2f((u16)(v[0] >> (16 * e)));
+    return __uint_as_float(v[e]);
 }
 
-template <bool GLU, int SE>
+template <bool GLU, int SDT>
 __device__ __forceinline__ void qmvt(const MVParams& P) {
+    constexpr int SE = SDT == DT_F32 ? 4 : 2;
     constexpr int DEPTH = QMVT_DEPTH;
     constexpr int NV = SE == 2 ? 1 : 2; // registers a (row, kind) of a slot
     __shared__ float red[32];
@@ -890,7 +897,6 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
         eoff = (i64)e * P.wstride;
         goff = (i64)e * P.gstride;
     }
-    const int sdt = (int)P.sdt;
     const u32 rowBytes = (u32)K / 2;
     const int group = (int)P.group;
     const int G = K / group;
@@ -916,6 +922,7 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
     const char* wr[2] = {nullptr, nullptr};
     const char* sr[2] = {nullptr, nullptr};
     i64 bo[2] = {0, 0};
+    bool al[2] = {false, false}; // the row's scales and biases start 4-byte aligned
     auto tile_row = [&](int t, int h) {
         int row, sg;
         if (GLU) {
@@ -929,13 +936,18 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
         wr[h] = SEG_FIELD(P, sg, W) + eoff + (i64)row * rowBytes;
         sr[h] = SEG_FIELD(P, sg, S) + goff + (i64)row * srowBytes;
         bo[h] = SEG_FIELD(P, sg, B) - SEG_FIELD(P, sg, S);
+        al[h] = (((size_t)sr[h] | (size_t)(sr[h] + bo[h])) & 3) == 0;
     };
     u32 sc[DEPTH][4 * NV]; // [row a scales, row a biases, row b scales, row b biases]
     int lt = -1;           // the tile whose rows wr, sr hold
-    auto issue = [&](int slot, int q) {
-        const int it = q / ns, s = s0 + q % ns;
-        const int t = ((int)blockIdx.x + it * (int)gridDim.x) * RW + tt;
-        if (q < total && t < NTL && s < S) {
+    // Cursors (step within the slice, tile) of the next issue and compute:
+    // step q is step s0 + q % ns of tile (blockIdx.x + q / ns · gridDim.x)·RW + tt.
+    const int tstride = (int)gridDim.x * RW;
+    int is = 0, itile = (int)blockIdx.x * RW + tt, iq = 0;
+    int cs = 0, ctile = itile;
+    auto issue = [&](int slot) {
+        const int s = s0 + is, t = itile;
+        if (iq < total && t < NTL && s < S) {
             if (t != lt) {
                 tile_row(t, 0);
                 tile_row(t, 1);
@@ -954,16 +966,21 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
                 const bool two = 2 * j + 1 < gps && g0 + 1 < G;
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    qmvt_scale<SE>(&sc[slot][(2 * h) * NV], sr[h] + (u32)g0 * SE, two);
-                    qmvt_scale<SE>(&sc[slot][(2 * h + 1) * NV], sr[h] + bo[h] + (u32)g0 * SE, two);
+                    qmvt_scale<SDT>(&sc[slot][(2 * h) * NV], sr[h] + (u32)g0 * SE, two, al[h]);
+                    qmvt_scale<SDT>(&sc[slot][(2 * h + 1) * NV], sr[h] + bo[h] + (u32)g0 * SE, two, al[h]);
                 }
             }
         }
         cp_async_commit(); // one group a step, empty or not: the waits count steps
+        iq++;
+        if (++is == ns) {
+            is = 0;
+            itile += tstride;
+        }
     };
     // Weights first: they do not depend on the kernels before.
 #pragma unroll
-    for (int d = 0; d < DEPTH - 1; d++) issue(d, d);
+    for (int d = 0; d < DEPTH - 1; d++) issue(d);
     if (!P.ids) pdl_wait();
     mv_stage<8>(P, xs, xsum, red, nl, p);
     // Repack x as the B fragments: pair e of chunk c is (x[k], x[k+4]) with
@@ -985,9 +1002,8 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
     __syncthreads();
 
     float ya = 0.f, yb = 0.f;
-    auto compute = [&](int slot, int q) {
-        const int it = q / ns, s = s0 + q % ns;
-        const int t = ((int)blockIdx.x + it * (int)gridDim.x) * RW + tt;
+    auto compute = [&](int slot) {
+        const int s = s0 + cs, t = ctile;
         cp_async_wait<DEPTH - 1>(); // this step's copies (this lane's own) have landed
         if (t < NTL && s < S) {
             float d[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}}; // two chains
@@ -1019,15 +1035,17 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
                     const int g = g0 + e;
                     if (2 * j + e < gps && g < G) {
                         const float X = xg[g];
-                        const float sa = qmvt_scalef<SE>(&sc[slot][0], e, sdt), ba = qmvt_scalef<SE>(&sc[slot][NV], e, sdt);
-                        const float sb = qmvt_scalef<SE>(&sc[slot][2 * NV], e, sdt), bb = qmvt_scalef<SE>(&sc[slot][3 * NV], e, sdt);
+                        const float sa = qmvt_scalef<SDT>(&sc[slot][0], e), ba = qmvt_scalef<SDT>(&sc[slot][NV], e);
+                        const float sb = qmvt_scalef<SDT>(&sc[slot][2 * NV], e), bb = qmvt_scalef<SDT>(&sc[slot][3 * NV], e);
                         ya = fmaf(sa, fmaf(-128.f, X, d[0][e] + d[1][e]), fmaf(ba, X, ya));
                         yb = fmaf(sb, fmaf(-128.f, X, d[0][2 + e] + d[1][2 + e]), fmaf(bb, X, yb));
                     }
                 }
             }
         }
-        if (q % ns == ns - 1) { // the slice of tile t is done
+        if (++cs == ns) { // the slice of tile t is done
+            cs = 0;
+            ctile += tstride;
             ya += __shfl_xor_sync(0xffffffffu, ya, 1);
             yb += __shfl_xor_sync(0xffffffffu, yb, 1);
             ya += __shfl_xor_sync(0xffffffffu, ya, 2);
@@ -1048,7 +1066,7 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
                 }
                 __syncthreads();
                 const int i = threadIdx.x;
-                const int tb = ((int)blockIdx.x + it * (int)gridDim.x) * RW; // the block's first tile
+                const int tb = t - tt; // the block's first tile
                 if (GLU ? i < RW * 8 : i < RW * 16) {
                     const int ti = GLU ? i / 8 : i / 16, r = GLU ? i % 8 : i % 16;
                     if (tb + ti < NTL) {
@@ -1071,20 +1089,23 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
             if (q + d < total) {
-                issue((d + DEPTH - 1) % DEPTH, q + d + DEPTH - 1);
-                compute(d, q + d);
+                issue((d + DEPTH - 1) % DEPTH);
+                compute(d);
             }
         }
     }
     cp_async_wait<0>();
 }
 
-#define QMVT_KERNEL(NAME, GLU, SE, MINB) \
-    extern "C" __global__ void __launch_bounds__(256, MINB) NAME(const MVParams P) { qmvt<GLU, SE>(P); }
-QMVT_KERNEL(qmvt4, false, 2, 2)
-QMVT_KERNEL(qmvt4_glu, true, 2, 2)
-QMVT_KERNEL(qmvt4_s4, false, 4, 2)
-QMVT_KERNEL(qmvt4_glu_s4, true, 4, 2)
+#define QMVT_KERNEL(NAME, GLU, SDT) \
+    extern "C" __global__ void __launch_bounds__(256, 2) NAME(const MVParams P) { qmvt<GLU, SDT>(P); }
+// Scales and biases in bf16 (MLX's default), f16 (_h) or f32 (_s4).
+QMVT_KERNEL(qmvt4, false, DT_BF16)
+QMVT_KERNEL(qmvt4_glu, true, DT_BF16)
+QMVT_KERNEL(qmvt4_h, false, DT_F16)
+QMVT_KERNEL(qmvt4_glu_h, true, DT_F16)
+QMVT_KERNEL(qmvt4_s4, false, DT_F32)
+QMVT_KERNEL(qmvt4_glu_s4, true, DT_F32)
 
 // dmv: dense matrix-vector, 16-byte loads of W (type WT: 0 f32, 1 bf16, 2 f16).
 template <int WT, int R>
