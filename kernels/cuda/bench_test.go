@@ -1,9 +1,11 @@
 package cuda
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -687,12 +689,16 @@ func BenchmarkDecodeLayer(b *testing.B) {
 	timeLayers(b, be, dl, 26, step)
 }
 
-// BenchmarkDecodeLayerFused runs the model's whole decode layer (every norm
-// of it, the layer scalar) through the fused ops (kernels.Fuser): 13
-// launches where the plain ops take 37.
-func BenchmarkDecodeLayerFused(b *testing.B) {
-	be := benchBackend(b)
-	dl := newDecodeLayers(b, be)
+// layerOp is one op of the fused decode layer.
+type layerOp struct {
+	name string
+	run  func(l *decodeLayer) error
+}
+
+// fusedLayerOps lists the ops of a fused MoE decode layer as the model runs
+// them (model/fused.go): the dense MLP (dense_glu, dense_down) on the side
+// stream beside the router and experts.
+func fusedLayerOps(be *Backend, dl *decodeLayers) []layerOp {
 	h, a, o, qv, kv, vv := dl.h, dl.a, dl.o, dl.qv, dl.kv, dl.vv
 	g, m, logits, ids, wts := dl.g, dl.m, dl.logits, dl.ids, dl.wts
 	eg, ed, pos, invf, ap, nw := dl.eg, dl.ed, dl.pos, dl.invf, dl.ap, dl.norm
@@ -701,40 +707,115 @@ func BenchmarkDecodeLayerFused(b *testing.B) {
 	dnorm.Shape = []int{D}
 	np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
 	rp := kernels.NormParams{Weight: nw, Eps: 1e-6, Scale: float32(1 / math.Sqrt(Hd)), XDType: dtype.F32}
-	step := func(l *decodeLayer) error {
-		pp := kernels.AttentionPrepParams{QNorm: dnorm, KNorm: dnorm, Positions: pos, InvFreq: invf, KCache: l.kc, VCache: l.vc,
-			Heads: H, KVHeads: KVH, HeadDim: D, Eps: 1e-6}
-		ep := kernels.MoEEpilogueParams{Post1: nw, Post2: nw, PostFF: nw, Eps: 1e-6, Scale: 0.999}
-		for _, f := range []func() error{
-			func() error {
-				return be.NormMatMul([]kernels.Tensor{qv, kv, vv}, []*kernels.Weight{l.q, l.kw, l.v}, h, np, 0)
-			},
-			func() error { return be.AttentionPrep(qv, kv, vv, pp) },
-			func() error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) },
-			func() error { return be.MatMul(o, a, l.o) },
-			func() error { return be.AddRMSNorm(h, o, nw, 1e-6, 1) },
-			func() error { return be.NormGLU(g, l.gate, l.up, kernels.Tensor{}, h, np) },
-			func() error { return be.MatMul(m, g, l.down) },
-			func() error { return be.NormMatMul([]kernels.Tensor{logits}, []*kernels.Weight{l.router}, h, rp, 0) },
-			func() error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) },
-			func() error { return be.NormGLU(eg, l.eg, l.eu, ids, h, np) },
-			func() error {
-				egf, _ := eg.Reshape(k, dlIe)
-				return be.MatMulExperts(ed, egf, l.ed, ids)
-			},
-			func() error { return be.MoEEpilogue(h, m, ed, wts, ep) },
-		} {
-			if err := f(); err != nil {
+	ep := kernels.MoEEpilogueParams{Post1: nw, Post2: nw, PostFF: nw, Eps: 1e-6, Scale: 0.999}
+	return []layerOp{
+		{"qkv", func(l *decodeLayer) error {
+			return be.NormMatMul([]kernels.Tensor{qv, kv, vv}, []*kernels.Weight{l.q, l.kw, l.v}, h, np, 0)
+		}},
+		{"attn_prep", func(l *decodeLayer) error {
+			return be.AttentionPrep(qv, kv, vv, kernels.AttentionPrepParams{QNorm: dnorm, KNorm: dnorm, Positions: pos,
+				InvFreq: invf, KCache: l.kc, VCache: l.vc, Heads: H, KVHeads: KVH, HeadDim: D, Eps: 1e-6})
+		}},
+		{"attention", func(l *decodeLayer) error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) }},
+		{"o_proj", func(l *decodeLayer) error { return be.MatMul(o, a, l.o) }},
+		{"add_rmsnorm", func(l *decodeLayer) error { return be.AddRMSNorm(h, o, nw, 1e-6, 1) }},
+		{"side", func(l *decodeLayer) error { return nil }}, // marks where the dense MLP forks
+		{"dense_glu", func(l *decodeLayer) error { return be.NormGLU(g, l.gate, l.up, kernels.Tensor{}, h, np) }},
+		{"dense_down", func(l *decodeLayer) error { return be.MatMul(m, g, l.down) }},
+		{"router", func(l *decodeLayer) error {
+			return be.NormMatMul([]kernels.Tensor{logits}, []*kernels.Weight{l.router}, h, rp, 0)
+		}},
+		{"router_topk", func(l *decodeLayer) error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) }},
+		{"experts_glu", func(l *decodeLayer) error { return be.NormGLU(eg, l.eg, l.eu, ids, h, np) }},
+		{"experts_down", func(l *decodeLayer) error {
+			egf, _ := eg.Reshape(k, dlIe)
+			return be.MatMulExperts(ed, egf, l.ed, ids)
+		}},
+		{"moe_epilogue", func(l *decodeLayer) error { return be.MoEEpilogue(h, m, ed, wts, ep) }},
+	}
+}
+
+// fusedLayerStep runs the ops of one layer, all but skip, with dense_glu and
+// dense_down on the side stream, joined before the op named join (the
+// model: moe_epilogue; "": no side stream, the dense MLP before the
+// router).
+func fusedLayerStep(be *Backend, ops []layerOp, skip, join string) func(l *decodeLayer) error {
+	return func(l *decodeLayer) error {
+		run := func(names ...string) error {
+			for _, op := range ops {
+				if slices.Contains(names, op.name) && op.name != skip {
+					if err := op.run(l); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}
+		if err := run("qkv", "attn_prep", "attention", "o_proj", "add_rmsnorm"); err != nil {
+			return err
+		}
+		if join == "" {
+			if err := run("dense_glu", "dense_down"); err != nil {
 				return err
+			}
+		} else if err := be.Side(func() error { return run("dense_glu", "dense_down") }); err != nil {
+			return err
+		}
+		for _, name := range []string{"router", "router_topk", "experts_glu", "experts_down", "moe_epilogue"} {
+			if name == join {
+				if err := be.Join(); err != nil {
+					return err
+				}
+			}
+			if err := run(name); err != nil {
+				return errors.Join(err, be.Join())
 			}
 		}
 		return nil
 	}
+}
+
+// BenchmarkDecodeLayerFused runs the model's whole decode layer (every norm
+// of it, the layer scalar) through the fused ops (kernels.Fuser) as the
+// model does: 13 launches where the plain ops take 37, the dense MLP on the
+// side stream, the 4-bit products on either kind of matrix-vector kernel
+// (mvModes).
+func BenchmarkDecodeLayerFused(b *testing.B) {
+	be := benchBackend(b)
+	dl := newDecodeLayers(b, be)
+	ops := fusedLayerOps(be, dl)
 	for _, m := range mvModes(4) {
 		b.Run("mv"+m.name, func(b *testing.B) {
 			defer m.set(be)()
-			timeLayers(b, be, dl, 13, step)
+			timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", "moe_epilogue"))
 		})
+	}
+}
+
+// BenchmarkDecodeLayerChain times the fused decode layer once with every op
+// and once without each op in turn (no_<op>; results are meaningless, the
+// timing is not): the difference is what that op adds to the layer's chain
+// of dependent launches, where ops overlap under programmatic dependent
+// launch and the side stream.
+func BenchmarkDecodeLayerChain(b *testing.B) {
+	be := benchBackend(b)
+	dl := newDecodeLayers(b, be)
+	ops := fusedLayerOps(be, dl)
+	b.Run("all", func(b *testing.B) { timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", "moe_epilogue")) })
+	for _, op := range ops {
+		if op.name == "side" {
+			continue
+		}
+		b.Run("no_"+op.name, func(b *testing.B) { timeLayers(b, be, dl, 12, fusedLayerStep(be, ops, op.name, "moe_epilogue")) })
+	}
+	// Where the side stream joins the main one (its edge into the graph is
+	// not a programmatic one), and no side stream at all.
+	for _, join := range []string{"experts_down", "experts_glu", ""} {
+		name := "join_before_" + join
+		if join == "" {
+			name = "no_side_stream"
+		}
+		b.Run(name, func(b *testing.B) { timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", join)) })
 	}
 }
 

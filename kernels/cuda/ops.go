@@ -815,7 +815,14 @@ func (b *Backend) RouterTopK(weights, ids, logits, perExpertScale kernels.Tensor
 	}
 	a := b.args.Reset()
 	a.Ptr(ptrs[0]).Ptr(ptrs[1]).Ptr(ptrs[2]).I32(int(logits.DType)).Ptr(pp).I32(pdt).I32(M).I32(E).I32(k)
-	return b.launch("elementwise", "router_topk", cuda.Dim3{X: ceilDiv(M, 4), Y: 1, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
+	name := "router_topk32" // the logits a lane holds: 4, 8 or 32
+	switch {
+	case E <= 128:
+		name = "router_topk4"
+	case E <= 256:
+		name = "router_topk8"
+	}
+	return b.launch("elementwise", name, cuda.Dim3{X: ceilDiv(M, 4), Y: 1, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 0, a)
 }
 
 // StoreKV writes src [T, C] into cache slots positions[t] mod Capacity.

@@ -505,7 +505,14 @@ func TestSoftmax(t *testing.T) {
 func TestRouterTopK(t *testing.T) {
 	cases := backends(t, 1e-5, 1e-5)
 	r := rand.New(rand.NewPCG(19, 20))
-	M, E, k := 6, 128, 8
+	// Expert counts for each kernel variant (4, 8 and 32 logits a lane).
+	for _, E := range []int{128, 200, 600} {
+		testRouterTopK(t, r, cases, E)
+	}
+}
+
+func testRouterTopK(t *testing.T, r *rand.Rand, cases []beCase, E int) {
+	M, k := 6, 8
 	logits := randn(r, M*E, 2)
 	// ties: row 1 has equal logits at 5 and 9 (lower index first)
 	logits[1*E+5], logits[1*E+9] = 10, 10
@@ -551,7 +558,7 @@ func TestRouterTopK(t *testing.T) {
 		gotIDs := get(t, be.be, ids)
 		for i := range wantIDs {
 			if float64(gotIDs[i]) != wantIDs[i] {
-				t.Fatalf("RouterTopK on %s: ids %v, want %v", be.name, gotIDs[:k], wantIDs[:k])
+				t.Fatalf("RouterTopK of %d experts on %s: ids %v, want %v", E, be.name, gotIDs[:k], wantIDs[:k])
 			}
 		}
 		check(t, "RouterTopK", be, get(t, be.be, w), wantW)

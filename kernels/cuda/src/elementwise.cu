@@ -116,18 +116,21 @@ extern "C" __global__ void store_kv(void* cache, int cdt, const void* src, int s
     stf(cache, (i64)slot * cols + c, cdt, ldf(src, (i64)t * cols + c, sdt));
 }
 
-// router_topk: one warp per row of logits [M, E] (E <= 1024). Writes the top
-// k experts of softmax(logits) (ties: lower index) and their renormalized
-// probabilities times pes[id] (if pes is set).
-extern "C" __global__ void router_topk(float* wout, int* iout, const void* logits, int ldt, const void* pes, int pdt,
-                                       int M, int E, int k) { PDL_ENTRY();
+// router_topk: one warp per row of logits [M, E] (E <= 32·EPL). Writes the
+// top k experts of softmax(logits) (ties: lower index) and their
+// renormalized probabilities times pes[id] (if pes is set). Each lane holds
+// EPL logits (lane + 32i), so a model of 128 experts walks 4 a lane, not 32,
+// in each of the k rounds of the selection.
+template <int EPL>
+__device__ __forceinline__ void router_topk(float* wout, int* iout, const void* logits, int ldt, const void* pes, int pdt,
+                                            int M, int E, int k) {
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (row >= M) return;
-    float v[32];
+    float v[EPL];
     float m = NEG_INF;
 #pragma unroll
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < EPL; i++) {
         int e = lane + 32 * i;
         v[i] = e < E ? ldf(logits, (i64)row * E + e, ldt) : NEG_INF;
         m = fmaxf(m, v[i]);
@@ -135,7 +138,7 @@ extern "C" __global__ void router_topk(float* wout, int* iout, const void* logit
     m = warp_max(m);
     float s = 0.f;
 #pragma unroll
-    for (int i = 0; i < 32; i++) {
+    for (int i = 0; i < EPL; i++) {
         int e = lane + 32 * i;
         v[i] = e < E ? expf(v[i] - m) : -1.f;
         if (e < E) s += v[i];
@@ -143,7 +146,7 @@ extern "C" __global__ void router_topk(float* wout, int* iout, const void* logit
     s = warp_sum(s);
     float inv = 1.f / s;
 #pragma unroll
-    for (int i = 0; i < 32; i++) v[i] = v[i] >= 0.f ? v[i] * inv : -1.f;
+    for (int i = 0; i < EPL; i++) v[i] = v[i] >= 0.f ? v[i] * inv : -1.f;
     u32 taken = 0;
     float tot = 0.f, mine = 0.f;
     int myid = -1;
@@ -151,7 +154,7 @@ extern "C" __global__ void router_topk(float* wout, int* iout, const void* logit
         float bv = -2.f;
         int bi = 0x7fffffff;
 #pragma unroll
-        for (int i = 0; i < 32; i++) {
+        for (int i = 0; i < EPL; i++) {
             if (!(taken & (1u << i)) && v[i] > bv) { bv = v[i]; bi = lane + 32 * i; }
         }
 #pragma unroll
@@ -171,6 +174,16 @@ extern "C" __global__ void router_topk(float* wout, int* iout, const void* logit
         iout[(i64)row * k + lane] = myid;
     }
 }
+
+#define ROUTER_TOPK_KERNEL(NAME, EPL)                                                                        \
+    extern "C" __global__ void NAME(float* wout, int* iout, const void* logits, int ldt, const void* pes, int pdt, \
+                                    int M, int E, int k) {                                                   \
+        PDL_ENTRY();                                                                                         \
+        router_topk<EPL>(wout, iout, logits, ldt, pes, pdt, M, E, k);                                         \
+    }
+ROUTER_TOPK_KERNEL(router_topk4, 4)
+ROUTER_TOPK_KERNEL(router_topk8, 8)
+ROUTER_TOPK_KERNEL(router_topk32, 32)
 
 // ---------------------------------------------------------------------------
 // Fused ops (kernels.Fuser). Each rounds its intermediates to the type the
