@@ -421,6 +421,18 @@ func grow(s []float32, n int) []float32 {
 	return s[:n]
 }
 
+// growAligned is grow for a slice whose first element is 64-byte aligned
+// (a cache line: the AVX-512 kernels' loads of the input then never span
+// two lines).
+func growAligned(s []float32, n int) []float32 {
+	if cap(s) < n || uintptr(unsafe.Pointer(unsafe.SliceData(s)))%64 != 0 {
+		b := make([]float32, n+n/4+16)
+		off := int((64 - uintptr(unsafe.Pointer(&b[0]))%64) % 64 / 4)
+		return b[off : off+n : off+n+n/4]
+	}
+	return s[:n]
+}
+
 // grow64 is grow for float64 slices.
 func grow64(s []float64, n int) []float64 {
 	if cap(s) < n {
