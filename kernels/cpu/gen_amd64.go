@@ -398,6 +398,9 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 		}
 		g.p("MOVQ %d(DI), R12", offBPG)
 		g.l(step)
+		for off := 0; off < wb; off += 64 { // see prefetchAhead
+			g.p("PREFETCHT1 %d(AX)", prefetchAhead+off)
+		}
 		w := func(c int) string { return g.V(w0 + c) }
 		switch {
 		case bits == 4:
@@ -734,13 +737,14 @@ func (g *gen) nibRows(nx, R int, sdt string) {
 }
 
 // prefetchAhead is how many bytes ahead of each weight row's cursor the
-// AVX-512 4-bit kernels prefetch (into L2, one line per step of 64 bytes):
-// without it a core streamed 4-bit weights from memory at 6-7 GB/s here,
-// about a quarter of what a plain read loop gets, with it at 12-14 (the
-// hardware prefetchers alone did not keep ahead of the kernels; T0 and
-// shorter distances measured slower). The weight rows of a block, and the
-// blocks of a worker, are consecutive in memory, so the prefetches run
-// ahead into the rows to come.
+// f32-sum kernels prefetch into L2 (one line per 64 bytes of weights; the
+// AVX2 4-bit kernels, 16 bytes a step, once a step). Without it one core
+// streamed weights from memory at 6-8 GB/s here, about a quarter of what a
+// plain read loop gets, with it at 12-17 (the hardware prefetchers alone
+// did not keep ahead of the kernels; PREFETCHT0 and shorter distances
+// measured slower). The weight rows of a block, and the blocks of a
+// worker, are consecutive in memory, so the prefetches run ahead into the
+// rows to come. (The float64 kernels keep their own, `prefetch`.)
 const prefetchAhead = 8192
 
 // kreg is the mask operand of a masked (".Z") instruction.
