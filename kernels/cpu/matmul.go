@@ -554,7 +554,7 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 		return
 	}
 	k := j.k
-	if j.f32 { // f32 rows: 8-bit as given, 4-bit permuted per block of 2·lanes
+	if j.f32 { // f32 rows: 8-bit as given, 4-bit laid out by split4 (AVX-512) or permuted per block of 2·lanes
 		src := j.xin[:rows*k]
 		xw := k
 		switch {

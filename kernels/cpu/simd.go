@@ -42,7 +42,7 @@ type kargs struct {
 	sb     unsafe.Pointer    // scales [rows][groups] (quantized; float64, int8 kernels f32)
 	boff   int               // byte offset from the scales to the biases
 	groups int               // groups per row (quantized)
-	bpg    int               // blocks of lanes values (int8 kernels: units) per group
+	bpg    int               // blocks of lanes values per group (f32 sums: 4·lanes, AVX-512 4-bit 64; int8 kernels: units)
 	k      int               // input width (dense); int8 kernels: 1 if a row ends in half a unit
 	x      [4]unsafe.Pointer // input rows as the kernel reads them
 	y      [4]*float32       // outputs of the first weight row (rows values each)
