@@ -467,8 +467,8 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 // the next 64: with groups of 64 a step spans two groups, and the scale
 // vector holds the first group's scale in lanes 0..7 and the second's in
 // 8..15 (a row's last 64 values, when it has an odd number of groups, are
-// a half step: a 32-byte load leaves lanes 8..15 at q = 0, and the input
-// there is zero); with larger groups a group is a.bpg/2 steps. Each row's
+// a half step, done with 256-bit operations on lanes 0..7: lanes 8..15 of
+// the accumulators stay zero); with larger groups a group is a.bpg/2 steps. Each row's
 // accumulator is zeroed per group (or step), takes the products, and one
 // FMA adds scale·acc to the row's total; after the groups the total takes
 // bias·Σx, sixteen groups a vector (Σx: the f32 group sums that follow the
@@ -498,6 +498,7 @@ func (g *gen) quantF32Nib(nx int, sdt string) {
 		g.p("VPBROADCASTD ·nibMask+%d(SB), Z%d", 4*n, 15+n)
 	}
 	g.p("VMOVUPS ·nibF32(SB), Z23")
+	g.p("VPBROADCASTD ·nibMask+0(SB), Z31")
 	if sdt == "bf16" {
 		g.p("MOVL $0xFFFF0000, R11")
 		g.p("KMOVD R11, K2")
@@ -532,7 +533,8 @@ func (g *gen) quantF32Nib(nx int, sdt string) {
 // Registers: Z0..Z7 the totals and Z8..Z15 the accumulators (input row t,
 // weight row r: Z(2t+r), Z(8+2t+r)), Z16..Z22 the masks of nibbles 1..7,
 // Z23 the table 0..15, Z24, Z25 the step's weights of rows 0 and 1, Z26,
-// Z27 their q, Z28 a vector of the input, Z29, Z30 the scales.
+// Z27 their q, Z28 a vector of the input, Z29, Z30 the scales, Z31 the mask
+// of nibble 0 (half steps).
 func (g *gen) nibRows(nx, R int, sdt string) {
 	es := esize(sdt)
 	tot := func(t, r int) string { return fmt.Sprintf("Z%d", 2*t+r) }
@@ -559,34 +561,37 @@ func (g *gen) nibRows(nx, R int, sdt string) {
 	// step adds a step's q·x to the accumulators: 128 values, or the 64
 	// of the row's last half step.
 	step := func(half bool) {
+		v := "Z" // a half step works on the low halves (Y: 256-bit ops)
+		if half {
+			v = "Y"
+		}
 		for r := range R { // see prefetchAhead
 			g.p("PREFETCHT1 %d%s", prefetchAhead, wrow(r))
 		}
 		for r := range R {
-			if half {
-				g.p("VMOVDQU32 %s, Y%d", wrow(r), 24+r)
-
-			} else {
-				g.p("VMOVDQU32 %s, Z%d", wrow(r), 24+r)
-			}
+			g.p("VMOVDQU32 %s, %s%d", wrow(r), v, 24+r)
 		}
 		for n := range 8 {
 			for r := range R {
-				if n == 0 { // VPERMPS reads the low nibble only
+				switch {
+				case n == 0 && !half: // VPERMPS reads the low nibble only
 					g.p("VPERMPS Z23, Z%d, Z%d", 24+r, 26+r)
 					continue
+				case n == 0: // (a 256-bit VPERMPS would read three bits)
+					g.p("VPANDD Y31, Y%d, Y%d", 24+r, 26+r)
+				default:
+					g.p("VPANDD %s%d, %s%d, %s%d", v, 15+n, v, 24+r, v, 26+r)
 				}
-				g.p("VPANDD Z%d, Z%d, Z%d", 15+n, 24+r, 26+r)
-				g.p("VCVTUDQ2PS Z%d, Z%d", 26+r, 26+r)
+				g.p("VCVTUDQ2PS %s%d, %s%d", v, 26+r, v, 26+r)
 			}
 			for t := range nx {
 				if R == 1 {
-					g.p("VFMADD231PS %s, Z26, %s", xaddr(t, 64*n), acc(t, 0))
+					g.p("VFMADD231PS %s, %s26, %s%d", xaddr(t, 64*n), v, v, 8+2*t)
 					continue
 				}
-				g.p("VMOVUPS %s, Z28", xaddr(t, 64*n))
+				g.p("VMOVUPS %s, %s28", xaddr(t, 64*n), v)
 				for r := range R {
-					g.p("VFMADD231PS Z28, Z%d, %s", 26+r, acc(t, r))
+					g.p("VFMADD231PS %s28, %s%d, %s%d", v, v, 26+r, v, 8+2*t+r)
 				}
 			}
 		}
