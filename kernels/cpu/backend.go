@@ -21,9 +21,11 @@
 //
 // With AVX2 or AVX-512, the 4- and 8-bit matmuls (groups of a multiple of 32
 // or 64; MLX's default is 64) dequantize each weight to f32 (scale·q + bias,
-// the value an f32 dequantization gives) and sum w·x in f32 lanes: two to
-// three times the throughput of summing in float64, which is what makes
-// decode approach the memory bandwidth. Their results differ from the exact
+// the value an f32 dequantization gives) and sum w·x in f32 lanes (the
+// AVX-512 4-bit ones, groups of 64 or a multiple of 128, sum each group's
+// exact q·x in f32 and add scale·Σq·x and bias·Σx): two to three times the
+// throughput of summing in float64, which is what makes decode approach the
+// memory bandwidth. Their results differ from the exact
 // sums by f32 rounding (on the demo model the held-out perplexity is the
 // same to four decimals). WithFloat64Sums or GEMMOE_CPU_F64=1 selects the
 // float64 kernels instead, whose exact products summed in float64 agree with
@@ -417,6 +419,18 @@ const (
 func grow(s []float32, n int) []float32 {
 	if cap(s) < n {
 		return make([]float32, n, n+n/4)
+	}
+	return s[:n]
+}
+
+// growAligned is grow for a slice whose first element is 64-byte aligned
+// (a cache line: the AVX-512 kernels' loads of the input then never span
+// two lines).
+func growAligned(s []float32, n int) []float32 {
+	if cap(s) < n || uintptr(unsafe.Pointer(unsafe.SliceData(s)))%64 != 0 {
+		b := make([]float32, n+n/4+16)
+		off := int((64 - uintptr(unsafe.Pointer(&b[0]))%64) % 64 / 4)
+		return b[off : off+n : off+n+n/4]
 	}
 	return s[:n]
 }

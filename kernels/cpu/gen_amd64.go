@@ -320,33 +320,28 @@ func (g *gen) quant1(bits int, sdt string, wb, xb int, unpackAt func(off, r int)
 	g.p("RET")
 }
 
-// quantF32 writes a quantized kernel (bits 4 or 8, groups a multiple of
-// 4·lanes, f32 or bf16 scales and biases) for nx input rows that sums in
-// f32: each weight is dequantized to w = scale·q + bias in f32 (one
-// rounding, the value an f32 dequantization gives), w·x joins one of four
-// f32 accumulators per input row, and at the row's end the four are added
-// pairwise and their lanes summed in a fixed order. One step takes 4·lanes
-// values into the four accumulators; a.bpg is the steps per group. The
-// input row is f32 (4-bit: each block of 2·lanes values as its
-// even-indexed values, then its odd ones; 8-bit: as is). Every input row
-// gets the same operations in the same order, so the one-row and four-row
-// kernels agree bit for bit.
+// quantF32 writes a quantized kernel that sums in f32 (groups a multiple
+// of 4·lanes, f32 or bf16 scales and biases) for nx input rows: the 8-bit
+// kernels of both sets and the AVX2 4-bit ones (the AVX-512 4-bit kernels
+// are quantF32Nib's). Each weight is dequantized to w = scale·q + bias in
+// f32 (q converted to f32 and one FMA: one rounding, the value an f32
+// dequantization gives), w·x joins one of four f32 accumulators per input
+// row, and at the row's end the four are added pairwise and their lanes
+// summed in a fixed order. One step takes 4·lanes values into the four
+// accumulators; a.bpg is the steps per group. The input row is f32 (4-bit:
+// each block of 2·lanes values as its even-indexed values, then its odd
+// ones; 8-bit: as is). Every input row gets the same operations in the same
+// order, so the one-row and four-row kernels agree bit for bit.
 //
-// AVX-512: per group, 4-bit kernels build the 16-entry table scale·q + bias
-// (one FMA on the constant 0..15 in Z16) and look the nibbles up with
-// VPERMPS, which reads only the low four bits of each index: a byte widened
-// to a dword is its own low nibble's index, and shifted right by four its
-// high nibble's. Registers: accumulators Z0..Z15 (row t: Z4t..Z4t+3), Z17
-// the scale, Z18 the bias (8-bit) or the group's table (4-bit), Z20..Z23
-// the step's weights. (bf16 scales are widened in the kernel: converting
-// them per block of rows in Go first measured 13% slower.)
+// AVX-512 registers: accumulators Z0..Z15 (row t: Z4t..Z4t+3), Z17 the
+// scale, Z18 the bias, Z20..Z23 the step's weights. (bf16 scales are
+// widened in the kernel: converting them per block of rows in Go first
+// measured 13% slower.)
 //
-// AVX2 (eight lanes, sixteen registers): q is converted to f32 and one FMA
-// dequantizes it (the same value as the table). The registers hold the
-// accumulators of two input rows, so the four-row kernel walks each weight
-// row twice, rows 0 and 1, then 2 and 3. Registers: accumulators Y0..Y7,
-// Y8..Y11 the step's weights, Y12 the scale, Y13 the bias, Y14 the nibble
-// mask.
+// AVX2 (sixteen registers): the registers hold the accumulators of two
+// input rows, so the four-row kernel walks each weight row twice, rows 0
+// and 1, then 2 and 3. Registers: accumulators Y0..Y7, Y8..Y11 the step's
+// weights, Y12 the scale, Y13 the bias, Y14 the nibble mask.
 func (g *gen) quantF32(bits, nx int, sdt string) {
 	L := g.isa.lanes
 	name := fmt.Sprintf("q%df%sx%d%s", bits, sfx(sdt), nx, g.isa.name)
@@ -356,11 +351,10 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 	if !g.isa.avx512 {
 		w0, sc, bi, perPass = 8, 12, 13, 2
 	}
-	table := bits == 4 && g.isa.avx512
-	switch {
-	case table:
-		g.p("VMOVUPS ·nibF32(SB), Z16")
-	case bits == 4:
+	if bits == 4 && g.isa.avx512 {
+		log.Fatal("quantF32: the AVX-512 4-bit kernels are quantF32Nib's")
+	}
+	if bits == 4 {
 		g.p("MOVL $15, R11")
 		g.p("VMOVD R11, X14")
 		g.p("VPBROADCASTD X14, Y14")
@@ -399,27 +393,16 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 			bcast("(R9)", sc)
 		}
 		bcast("(R9)(R8*1)", bi)
-		switch {
-		case !g.isa.avx512:
-		case table && sdt == "bf16":
-			bcast("(R9)", sc)
-			g.p("VFMADD231PS Z17, Z16, Z18") // Z18[q] = q·scale + bias
-		case table:
-			g.p("VFMADD231PS.BCST (R9), Z16, Z18")
-		default:
+		if g.isa.avx512 {
 			bcast("(R9)", sc)
 		}
 		g.p("MOVQ %d(DI), R12", offBPG)
 		g.l(step)
+		for off := 0; off < wb; off += 64 { // see prefetchAhead
+			g.p("PREFETCHT1 %d(AX)", prefetchAhead+off)
+		}
 		w := func(c int) string { return g.V(w0 + c) }
 		switch {
-		case table:
-			for blk := range 2 {
-				g.p("VPMOVZXBD %d(AX), %s", 16*blk, w(2*blk))
-				g.p("VPSRLD $4, %s, %s", w(2*blk), w(2*blk+1))
-				g.p("VPERMPS Z18, %s, %s", w(2*blk), w(2*blk))
-				g.p("VPERMPS Z18, %s, %s", w(2*blk+1), w(2*blk+1))
-			}
 		case bits == 4:
 			for h := range 2 {
 				g.p("VPMOVZXBD %d(AX), %s", 8*h, w(2*h))
@@ -431,11 +414,9 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 				g.p("VPMOVZXBD %d(AX), %s", L*c, w(c))
 			}
 		}
-		if !table {
-			for c := range 4 {
-				g.p("VCVTDQ2PS %s, %s", w(c), w(c))
-				g.p("VFMADD213PS %s, %s, %s", g.V(bi), g.V(sc), w(c)) // w = q·scale + bias
-			}
+		for c := range 4 {
+			g.p("VCVTDQ2PS %s, %s", w(c), w(c))
+			g.p("VFMADD213PS %s, %s, %s", g.V(bi), g.V(sc), w(c)) // w = q·scale + bias
 		}
 		for t := range rows {
 			for c := range 4 {
@@ -462,6 +443,321 @@ func (g *gen) quantF32(bits, nx int, sdt string) {
 	g.p("JNZ %s", row)
 	g.p("VZEROUPPER")
 	g.p("RET")
+}
+
+// quantF32Nib writes the AVX-512 4-bit f32-sum kernel for nx input rows
+// (groups of 64 or a multiple of 128, f32 or bf16 scales and biases). It
+// factors each group's scale out, w·x = Σ_g scale·Σq·x + bias·Σx, and
+// takes q from the packed weights with an AND and a conversion rather than
+// a table lookup: on Zen 4 the lookups (VPERMPS), and the widenings and
+// shifts that make their indices, share two shuffle pipes, one of them an
+// FMA pipe, while VPANDD runs on all four pipes and VCVTUDQ2PS on the two
+// that the FMAs leave free. (The table kernel this replaces built
+// scale·[0..15] + bias per group and looked each nibble up: 12.3 GB/s of
+// weights per core from cache, bound by those pipes; this one 15-16.)
+//
+// A step takes 128 values, 64 bytes of weights loaded as they lie: sixteen
+// dwords, dword d holding values 8d..8d+7, value 8d+n in bits 4n..4n+3.
+// For each n, VPANDD with 0xF<<4n and VCVTUDQ2PS give q·2⁴ⁿ in lane d,
+// exactly (four significant bits); for n = 0 VPERMPS on the table 0..15
+// gives q directly (it reads only an index's low four bits). The input row
+// is laid out to match (split4 in simd.go): vector n of a step holds
+// x[8d+n]·2⁻⁴ⁿ in lane d (exact unless subnormal), so each FMA adds the
+// exact product q·x. Lanes 0..7 of a step are its first 64 values, 8..15
+// the next 64: with groups of 64 a step spans two groups, and the scale
+// vector holds the first group's scale in lanes 0..7 and the second's in
+// 8..15 (a row's last 64 values, when it has an odd number of groups, are
+// a half step, done with 256-bit operations on lanes 0..7: lanes 8..15 of
+// the accumulators stay zero); with larger groups a group is a.bpg/2 steps. Each row's
+// accumulator is zeroed per group (or step), takes the products, and one
+// FMA adds scale·acc to the row's total; after the groups the total takes
+// bias·Σx, sixteen groups a vector (Σx: the f32 group sums that follow the
+// input row, zero padded to a multiple of 16; the last biases are read
+// with a mask), and its lanes are summed in a fixed order.
+//
+// Weight rows go two at a time (a lone last one by itself): the two rows
+// share every load of the input, whose vectors (512 bytes a step) would
+// otherwise have to come from L2 once per row. Every input row and every
+// weight row gets the same operations in the same order, so the results
+// do not depend on the batch, on the row's position in a call, or on the
+// one- or four-row kernel.
+//
+// Rounding: the products are exact; one passes through at most group/16
+// - 1 additions in its accumulator lane (7 with groups of 64), one per
+// later group (pair of groups) in the total, one per block of sixteen
+// biases and four in the lane sum, and Σx is rounded once: the error is
+// within about (K/128 + group/16 + 8)·2⁻²⁴·Σ(|scale·q| + |bias|)·|x|, which
+// is below the tests' bound for the f32-sum kernels, (K/32 + 10)·2⁻²⁴ times
+// the same sum, from K = 128 (groups of 64) or 256 (128) on; for shorter
+// rows the errors, a random walk, stay far below either.
+func (g *gen) quantF32Nib(nx int, sdt string) {
+	name := fmt.Sprintf("q4f%sx%d%s", sfx(sdt), nx, g.isa.name)
+	g.quantHeader(name)
+	es := esize(sdt)
+	for n := 1; n < 8; n++ {
+		g.p("VPBROADCASTD ·nibMask+%d(SB), Z%d", 4*n, 15+n)
+	}
+	g.p("VMOVUPS ·nibF32(SB), Z23")
+	g.p("VPBROADCASTD ·nibMask+0(SB), Z31")
+	if sdt == "bf16" {
+		g.p("MOVL $0xFFFF0000, R11")
+		g.p("KMOVD R11, K2")
+	} else {
+		g.p("MOVL $0xFF00, R11")
+		g.p("KMOVW R11, K2")
+	}
+	g.xOffsets(nx)
+	// R8: the bytes between two rows' scales (the biases' offset is
+	// reloaded from a.boff at a row's end).
+	g.p("MOVQ %d(DI), R8", offGroups)
+	g.p("IMUL3Q $%d, R8, R8", es)
+	row, single, done := g.newLabel("row"), g.newLabel("single"), g.newLabel("done")
+	g.l(row)
+	g.p("CMPQ CX, $2")
+	g.p("JLT %s", single)
+	g.nibRows(nx, 2, sdt)
+	g.p("SUBQ $2, CX")
+	g.p("JNZ %s", row)
+	g.p("JMP %s", done)
+	g.l(single)
+	g.nibRows(nx, 1, sdt)
+	g.p("DECQ CX")
+	g.p("JNZ %s", row)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
+// nibRows writes the body of quantF32Nib for R (1 or 2) weight rows at SI
+// and the nx input rows; the weight rows share each load of the input.
+// Registers: Z0..Z7 the totals and Z8..Z15 the accumulators (input row t,
+// weight row r: Z(2t+r), Z(8+2t+r)), Z16..Z22 the masks of nibbles 1..7,
+// Z23 the table 0..15, Z24, Z25 the step's weights of rows 0 and 1, Z26,
+// Z27 their q, Z28 a vector of the input, Z29, Z30 the scales, Z31 the mask
+// of nibble 0 (half steps).
+func (g *gen) nibRows(nx, R int, sdt string) {
+	es := esize(sdt)
+	tot := func(t, r int) string { return fmt.Sprintf("Z%d", 2*t+r) }
+	acc := func(t, r int) string { return fmt.Sprintf("Z%d", 8+2*t+r) }
+	wrow := func(r int) string { // row r's weights at the cursor AX
+		if r == 0 {
+			return "(AX)"
+		}
+		return "(AX)(R11*1)"
+	}
+	srow := func(r, off int) string { // row r's scale at the cursor R9
+		if r == 0 {
+			return fmt.Sprintf("%d(R9)", off)
+		}
+		return fmt.Sprintf("%d(R9)(R8*1)", off)
+	}
+	zeroAcc := func() {
+		for t := range nx {
+			for r := range R {
+				g.zero(acc(t, r))
+			}
+		}
+	}
+	// step adds a step's q·x to the accumulators: 128 values, or the 64
+	// of the row's last half step.
+	step := func(half bool) {
+		v := "Z" // a half step works on the low halves (Y: 256-bit ops)
+		if half {
+			v = "Y"
+		}
+		for r := range R { // see prefetchAhead
+			g.p("PREFETCHT1 %d%s", prefetchAhead, wrow(r))
+		}
+		for r := range R {
+			g.p("VMOVDQU32 %s, %s%d", wrow(r), v, 24+r)
+		}
+		for n := range 8 {
+			for r := range R {
+				switch {
+				case n == 0 && !half: // VPERMPS reads the low nibble only
+					g.p("VPERMPS Z23, Z%d, Z%d", 24+r, 26+r)
+					continue
+				case n == 0: // (a 256-bit VPERMPS would read three bits)
+					g.p("VPANDD Y31, Y%d, Y%d", 24+r, 26+r)
+				default:
+					g.p("VPANDD %s%d, %s%d, %s%d", v, 15+n, v, 24+r, v, 26+r)
+				}
+				g.p("VCVTUDQ2PS %s%d, %s%d", v, 26+r, v, 26+r)
+			}
+			for t := range nx {
+				if R == 1 {
+					g.p("VFMADD231PS %s, %s26, %s%d", xaddr(t, 64*n), v, v, 8+2*t)
+					continue
+				}
+				g.p("VMOVUPS %s, %s28", xaddr(t, 64*n), v)
+				for r := range R {
+					g.p("VFMADD231PS %s28, %s%d, %s%d", v, v, 26+r, v, 8+2*t+r)
+				}
+			}
+		}
+		g.p("ADDQ $%d, AX", 64)
+		if half {
+			g.p("SUBQ $32, AX")
+		}
+		g.p("ADDQ $512, BX")
+	}
+	// combine adds scale·acc to the totals: one scale, or (pair) the
+	// group's in lanes 0..7 and the next group's in lanes 8..15.
+	combine := func(pair bool) {
+		for r := range R {
+			z := fmt.Sprintf("Z%d", 29+r)
+			switch {
+			case sdt == "bf16":
+				g.p("VPBROADCASTW %s, %s", srow(r, 0), z)
+				if pair {
+					g.p("VPBROADCASTW %s, K2, %s", srow(r, 2), z)
+				}
+				g.p("VPSLLD $16, %s, %s", z, z)
+			case pair:
+				g.p("VBROADCASTSS %s, %s", srow(r, 0), z)
+				g.p("VBROADCASTSS %s, K2, %s", srow(r, 4), z)
+			default:
+				for t := range nx {
+					g.p("VFMADD231PS.BCST %s, %s, %s", srow(r, 0), acc(t, r), tot(t, r))
+				}
+				continue
+			}
+			for t := range nx {
+				g.p("VFMADD231PS %s, %s, %s", z, acc(t, r), tot(t, r))
+			}
+		}
+	}
+	grp, stp, pairs, ptail, gdone := g.newLabel("grp"), g.newLabel("step"), g.newLabel("pairs"), g.newLabel("ptail"), g.newLabel("gdone")
+	bvec, btail, bdone := g.newLabel("bvec"), g.newLabel("btail"), g.newLabel("bdone")
+	g.p("MOVQ SI, AX")
+	g.p("MOVQ %d(DI), BX", offX)
+	g.p("MOVQ %d(DI), R11", offStride)
+	for t := range nx {
+		for r := range R {
+			g.zero(tot(t, r))
+		}
+	}
+	g.p("MOVQ %d(DI), R10", offGroups)
+	g.p("MOVQ %d(DI), R12", offBPG)
+	g.p("CMPQ R12, $1")
+	g.p("JEQ %s", pairs)
+	// Groups of 128·bpg/2 values: bpg/2 steps, then the group's scale.
+	g.p("SHRQ $1, R12")
+	g.l(grp)
+	zeroAcc()
+	g.p("MOVQ %d(DI), R12", offBPG)
+	g.p("SHRQ $1, R12")
+	g.l(stp)
+	step(false)
+	g.p("DECQ R12")
+	g.p("JNZ %s", stp)
+	combine(false)
+	g.p("ADDQ $%d, R9", es)
+	g.p("DECQ R10")
+	g.p("JNZ %s", grp)
+	g.p("JMP %s", gdone)
+	// Groups of 64: a step spans two groups.
+	g.l(pairs)
+	g.p("CMPQ R10, $2")
+	g.p("JLT %s", ptail)
+	zeroAcc()
+	step(false)
+	combine(true)
+	g.p("ADDQ $%d, R9", 2*es)
+	g.p("SUBQ $2, R10")
+	g.p("JMP %s", pairs)
+	g.l(ptail)
+	g.p("TESTQ R10, R10")
+	g.p("JZ %s", gdone)
+	zeroAcc()
+	step(true)
+	combine(false)
+	g.p("ADDQ $%d, R9", es)
+	g.l(gdone)
+	// The biases: row 0's at R9 - R8 + a.boff, row 1's R8 further; the
+	// group sums at BX.
+	loadB := func(mask string, r int) {
+		src := "(R11)"
+		if r == 1 {
+			src = "(R11)(R8*1)"
+		}
+		z := fmt.Sprintf("Z%d", 29+r)
+		if sdt == "bf16" {
+			g.p("VPMOVZXWD%s %s, %s%s", mask, src, kreg(mask), z)
+			g.p("VPSLLD $16, %s, %s", z, z)
+		} else {
+			g.p("VMOVUPS%s %s, %s%s", mask, src, kreg(mask), z)
+		}
+	}
+	biasFMAs := func() {
+		for t := range nx {
+			g.p("VMOVUPS %s, Z28", xaddr(t, 0))
+			for r := range R {
+				g.p("VFMADD231PS Z28, Z%d, %s", 29+r, tot(t, r))
+			}
+		}
+	}
+	g.p("MOVQ %d(DI), R11", offBoff)
+	g.p("ADDQ R9, R11")
+	g.p("SUBQ R8, R11")
+	g.p("MOVQ %d(DI), R10", offGroups)
+	g.p("CMPQ R10, $16")
+	g.p("JLT %s", btail)
+	g.l(bvec)
+	for r := range R {
+		loadB("", r)
+	}
+	biasFMAs()
+	g.p("ADDQ $%d, R11", 16*es)
+	g.p("ADDQ $64, BX")
+	g.p("SUBQ $16, R10")
+	g.p("CMPQ R10, $16")
+	g.p("JGE %s", bvec)
+	g.l(btail)
+	g.p("TESTQ R10, R10")
+	g.p("JZ %s", bdone)
+	g.p("LEAQ ·tailMask(SB), R12")
+	g.p("KMOVW (R12)(R10*2), K1")
+	for r := range R {
+		loadB(".Z", r)
+	}
+	biasFMAs()
+	g.l(bdone)
+	for t := range nx {
+		for r := range R {
+			i := 2*t + r
+			g.hsum(i, 8+i)
+			g.p("MOVQ %d(DI), R10", offRows)
+			g.p("SUBQ CX, R10")
+			g.p("MOVQ %d(DI), R11", offY+8*t)
+			g.p("VMOVSS X%d, %d(R11)(R10*4)", i, 4*r)
+		}
+	}
+	for range R {
+		g.p("ADDQ %d(DI), SI", offStride)
+	}
+	if R == 2 {
+		g.p("ADDQ R8, R9")
+	}
+}
+
+// prefetchAhead is how many bytes ahead of each weight row's cursor the
+// f32-sum kernels prefetch into L2 (one line per 64 bytes of weights; the
+// AVX2 4-bit kernels, 16 bytes a step, once a step). Without it one core
+// streamed weights from memory at 6-8 GB/s here, about a quarter of what a
+// plain read loop gets, with it at 12-17 (the hardware prefetchers alone
+// did not keep ahead of the kernels; PREFETCHT0 and shorter distances
+// measured slower). The weight rows of a block, and the blocks of a
+// worker, are consecutive in memory, so the prefetches run ahead into the
+// rows to come. (The float64 kernels keep their own, `prefetch`.)
+const prefetchAhead = 8192
+
+// kreg is the mask operand of a masked (".Z") instruction.
+func kreg(mask string) string {
+	if mask == "" {
+		return ""
+	}
+	return "K1, "
 }
 
 // hsumPD leaves the sum of the float64 lanes of register i in lane 0 of
@@ -1236,7 +1532,11 @@ func main() {
 		for _, nx := range []int{1, 4} {
 			for _, sdt := range []string{"f32", "bf16"} {
 				for _, bits := range []int{4, 8} {
-					g.quantF32(bits, nx, sdt)
+					if bits == 4 && is.avx512 {
+						g.quantF32Nib(nx, sdt)
+					} else {
+						g.quantF32(bits, nx, sdt)
+					}
 				}
 			}
 		}
@@ -1258,11 +1558,21 @@ func main() {
 		fmt.Fprintf(&g.buf, "DATA ·nibF64+%d(SB)/8, $%#x\n", 8*i, math.Float64bits(float64(i)))
 	}
 	g.buf.WriteString("GLOBL ·nibF64(SB), RODATA|NOPTR, $128\n")
-	g.buf.WriteString("\n// The 4-bit values as f32, the table base of the f32 kernels.\n")
+	g.buf.WriteString("\n// The 4-bit values as f32: the AVX-512 4-bit f32-sum kernels look the low\n// nibbles up in it.\n")
 	for i := range 16 {
 		fmt.Fprintf(&g.buf, "DATA ·nibF32+%d(SB)/4, $%#x\n", 4*i, math.Float32bits(float32(i)))
 	}
 	g.buf.WriteString("GLOBL ·nibF32(SB), RODATA|NOPTR, $64\n")
+	g.buf.WriteString("\n// The nibble masks of the AVX-512 4-bit f32-sum kernels: 0xF<<4n.\n")
+	for n := range 8 {
+		fmt.Fprintf(&g.buf, "DATA ·nibMask+%d(SB)/4, $%#x\n", 4*n, uint32(0xF)<<(4*n))
+	}
+	g.buf.WriteString("GLOBL ·nibMask(SB), RODATA|NOPTR, $32\n")
+	g.buf.WriteString("\n// K-register masks of the first i of 16 lanes.\n")
+	for i := range 16 {
+		fmt.Fprintf(&g.buf, "DATA ·tailMask+%d(SB)/2, $%#x\n", 2*i, (1<<i)-1)
+	}
+	g.buf.WriteString("GLOBL ·tailMask(SB), RODATA|NOPTR, $32\n")
 	g.buf.WriteString("\n// VPERMD index that puts packed bytes back in order.\n")
 	for i, v := range []int{0, 4, 1, 5, 2, 6, 3, 7} {
 		fmt.Fprintf(&g.buf, "DATA ·permPack+%d(SB)/4, $%d\n", 4*i, v)

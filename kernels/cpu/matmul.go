@@ -554,16 +554,25 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 		return
 	}
 	k := j.k
-	if j.f32 { // f32 rows: 8-bit as given, 4-bit permuted per block of 2·lanes
+	if j.f32 { // f32 rows: 8-bit as given, 4-bit laid out by split4 (AVX-512) or permuted per block of 2·lanes
 		src := j.xin[:rows*k]
-		if j.bits == 4 {
+		xw := k
+		switch {
+		case j.bits == 4 && b.ks.split4:
+			xw = split4Len(k, j.group)
+			b.xf32 = growAligned(b.xf32, rows*xw)
+			for r := range rows {
+				split4(b.xf32[r*xw:(r+1)*xw], src[r*k:(r+1)*k], j.group)
+			}
+			src = b.xf32[:rows*xw]
+		case j.bits == 4:
 			b.xf32 = grow(b.xf32, rows*k)
 			for r := range rows {
 				permute4(b.xf32[r*k:(r+1)*k], src[r*k:(r+1)*k], 2*j.lanes)
 			}
 			src = b.xf32[:rows*k]
 		}
-		j.xbase, j.xstride = unsafe.Pointer(&src[0]), 4*k
+		j.xbase, j.xstride = unsafe.Pointer(&src[0]), 4*xw
 		return
 	}
 	xw := (k + j.g + 7) &^ 7
@@ -627,6 +636,9 @@ func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
 	a.groups, a.bpg = g, j.group/j.lanes
 	if j.f32 {
 		a.bpg = j.group / (4 * j.lanes) // steps of 4·lanes values
+		if j.bits == 4 && j.b.ks.split4 {
+			a.bpg = j.group / 64 // halves of the kernels' steps
+		}
 	}
 	j.groupRows(seg, row, nb, ws, false)
 }

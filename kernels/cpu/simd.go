@@ -42,7 +42,7 @@ type kargs struct {
 	sb     unsafe.Pointer    // scales [rows][groups] (quantized; float64, int8 kernels f32)
 	boff   int               // byte offset from the scales to the biases
 	groups int               // groups per row (quantized)
-	bpg    int               // blocks of lanes values (int8 kernels: units) per group
+	bpg    int               // blocks of lanes values per group (f32 sums: 4·lanes, AVX-512 4-bit 64; int8 kernels: units)
 	k      int               // input width (dense); int8 kernels: 1 if a row ends in half a unit
 	x      [4]unsafe.Pointer // input rows as the kernel reads them
 	y      [4]*float32       // outputs of the first weight row (rows values each)
@@ -59,6 +59,9 @@ type kernelSet struct {
 	// of 4·lanes), f32 scales and biases, and ("b") bf16: the default where
 	// present (see matmulF32).
 	q4f, q8f, q4fb, q8fb [2]func(*kargs)
+	// split4: the 4-bit f32-sum kernels read their input rows as split4
+	// lays them out (else as permute4 does, per block of 2·lanes).
+	split4 bool
 	// Int8-activation kernels (nil: none): 4-bit with groups of 64 or more,
 	// 8-bit (f32 or bf16 scales), 4-bit with groups of 32 (f32 scales);
 	// i8wide: the 8-bit ones read the input as int16.
@@ -169,15 +172,22 @@ func (ks *kernelSet) matmul(bits, group int, wdt, sdt dtype.DType) *[2]func(*kar
 }
 
 // matmulF32 returns the set's f32-sum kernels for a quantized format, or
-// nil. They dequantize each weight to w = scale·q + bias in f32, as an f32
+// nil. Most dequantize each weight to w = scale·q + bias in f32, as an f32
 // dequantization does, and sum w·x in f32 lanes (four accumulators a row):
-// about half the work per weight of the float64 kernels. A result is within
-// about (K/(4·lanes) + 10)·2⁻²⁴·Σ|w·x| of the exact dot product of the f32
-// weights, and the same for a row whatever the batch. They read f32 or bf16
-// scales and biases (others are converted to f32 per block of rows).
+// about half the work per weight of the float64 kernels; the AVX-512 4-bit
+// ones (split4; groups of 64 or a multiple of 128) sum the exact q·x of a
+// group in f32 and add scale·Σq·x and then bias·Σx per group (see
+// quantF32Nib in gen_amd64.go). A result is within about (K/(4·lanes) +
+// 10)·2⁻²⁴·Σ(|scale·q| + |bias|)·|x| of the exact dot product of the f32
+// weights (see quantF32Nib for the short rows of the AVX-512 4-bit
+// kernels), and the same for a row whatever the batch. They read f32 or
+// bf16 scales and biases (others are converted to f32 per block of rows).
 func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
 	if ks == nil || ks.q4f[0] == nil || group%(4*ks.lanes) != 0 {
 		return nil
+	}
+	if bits == 4 && ks.split4 && group != 64 && group%128 != 0 {
+		return nil // the kernels' steps span 128 values (see quantF32Nib)
 	}
 	b := sdt == dtype.BF16
 	switch {
@@ -242,3 +252,57 @@ func groupSums64(x []float32, xs []float64, group int) {
 		xs[g] = s0 + s1
 	}
 }
+
+// split4 lays out an input row x (a multiple of 64 values) for the AVX-512
+// 4-bit f32-sum kernels (see quantF32Nib in gen_amd64.go): per step of 128
+// values (64 bytes of weights, sixteen dwords of eight nibbles), eight
+// vectors of 16, vector n holding x[8d+n]·2⁻⁴ⁿ in lane d (the scaling is
+// exact unless the result is subnormal, and undone by the kernel's
+// conversion of nibble n in place); a last step of 64 values has zeros in
+// lanes 8..15. Then the f32 sums of the groups of x (rounded from float64
+// sums), zero padded to a multiple of 16. dst holds split4Len values.
+func split4(dst, x []float32, group int) {
+	k := len(x)
+	for b := 0; b < k; b += 128 {
+		ds := dst[b : b+128 : b+128]
+		m := min(k-b, 128) / 8 // dwords of weights: 16, or 8 at the end
+		for d := range 16 {
+			if d >= m {
+				for n := range 8 {
+					ds[16*n+d] = 0
+				}
+				continue
+			}
+			v := x[b+8*d : b+8*d+8 : b+8*d+8]
+			ds[d] = v[0]
+			ds[16+d] = v[1] * 0x1p-4
+			ds[32+d] = v[2] * 0x1p-8
+			ds[48+d] = v[3] * 0x1p-12
+			ds[64+d] = v[4] * 0x1p-16
+			ds[80+d] = v[5] * 0x1p-20
+			ds[96+d] = v[6] * 0x1p-24
+			ds[112+d] = v[7] * 0x1p-28
+		}
+	}
+	sums := dst[(k+127)&^127:]
+	for g := range sums {
+		sums[g] = 0
+		if (g+1)*group <= k {
+			// Four float64 partial sums (a dependent chain of additions
+			// would take longer than the layout above).
+			var s0, s1, s2, s3 float64
+			xx := x[g*group : (g+1)*group : (g+1)*group]
+			for i := 0; i+4 <= len(xx); i += 4 {
+				s0 += float64(xx[i])
+				s1 += float64(xx[i+1])
+				s2 += float64(xx[i+2])
+				s3 += float64(xx[i+3])
+			}
+			sums[g] = float32((s0 + s1) + (s2 + s3))
+		}
+	}
+}
+
+// split4Len is the length of a row that split4 writes for k values in
+// groups of group.
+func split4Len(k, group int) int { return (k+127)&^127 + (k/group+15)&^15 }
