@@ -226,7 +226,24 @@ func (b *Backend) tcMVOK(segs []mvSeg, glu bool, x kernels.Tensor, n mvNormArgs)
 	if glu {
 		rows = 2 * w0.N
 	}
+	if qmvtSmem(w0, n) > b.props.MaxSharedOptin {
+		return false
+	}
 	return b.mvKernel == mvTC || int64(rows)*int64(w0.K)/2 >= qmvtMinBytes
+}
+
+// qmvtSmem is the dynamic shared memory of a qmvt launch: the warps' rings
+// of weight chunks (qmvtDepth steps of four 16-byte chunks a lane), x
+// staged as the 8-bit kernels stage it, its bf16 repacking (chunks of
+// QMVT_XB words), the group sums, and the norm weight as f32 (see qmvt in
+// matmul.cu).
+func qmvtSmem(w *kernels.Weight, n mvNormArgs) int {
+	c8, c := w.K/16, w.K/32
+	smem := QMVWarps*qmvtDepth*4*32*16 + (c8*20+2*c8+(c+1)*20+w.K/w.Group)*4
+	if !n.off && n.w != 0 {
+		smem += w.K * 4
+	}
+	return smem
 }
 
 // qmvtMinBytes is the least weight bytes a product takes to run on the
@@ -247,19 +264,7 @@ const qmvtDepth = 3
 func (b *Backend) qmvt(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.DevicePtr, xdiv int, n mvNormArgs, softcap float32,
 	ids cuda.DevicePtr, nexp, P int, wstride, gstride int64) error {
 	w0 := segs[0].w
-	K := w0.K
-	c8, c := K/16, K/32
-	// The warps' rings of weight chunks (qmvtDepth steps of four 16-byte
-	// chunks a lane), x staged as the 8-bit kernels stage it, its bf16
-	// repacking, the group sums, and the norm weight as f32 (see qmvt in
-	// matmul.cu).
-	smem := QMVWarps*qmvtDepth*4*32*16 + (c8*20+2*c8+(c+1)*20+K/w0.Group)*4
-	if !n.off && n.w != 0 {
-		smem += K * 4
-	}
-	if smem > b.props.MaxSharedOptin {
-		return fmt.Errorf("cuda: matvec of K %d needs %d bytes of shared memory", K, smem)
-	}
+	smem := qmvtSmem(w0, n) // tcMVOK checked that it fits
 	rows := 0
 	for _, s := range segs {
 		rows += s.w.N
@@ -279,7 +284,7 @@ func (b *Backend) qmvt(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.DeviceP
 		name += "_s4"
 	}
 	occ := b.occupancy("matmul", name, 256, smem)
-	steps := ceilDiv(c, 8)
+	steps := ceilDiv(w0.K/32, 8)
 	ks := 1
 	for ks < QMVWarps && tiles*P*ks < b.props.SMs*occ*QMVWarps && ceilDiv(steps, 2*ks)*(2*ks-1) < steps {
 		ks *= 2

@@ -141,6 +141,8 @@ func TestQMVVariants(t *testing.T) {
 			tc{bits, 64, 208, 704, 0, 0, 1, dtype.F32},
 			tc{bits, 64, 96, 704, 8, 4, 2, dtype.BF16},
 			tc{bits, 64, 2816, 2816, 0, 0, 3, dtype.BF16},
+			// x too long for qmvt's shared memory: the CUDA-core kernel.
+			tc{bits, 64, 16, 32768, 0, 0, 1, dtype.BF16},
 		)
 	}
 	for _, c := range tcs {
