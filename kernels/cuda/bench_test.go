@@ -318,17 +318,7 @@ func BenchmarkExpertMV(b *testing.B) {
 			ws, one := benchWeights(b, be, E, c.N, c.K, c.bits, 64, 0)
 			w := ws[0]
 			r := rand.New(rand.NewPCG(2, 2))
-			ids := make([]int32, sets*k)
-			for s := range sets {
-				for j, e := range r.Perm(E)[:k] {
-					ids[s*k+j] = int32(e)
-				}
-			}
-			idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
-			views := make([]kernels.Tensor, sets)
-			for s := range views {
-				views[s], _ = idt.RowRange(s, s+1)
-			}
+			views := randomExpertIDs(b, be, r, E, k, sets)
 			x := put(b, be, dtype.BF16, randn(r, c.K, 1), 1, c.K)
 			y, _ := be.Alloc(dtype.BF16, 1, k, c.N)
 			perExpert := float64(one / E)
@@ -337,6 +327,24 @@ func BenchmarkExpertMV(b *testing.B) {
 			timeLoop(b, be, k*perExpert, func(i int) error { return be.MatMulExperts(y, x, w, views[i%sets]) })
 		})
 	}
+}
+
+// randomExpertIDs uploads sets rows of k distinct expert ids out of E (a
+// fresh random set a row, as decode routes each token) and returns a view
+// of each row.
+func randomExpertIDs(b *testing.B, be *Backend, r *rand.Rand, E, k, sets int) []kernels.Tensor {
+	ids := make([]int32, sets*k)
+	for s := range sets {
+		for j, e := range r.Perm(E)[:k] {
+			ids[s*k+j] = int32(e)
+		}
+	}
+	idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
+	views := make([]kernels.Tensor, sets)
+	for s := range views {
+		views[s], _ = idt.RowRange(s, s+1)
+	}
+	return views
 }
 
 // BenchmarkCopy measures a 1 GiB device-to-device copy (bytes read +
@@ -841,17 +849,7 @@ func BenchmarkFusedMV(b *testing.B) {
 			const E, k, sets = 128, 8, 64
 			gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
 			us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
-			ids := make([]int32, sets*k)
-			for s := range sets {
-				for j, e := range r.Perm(E)[:k] {
-					ids[s*k+j] = int32(e)
-				}
-			}
-			idt := putRaw(b, be, dtype.I32, i32bytes(ids), sets, k)
-			views := make([]kernels.Tensor, sets)
-			for s := range views {
-				views[s], _ = idt.RowRange(s, s+1)
-			}
+			views := randomExpertIDs(b, be, r, E, k, sets)
 			y, _ := be.Alloc(dtype.BF16, 1, k, 704)
 			timeLoop(b, be, 2*k*float64(one/E), func(i int) error { return be.NormGLU(y, gs[0], us[0], views[i%sets], x, np) })
 		})

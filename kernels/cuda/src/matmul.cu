@@ -638,6 +638,22 @@ __device__ __forceinline__ void mv_store(const MVParams& P, float (&acc)[GLU ? 2
     }
 }
 
+// mv_expert sets the byte offsets of pair p's expert (weights, then scales
+// and biases) in expert mode, after the PDL wait (the id comes from the
+// kernel before), and reports whether the id is valid (an invalid one
+// reads expert 0 and stores NaN).
+__device__ __forceinline__ bool mv_expert(const MVParams& P, int p, i64& eoff, i64& goff) {
+    bool ok = true;
+    if (P.ids) {
+        pdl_wait();
+        int e = P.ids[p];
+        if (e < 0 || e >= (int)P.nexp) { ok = false; e = 0; }
+        eoff = (i64)e * P.wstride;
+        goff = (i64)e * P.gstride;
+    }
+    return ok;
+}
+
 template <int BITS, int R, int DEPTH, bool GLU>
 __device__ __forceinline__ void qmvx(const MVParams& P) {
     constexpr int E = 128 / BITS; // values per 16-byte chunk
@@ -654,14 +670,7 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
     pdl_trigger();
     const MVNormLoad nl = mv_norm_load(P);
     i64 eoff = 0, goff = 0;
-    bool ok = true;
-    if (P.ids) {
-        pdl_wait(); // the expert id comes from the kernel before
-        int e = P.ids[p];
-        if (e < 0 || e >= (int)P.nexp) { ok = false; e = 0; }
-        eoff = (i64)e * P.wstride;
-        goff = (i64)e * P.gstride;
-    }
+    bool ok = mv_expert(P, p, eoff, goff);
     const int sdt = (int)P.sdt;
     const u32 rowBytes = (u32)K * BITS / 8;
     const int G = K / (int)P.group;
@@ -889,14 +898,7 @@ __device__ __forceinline__ void qmvt(const MVParams& P) {
     pdl_trigger();
     const MVNormLoad nl = mv_norm_load(P);
     i64 eoff = 0, goff = 0;
-    bool ok = true;
-    if (P.ids) {
-        pdl_wait(); // the expert id comes from the kernel before
-        int e = P.ids[p];
-        if (e < 0 || e >= (int)P.nexp) { ok = false; e = 0; }
-        eoff = (i64)e * P.wstride;
-        goff = (i64)e * P.gstride;
-    }
+    bool ok = mv_expert(P, p, eoff, goff);
     const u32 rowBytes = (u32)K / 2;
     const int group = (int)P.group;
     const int G = K / group;
