@@ -57,6 +57,30 @@ func bf16x4NEON(a *kargs)
 func f32x4NEON(a *kargs)
 
 //go:noescape
+func q4fx1NEON(a *kargs)
+
+//go:noescape
+func q8fx1NEON(a *kargs)
+
+//go:noescape
+func q4fbx1NEON(a *kargs)
+
+//go:noescape
+func q8fbx1NEON(a *kargs)
+
+//go:noescape
+func q4fx4NEON(a *kargs)
+
+//go:noescape
+func q8fx4NEON(a *kargs)
+
+//go:noescape
+func q4fbx4NEON(a *kargs)
+
+//go:noescape
+func q8fbx4NEON(a *kargs)
+
+//go:noescape
 func axpyF64NEON(y *float64, x *float32, a float64, n int)
 
 // dotF64Go is the generic attention dot product (a sequential float64 sum,
@@ -140,7 +164,11 @@ var setNEON = &kernelSet{
 	q8b:  [2]func(*kargs){q8bx1NEON, q8bx4NEON},
 	bf16: [2]func(*kargs){bf16x1NEON, bf16x4NEON},
 	f32:  [2]func(*kargs){f32x1NEON, f32x4NEON},
-	dot:  dotF64Go, axpy: axpyF64NEON, softcap: softcapGo,
+	q4f:  [2]func(*kargs){q4fx1NEON, q4fx4NEON},
+	q8f:  [2]func(*kargs){q8fx1NEON, q8fx4NEON},
+	q4fb: [2]func(*kargs){q4fbx1NEON, q4fbx4NEON},
+	q8fb: [2]func(*kargs){q8fbx1NEON, q8fbx4NEON}, f32step: 32,
+	dot: dotF64Go, axpy: axpyF64NEON, softcap: softcapGo,
 	widenBF16F32: widenBF16F32Go, quant: quantInt8Go,
 }
 
