@@ -1,12 +1,16 @@
 //go:build ignore
 
 // gen_arm64.go writes simd_arm64.s, the arm64 NEON matmul and attention
-// kernels. Run `GOARCH=arm64 go generate` in kernels/cpu (or `go run
-// gen_arm64.go`).
+// kernels. Run `go run gen_arm64.go` in kernels/cpu (`go generate` on an
+// arm64 machine).
 //
-// Unlike the amd64 kernels, which sum in their own lane order, these do the
-// generic Go kernels' float64 arithmetic operation for operation, so their
-// results are bit-identical to the generic kernels' on arm64:
+// The default quantized kernels, q{4,8}f[b]x{1,4}NEON, sum in f32 like the
+// AVX2 ones (see quantF32 below: w = bias + q·scale with one FMLA, then
+// eight accumulators of four lanes per input row). The others, the float64
+// kernels (WithFloat64Sums, GEMMOE_CPU_F64=1) and the dense ones, unlike the
+// amd64 kernels, which sum in their own lane order, do the generic Go
+// kernels' float64 arithmetic operation for operation, so their results are
+// bit-identical to the generic kernels' on arm64:
 //
 //   - qdot4 keeps four accumulators s0..s3; per 16 values (two words) it adds
 //     (q[j]·x[j] + q[j+8]·x[j+8]) then (q[j+4]·x[j+4] + q[j+12]·x[j+12]) to
@@ -25,8 +29,9 @@
 //     into s0, the result (s0+s1) + (s2+s3).
 //   - axpy: y[i] = fma(a, x[i], y[i]), as the compiler fuses the generic loop.
 //
-// Go's assembler lacks the vector float instructions other than VFMLA; they
-// are emitted as WORD encodings (see the helpers below).
+// Go's assembler lacks the vector float instructions other than VFMLA
+// (FADD, FADDP, FMUL, UCVTF, FCVTL); they are emitted as WORD encodings (see
+// the helpers below; the encodings were checked with llvm-objdump).
 //
 // The four-input-row kernels (prefill) unpack a block of weights once and
 // run each input row through the one-row arithmetic.
@@ -39,7 +44,7 @@
 // unpacking, V4..V11 a block's weights as float64 pairs, V12, V13 products,
 // V15 the nibble mask, V16..V23 a block of x, V24+2t, V25+2t the
 // accumulators of input row t. Dense: V2, V3 the weights, V4, V5 x, V16+2t,
-// V17+2t the accumulators, V31 zero.
+// V17+2t the accumulators, V31 zero. The f32-sum kernels: see quantF32.
 package main
 
 import (

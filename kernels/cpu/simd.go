@@ -15,8 +15,8 @@ import (
 // GEMMOE_CPU_GENERIC=1 or WithGeneric.
 //
 // Most matmul kernels of a set are exact in float64 like the generic
-// kernels (the f32-sum quantized kernels of the AVX2 and AVX-512 sets, the
-// default where they apply, are the exception: see matmulF32): a weight (a
+// kernels (the f32-sum quantized kernels of the AVX2, AVX-512 and NEON sets,
+// the default where they apply, are the exception: see matmulF32): a weight (a
 // small unsigned integer q, a bf16 or an f32 value) times an f32 input is
 // exact in float64, the kernels sum such products in
 // float64 lanes, and the output is rounded to f32 once. Their results

@@ -77,7 +77,7 @@ func compareExact(t *testing.T, what string, got, want []float32) {
 // compareF32 checks got (the f32-sum kernels) against want (the generic
 // float64 kernels): each within (K/32 + 10)·2⁻²⁴·mag[i] + one f32 step, mag
 // being Σ|w|·|x| of the output (K/32: the additions per accumulator lane
-// of the AVX2 kernels; AVX-512 has half as many).
+// of the AVX2 and NEON kernels; AVX-512 has half as many).
 func compareF32(t *testing.T, what string, got, want []float32, mag []float64, k int) {
 	t.Helper()
 	if len(got) != len(want) || len(mag) != len(got) {
