@@ -46,11 +46,12 @@ func maxAbsDiff(a, b []float32) float64 { return fixture.MaxAbsDiff(a, b) }
 // hidden states per layer within 1e-3 relative, the router's top-k ids
 // identical, and the logits within 5e-3 with float64 sums in the quantized
 // matmuls (WithFloat64Sums, as the generic kernels sum), within 1e-2 with
-// the default kernels, which sum in f32 where AVX2 or AVX-512 runs them.
-// Their rounding differs from transformers' about as much as transformers'
-// own cached and uncached runs differ, and these random networks amplify
-// such differences ~10⁴ from the first layer to the logits (measured:
-// 4.95e-3 with AVX-512, 5.6e-3 with AVX2, on the 8-bit fixture).
+// the default kernels, which sum in f32 where AVX2, AVX-512 or NEON runs
+// them. Their rounding differs from transformers' about as much as
+// transformers' own cached and uncached runs differ, and these random
+// networks amplify such differences ~10⁴ from the first layer to the logits
+// (measured: 4.95e-3 with AVX-512, 5.6e-3 with AVX2, 4.8e-3 with NEON under
+// qemu, on the 8-bit fixture).
 func TestFixtureLogits(t *testing.T) {
 	for _, f64 := range []bool{false, true} {
 		bound := 1e-2

@@ -19,18 +19,19 @@
 // operations in the same order for a row whatever the batch, so a row's
 // result does not depend on how many rows a call carries.
 //
-// With AVX2 or AVX-512, the 4- and 8-bit matmuls (groups of a multiple of 32
-// or 64; MLX's default is 64) dequantize each weight to f32 (scale·q + bias,
-// the value an f32 dequantization gives) and sum w·x in f32 lanes (the
-// AVX-512 4-bit ones, groups of 64 or a multiple of 128, sum each group's
-// exact q·x in f32 and add scale·Σq·x and bias·Σx): two to three times the
-// throughput of summing in float64, which is what makes decode approach the
-// memory bandwidth. Their results differ from the exact
-// sums by f32 rounding (on the demo model the held-out perplexity is the
-// same to four decimals). WithFloat64Sums or GEMMOE_CPU_F64=1 selects the
-// float64 kernels instead, whose exact products summed in float64 agree with
-// the generic kernels but for rare last-bit differences; the other kernels
-// (dense, NEON) always sum exact products in float64.
+// With AVX2, AVX-512 or NEON, the 4- and 8-bit matmuls (groups of a
+// multiple of 32, AVX-512 64; MLX's default is 64) dequantize each weight to
+// f32 (scale·q + bias, the value an f32 dequantization gives) and sum w·x in
+// f32 lanes (the AVX-512 4-bit ones, groups of 64 or a multiple of 128, sum
+// each group's exact q·x in f32 and add scale·Σq·x and bias·Σx): on x86 two
+// to three times the throughput of summing in float64, which is what makes
+// decode approach the memory bandwidth (the NEON kernels, tested under qemu,
+// have not been timed). Their results differ from the exact sums by f32
+// rounding (on the demo model the held-out perplexity is the same to four
+// decimals). WithFloat64Sums or GEMMOE_CPU_F64=1 selects the float64 kernels
+// instead, whose exact products summed in float64 agree with the generic
+// kernels but for rare last-bit differences (NEON: bit for bit); the dense
+// kernels always sum exact products in float64.
 //
 // Int8 activations. WithInt8Activations(true) or GEMMOE_CPU_INT8=1 switches
 // the 4- and 8-bit matmuls to llama.cpp-style integer dot products: each
@@ -107,8 +108,8 @@ func WithInt8Activations(on bool) Option { return func(c *config) { c.int8, c.in
 // dequantize to f32 and sum in f32 (two to three times as fast per weight;
 // within ~(K/32 + 10)·2⁻²⁴·Σ|w·x| of the exact sum). The environment
 // variable GEMMOE_CPU_F64=1 does the same. The f32 kernels exist for AVX2
-// (groups of a multiple of 32) and AVX-512 (of 64); everything else runs the
-// float64 kernels either way.
+// and NEON (groups of a multiple of 32) and AVX-512 (of 64); everything else
+// runs the float64 kernels either way.
 func WithFloat64Sums(on bool) Option { return func(c *config) { c.f64, c.f64Set = on, true } }
 
 // WithKernels selects a kernel set by name (one of KernelSets, or

@@ -1,12 +1,16 @@
 //go:build ignore
 
 // gen_arm64.go writes simd_arm64.s, the arm64 NEON matmul and attention
-// kernels. Run `GOARCH=arm64 go generate` in kernels/cpu (or `go run
-// gen_arm64.go`).
+// kernels. Run `go run gen_arm64.go` in kernels/cpu (`go generate` on an
+// arm64 machine).
 //
-// Unlike the amd64 kernels, which sum in their own lane order, these do the
-// generic Go kernels' float64 arithmetic operation for operation, so their
-// results are bit-identical to the generic kernels' on arm64:
+// The default quantized kernels, q{4,8}f[b]x{1,4}NEON, sum in f32 like the
+// AVX2 ones (see quantF32 below: w = bias + q·scale with one FMLA, then
+// eight accumulators of four lanes per input row). The others, the float64
+// kernels (WithFloat64Sums, GEMMOE_CPU_F64=1) and the dense ones, unlike the
+// amd64 kernels, which sum in their own lane order, do the generic Go
+// kernels' float64 arithmetic operation for operation, so their results are
+// bit-identical to the generic kernels' on arm64:
 //
 //   - qdot4 keeps four accumulators s0..s3; per 16 values (two words) it adds
 //     (q[j]·x[j] + q[j+8]·x[j+8]) then (q[j+4]·x[j+4] + q[j+12]·x[j+12]) to
@@ -25,8 +29,9 @@
 //     into s0, the result (s0+s1) + (s2+s3).
 //   - axpy: y[i] = fma(a, x[i], y[i]), as the compiler fuses the generic loop.
 //
-// Go's assembler lacks the vector float instructions other than VFMLA; they
-// are emitted as WORD encodings (see the helpers below).
+// Go's assembler lacks the vector float instructions other than VFMLA
+// (FADD, FADDP, FMUL, UCVTF, FCVTL); they are emitted as WORD encodings (see
+// the helpers below; the encodings were checked with llvm-objdump).
 //
 // The four-input-row kernels (prefill) unpack a block of weights once and
 // run each input row through the one-row arithmetic.
@@ -39,7 +44,7 @@
 // unpacking, V4..V11 a block's weights as float64 pairs, V12, V13 products,
 // V15 the nibble mask, V16..V23 a block of x, V24+2t, V25+2t the
 // accumulators of input row t. Dense: V2, V3 the weights, V4, V5 x, V16+2t,
-// V17+2t the accumulators, V31 zero.
+// V17+2t the accumulators, V31 zero. The f32-sum kernels: see quantF32.
 package main
 
 import (
@@ -286,6 +291,157 @@ func (g *gen) quant(bits int, sdt string, nx int) {
 	g.p("RET")
 }
 
+// fadd4s: Vd.4S = Vn.4S + Vm.4S.
+func (g *gen) fadd4s(d, n, m int) {
+	g.word(0x4E20D400|uint32(m)<<16|uint32(n)<<5|uint32(d), "FADD V%d.4S, V%d.4S, V%d.4S", d, n, m)
+}
+
+// faddp4s: Vd.4S = (Vn[0]+Vn[1], Vn[2]+Vn[3], Vm[0]+Vm[1], Vm[2]+Vm[3]).
+func (g *gen) faddp4s(d, n, m int) {
+	g.word(0x6E20D400|uint32(m)<<16|uint32(n)<<5|uint32(d), "FADDP V%d.4S, V%d.4S, V%d.4S", d, n, m)
+}
+
+// faddps: Sd = Vn.S[0] + Vn.S[1].
+func (g *gen) faddps(d, n int) {
+	g.word(0x7E30D800|uint32(n)<<5|uint32(d), "FADDP S%d, V%d.2S", d, n)
+}
+
+// widen16 widens the 16 bytes of Vsrc (clobbered) to four vectors of four
+// uint32 using Vt1..Vt3 and returns them in value order.
+func (g *gen) widen16(src, t1, t2, t3 int) [4]int {
+	g.p("VUXTL V%d.B8, V%d.H8", src, t1)
+	g.p("VUXTL2 V%d.B16, V%d.H8", src, src)
+	g.p("VUXTL V%d.H4, V%d.S4", t1, t2)
+	g.p("VUXTL2 V%d.H8, V%d.S4", t1, t1)
+	g.p("VUXTL V%d.H4, V%d.S4", src, t3)
+	g.p("VUXTL2 V%d.H8, V%d.S4", src, src)
+	return [4]int{t2, t1, t3, src}
+}
+
+// quantF32 writes a quantized kernel that sums in f32 (groups of a multiple
+// of 32 values, f32 or bf16 scales and biases) for nx input rows, the NEON
+// form of quantF32 in gen_amd64.go. A step takes 32 values (a.bpg steps a
+// group): 16 bytes of 4-bit weights (the low nibbles are the even-indexed
+// values, the high ones the odd: the input row is permuted per block of 32,
+// permute4 with block 2·lanes) or 32 bytes of 8-bit ones, widened to eight
+// vectors of four uint32 (UXTL, UXTL2), converted to f32 (UCVTF) and
+// dequantized with one fused multiply-add each, w = bias + q·scale (a copy
+// of the bias, then FMLA: one rounding, the value an f32 dequantization
+// gives). Then vector c of the step joins accumulator c of each input row,
+// acc_c += w_c·x_c (FMLA): eight accumulators of four lanes, 32 partial
+// sums a row, as many as the AVX2 kernels have. At the row's end the
+// accumulators are added pairwise, (0+1) + (2+3) and (4+5) + (6+7), then
+// those two, and the four lanes as (l0+l1) + (l2+l3) (FADDP twice).
+//
+// Registers: V0..V7 the step's weights, V8 the scale, V9 the bias, V10 the
+// nibble mask, V11..V15 unpacking and then the input, V16..V23 and
+// V24..V31 the accumulators of the (one or two) input rows of a pass. Eight
+// accumulators for each of four rows would take every register, so the
+// four-row kernel walks each weight row twice, input rows 0 and 1, then 2
+// and 3, as the AVX2 kernel does; every input row gets the same operations
+// in the same order, so the one-row and four-row kernels agree bit for bit.
+func (g *gen) quantF32(bits int, sdt string, nx int) {
+	name := fmt.Sprintf("q%df%sx%dNEON", bits, sfx(sdt), nx)
+	g.header(name)
+	g.p("MOVD %d(R0), R3", offSB)
+	g.p("MOVD %d(R0), R4", offBoff)
+	if bits == 4 {
+		g.p("VMOVI $15, V10.B16")
+	}
+	bcast := func(addr string, d int) {
+		if sdt == "bf16" {
+			g.p("VLD1R %s, [V%d.H8]", addr, d)
+			g.p("VSHL $16, V%d.S4, V%d.S4", d, d) // bf16 << 16 in each lane
+		} else {
+			g.p("VLD1R %s, [V%d.S4]", addr, d)
+		}
+	}
+	acc := func(t, c int) int { return 16 + 8*t + c }
+	perPass := min(nx, 2)
+	row := g.newLabel("row")
+	g.l(row)
+	for pass := 0; pass*perPass < nx; pass++ {
+		grp, step := g.newLabel("grp"), g.newLabel("step")
+		if pass > 0 { // back to this row's scales
+			g.p("MOVD %d(R0), R12", offGroups)
+			sh := 2 // log2 of the scales' byte size
+			if sdt == "bf16" {
+				sh = 1
+			}
+			g.p("SUB R12<<%d, R3", sh)
+		}
+		g.p("MOVD R1, R6")
+		for t := range perPass {
+			g.p("MOVD %d(R0), %s", offX+8*(pass*perPass+t), xc[t])
+			for c := range 8 {
+				g.p("VEOR V%d.B16, V%d.B16, V%d.B16", acc(t, c), acc(t, c), acc(t, c))
+			}
+		}
+		g.p("MOVD %d(R0), R10", offGroups)
+		g.l(grp)
+		bcast("(R3)", 8)
+		g.p("ADD R3, R4, R12")
+		bcast("(R12)", 9)
+		g.p("MOVD %d(R0), R11", offBPG)
+		g.l(step)
+		// The step's q as f32 in four registers at a time, then w.
+		dequant := func(q [4]int, w0 int) {
+			for c, r := range q {
+				g.ucvtf4s(r, r)
+				g.p("VORR V9.B16, V9.B16, V%d.B16", w0+c)
+				g.p("VFMLA V8.S4, V%d.S4, V%d.S4", r, w0+c) // w = bias + q·scale
+			}
+		}
+		if bits == 4 {
+			g.p("VLD1.P 16(R6), [V11.B16]")
+			g.p("VAND V10.B16, V11.B16, V12.B16") // even-indexed values
+			g.p("VUSHR $4, V11.B16, V11.B16")     // odd-indexed values
+			dequant(g.widen16(12, 13, 14, 15), 0)
+			dequant(g.widen16(11, 13, 14, 15), 4)
+		} else {
+			g.p("VLD1.P 32(R6), [V11.B16, V12.B16]")
+			dequant(g.widen16(11, 13, 14, 15), 0)
+			dequant(g.widen16(12, 11, 13, 14), 4)
+		}
+		for t := range perPass {
+			for h := range 2 {
+				g.p("VLD1.P 64(%s), [V12.S4, V13.S4, V14.S4, V15.S4]", xc[t])
+				for c := range 4 {
+					g.p("VFMLA V%d.S4, V%d.S4, V%d.S4", 4*h+c, 12+c, acc(t, 4*h+c)) // acc += w·x
+				}
+			}
+		}
+		g.p("SUB $1, R11")
+		g.p("CBNZ R11, %s", step)
+		g.p("ADD $%d, R3", esize(sdt))
+		g.p("SUB $1, R10")
+		g.p("CBNZ R10, %s", grp)
+		for t := range perPass {
+			a := func(c int) int { return acc(t, c) }
+			for c := 0; c < 8; c += 2 {
+				g.fadd4s(a(c), a(c), a(c+1))
+			}
+			g.fadd4s(a(0), a(0), a(2))
+			g.fadd4s(a(4), a(4), a(6))
+			g.fadd4s(a(0), a(0), a(4))
+			g.faddp4s(a(0), a(0), a(0)) // (l0+l1, l2+l3, ...)
+			g.faddps(a(0), a(0))
+			g.storeS(pass*perPass+t, a(0))
+		}
+	}
+	g.next(row)
+	g.p("RET")
+}
+
+// storeS writes the f32 in F(reg) to a.y[t][row], the row index being
+// a.rows - R2. It uses R11, R12.
+func (g *gen) storeS(t, reg int) {
+	g.p("MOVD %d(R0), R12", offRows)
+	g.p("SUB R2, R12, R12")
+	g.p("MOVD %d(R0), R11", offY+8*t)
+	g.p("FMOVS F%d, (R11)(R12<<2)", reg)
+}
+
 // store writes F(reg) rounded to f32 to a.y[t][row], the row index being
 // a.rows - R2. (The kernels never write derived pointers to memory: the
 // garbage collector may scan kargs while they run.) It uses R11, R12.
@@ -438,6 +594,12 @@ func main() {
 		g.dense("f32", nx)
 	}
 	g.axpy()
+	for _, nx := range []int{1, 4} {
+		for _, sdt := range []string{"f32", "bf16"} {
+			g.quantF32(4, sdt, nx)
+			g.quantF32(8, sdt, nx)
+		}
+	}
 	if err := os.WriteFile("simd_arm64.s", g.buf.Bytes(), 0o644); err != nil {
 		log.Fatal(err)
 	}

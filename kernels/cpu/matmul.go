@@ -635,7 +635,7 @@ func (j *mmJob) fastGroups(seg *mmSeg, row, nb int, ws *workerScratch) {
 	g := j.g
 	a.groups, a.bpg = g, j.group/j.lanes
 	if j.f32 {
-		a.bpg = j.group / (4 * j.lanes) // steps of 4·lanes values
+		a.bpg = j.group / j.b.ks.f32Step() // steps of f32Step values
 		if j.bits == 4 && j.b.ks.split4 {
 			a.bpg = j.group / 64 // halves of the kernels' steps
 		}

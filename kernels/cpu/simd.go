@@ -15,8 +15,8 @@ import (
 // GEMMOE_CPU_GENERIC=1 or WithGeneric.
 //
 // Most matmul kernels of a set are exact in float64 like the generic
-// kernels (the f32-sum quantized kernels of the AVX2 and AVX-512 sets, the
-// default where they apply, are the exception: see matmulF32): a weight (a
+// kernels (the f32-sum quantized kernels of the AVX2, AVX-512 and NEON sets,
+// the default where they apply, are the exception: see matmulF32): a weight (a
 // small unsigned integer q, a bf16 or an f32 value) times an f32 input is
 // exact in float64, the kernels sum such products in
 // float64 lanes, and the output is rounded to f32 once. Their results
@@ -56,9 +56,12 @@ type kernelSet struct {
 	// quantized ones read f32 scales and biases, the "b" ones bf16.
 	q4, q8, q4b, q8b, bf16, f32 [2]func(*kargs)
 	// Quantized kernels that sum in f32 (nil: none; groups of a multiple
-	// of 4·lanes), f32 scales and biases, and ("b") bf16: the default where
-	// present (see matmulF32).
+	// of f32Step()), f32 scales and biases, and ("b") bf16: the default
+	// where present (see matmulF32).
 	q4f, q8f, q4fb, q8fb [2]func(*kargs)
+	// f32step: the values of a step of the f32-sum kernels, as many as
+	// their partial sums per input row (0: 4·lanes).
+	f32step int
 	// split4: the 4-bit f32-sum kernels read their input rows as split4
 	// lays them out (else as permute4 does, per block of 2·lanes).
 	split4 bool
@@ -173,17 +176,20 @@ func (ks *kernelSet) matmul(bits, group int, wdt, sdt dtype.DType) *[2]func(*kar
 
 // matmulF32 returns the set's f32-sum kernels for a quantized format, or
 // nil. Most dequantize each weight to w = scale·q + bias in f32, as an f32
-// dequantization does, and sum w·x in f32 lanes (four accumulators a row):
-// about half the work per weight of the float64 kernels; the AVX-512 4-bit
-// ones (split4; groups of 64 or a multiple of 128) sum the exact q·x of a
-// group in f32 and add scale·Σq·x and then bias·Σx per group (see
-// quantF32Nib in gen_amd64.go). A result is within about (K/(4·lanes) +
-// 10)·2⁻²⁴·Σ(|scale·q| + |bias|)·|x| of the exact dot product of the f32
-// weights (see quantF32Nib for the short rows of the AVX-512 4-bit
-// kernels), and the same for a row whatever the batch. They read f32 or
-// bf16 scales and biases (others are converted to f32 per block of rows).
+// dequantization does, and sum w·x in f32 lanes (AVX2, AVX-512: four
+// accumulators a row; NEON: eight of four lanes, see quantF32 in
+// gen_arm64.go): about half the work per weight of the float64 kernels;
+// the AVX-512 4-bit ones (split4; groups of 64 or a multiple of 128) sum
+// the exact q·x of a group in f32 and add scale·Σq·x and then bias·Σx per
+// group (see quantF32Nib in gen_amd64.go). A result is within about
+// (K/S + 10)·2⁻²⁴·Σ(|scale·q| + |bias|)·|x| of the exact dot product of the
+// f32 weights, S = f32Step() being the partial sums per row (AVX2 and
+// NEON 32, AVX-512 64; see quantF32Nib for the short rows of the AVX-512
+// 4-bit kernels), and the same for a row whatever the batch. They read f32
+// or bf16 scales and biases (others are converted to f32 per block of
+// rows).
 func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
-	if ks == nil || ks.q4f[0] == nil || group%(4*ks.lanes) != 0 {
+	if ks == nil || ks.q4f[0] == nil || group%ks.f32Step() != 0 {
 		return nil
 	}
 	if bits == 4 && ks.split4 && group != 64 && group%128 != 0 {
@@ -201,6 +207,15 @@ func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs
 		return &ks.q8f
 	}
 	return nil
+}
+
+// f32Step returns the values a step of the set's f32-sum kernels takes:
+// f32step, or 4·lanes where that is 0.
+func (ks *kernelSet) f32Step() int {
+	if ks.f32step != 0 {
+		return ks.f32step
+	}
+	return 4 * ks.lanes
 }
 
 // int8Kernels returns the set's int8-activation kernels for a quantized

@@ -77,7 +77,7 @@ func compareExact(t *testing.T, what string, got, want []float32) {
 // compareF32 checks got (the f32-sum kernels) against want (the generic
 // float64 kernels): each within (K/32 + 10)·2⁻²⁴·mag[i] + one f32 step, mag
 // being Σ|w|·|x| of the output (K/32: the additions per accumulator lane
-// of the AVX2 kernels; AVX-512 has half as many).
+// of the AVX2 and NEON kernels; AVX-512 has half as many).
 func compareF32(t *testing.T, what string, got, want []float32, mag []float64, k int) {
 	t.Helper()
 	if len(got) != len(want) || len(mag) != len(got) {
@@ -320,6 +320,31 @@ func TestKernelsOption(t *testing.T) {
 	}
 	if b := newBackend(t); b.Kernels() != want {
 		t.Errorf("default kernels %q, want %q", b.Kernels(), want)
+	}
+}
+
+// TestFloat64SumsOption checks the choice between the f32-sum and the
+// float64 quantized kernels: f32 sums by default where the set has them,
+// float64 with GEMMOE_CPU_F64=1 unless WithFloat64Sums says otherwise.
+func TestFloat64SumsOption(t *testing.T) {
+	c := simdCase{4, 64, dtype.U32, dtype.BF16}
+	t.Setenv("GEMMOE_CPU_F64", "")
+	b := newBackend(t)
+	if b.Float64Sums() {
+		t.Errorf("default: Float64Sums")
+	}
+	if ks := b.ks; ks != nil && ks.q4f[0] != nil && !f32Sums(b, c) {
+		t.Errorf("%s: the default backend does not run the f32-sum kernels for %s", ks.name, c)
+	}
+	if b := newBackend(t, WithFloat64Sums(true)); !b.Float64Sums() || f32Sums(b, c) {
+		t.Errorf("WithFloat64Sums(true): Float64Sums %v, f32 sums %v", b.Float64Sums(), f32Sums(b, c))
+	}
+	t.Setenv("GEMMOE_CPU_F64", "1")
+	if b := newBackend(t); !b.Float64Sums() || f32Sums(b, c) {
+		t.Errorf("GEMMOE_CPU_F64=1: Float64Sums %v, f32 sums %v", b.Float64Sums(), f32Sums(b, c))
+	}
+	if b := newBackend(t, WithFloat64Sums(false)); b.Float64Sums() {
+		t.Errorf("GEMMOE_CPU_F64=1 with WithFloat64Sums(false): Float64Sums")
 	}
 }
 
