@@ -86,7 +86,7 @@ type Backend struct {
 	compiles, cacheHits int // kernel modules built / read from the disk cache
 
 	mvKernel string // benchmarks: force this matrix-vector kernel variant
-	mvNoTC   bool   // tests and benchmarks: no tensor-core matrix-vector kernel (qmvt)
+	mvNoTC   bool   // benchmarks: no tensor-core matrix-vector kernel (qmvt)
 
 	// Benchmarks and tests: gemmPlain runs every bf16 GEMM through gemm_tc
 	// (not the pipelined gemm_q4, gemm_q4b, gemm_q8); mvRowsMode chooses

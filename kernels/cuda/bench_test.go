@@ -727,7 +727,6 @@ func fusedLayerOps(be *Backend, dl *decodeLayers) []layerOp {
 		{"attention", func(l *decodeLayer) error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) }},
 		{"o_proj", func(l *decodeLayer) error { return be.MatMul(o, a, l.o) }},
 		{"add_rmsnorm", func(l *decodeLayer) error { return be.AddRMSNorm(h, o, nw, 1e-6, 1) }},
-		{"side", func(l *decodeLayer) error { return nil }}, // marks where the dense MLP forks
 		{"dense_glu", func(l *decodeLayer) error { return be.NormGLU(g, l.gate, l.up, kernels.Tensor{}, h, np) }},
 		{"dense_down", func(l *decodeLayer) error { return be.MatMul(m, g, l.down) }},
 		{"router", func(l *decodeLayer) error {
@@ -811,9 +810,6 @@ func BenchmarkDecodeLayerChain(b *testing.B) {
 	ops := fusedLayerOps(be, dl)
 	b.Run("all", func(b *testing.B) { timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", "moe_epilogue")) })
 	for _, op := range ops {
-		if op.name == "side" {
-			continue
-		}
 		b.Run("no_"+op.name, func(b *testing.B) { timeLayers(b, be, dl, 12, fusedLayerStep(be, ops, op.name, "moe_epilogue")) })
 	}
 	// Where the side stream joins the main one (its edge into the graph is

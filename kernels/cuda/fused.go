@@ -216,20 +216,28 @@ func (b *Backend) tcMVOK(segs []mvSeg, glu bool, x kernels.Tensor, n mvNormArgs)
 	if glu {
 		tile = 8
 	}
-	rows := 0
 	for _, s := range segs {
 		if s.w.N%tile != 0 || !sameFormat(s.w, w0) {
 			return false
 		}
-		rows += s.w.N
-	}
-	if glu {
-		rows = 2 * w0.N
 	}
 	if qmvtSmem(w0, n) > b.props.MaxSharedOptin {
 		return false
 	}
-	return b.mvKernel == mvTC || int64(rows)*int64(w0.K)/2 >= qmvtMinBytes
+	return b.mvKernel == mvTC || int64(qmvtRows(segs, glu))*int64(w0.K)/2 >= qmvtMinBytes
+}
+
+// qmvtRows is the number of weight rows a qmvt launch multiplies: the
+// segments' rows, or gate and up rows for GLU.
+func qmvtRows(segs []mvSeg, glu bool) int {
+	if glu {
+		return 2 * segs[0].w.N
+	}
+	rows := 0
+	for _, s := range segs {
+		rows += s.w.N
+	}
+	return rows
 }
 
 // qmvtSmem is the dynamic shared memory of a qmvt launch: the warps' rings
@@ -265,14 +273,7 @@ func (b *Backend) qmvt(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.DeviceP
 	ids cuda.DevicePtr, nexp, P int, wstride, gstride int64) error {
 	w0 := segs[0].w
 	smem := qmvtSmem(w0, n) // tcMVOK checked that it fits
-	rows := 0
-	for _, s := range segs {
-		rows += s.w.N
-	}
-	if glu {
-		rows = 2 * w0.N
-	}
-	tiles := rows / 16
+	tiles := qmvtRows(segs, glu) / 16
 	name := "qmvt4"
 	if glu {
 		name = "qmvt4_glu"
