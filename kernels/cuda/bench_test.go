@@ -826,7 +826,9 @@ func BenchmarkDecodeLayerChain(b *testing.B) {
 // BenchmarkFusedMV: the fused matrix-vector launches of a decode layer
 // (norm in the staging): the experts' gate and up (8 of 128, 2816→704,
 // ids on the device), q/k/v in one launch, the dense gate and up, and the LM
-// head with its softcap. Bytes count every weight read.
+// head with its softcap. Bytes count every weight read. The hot_ variants
+// keep their weights in the L2 (one copy; 8 experts, all selected), to
+// compare with the same launches reading from DRAM.
 func BenchmarkFusedMV(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(6, 6))
@@ -870,6 +872,27 @@ func BenchmarkFusedMV(b *testing.B) {
 			n := min(len(gs), len(us))
 			timeLoop(b, be, 2*float64(one), func(i int) error { return be.NormGLU(y, gs[i%n], us[i%n], kernels.Tensor{}, x, np) })
 		})
+		if m.name == "_cudacores" { // weights that stay in the L2 (one copy; the experts: 8 of 8)
+			b.Run("hot_experts_glu_q4_8x704x2816_top8", func(b *testing.B) {
+				const E, k = 8, 8
+				gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
+				us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
+				views := randomExpertIDs(b, be, r, E, k, 1)
+				y, _ := be.Alloc(dtype.BF16, 1, k, 704)
+				timeLoop(b, be, 2*k*float64(one/E), func(i int) error { return be.NormGLU(y, gs[0], us[0], views[0], x, np) })
+			})
+			b.Run("hot_qkv_q4_8192x2816", func(b *testing.B) {
+				qs, oq := benchWeights(b, be, 0, 4096, Hd, 4, 64, 0)
+				ks, ok := benchWeights(b, be, 0, 2048, Hd, 4, 64, 0)
+				vs, _ := makeBenchWeights(b, be, 0, 2048, Hd, 4, 64, 0)
+				q, _ := be.Alloc(dtype.BF16, 1, 4096)
+				kk, _ := be.Alloc(dtype.BF16, 1, 2048)
+				v, _ := be.Alloc(dtype.BF16, 1, 2048)
+				timeLoop(b, be, float64(oq+2*ok), func(i int) error {
+					return be.NormMatMul([]kernels.Tensor{q, kk, v}, []*kernels.Weight{qs[0], ks[0], vs[0]}, x, np, 0)
+				})
+			})
+		}
 		b.Run("lm_head_q4_262144x2816_softcap"+m.name, func(b *testing.B) {
 			defer m.set(be)()
 			ws, one := benchWeights(b, be, 0, 262144, Hd, 4, 64, 4*l2)
