@@ -903,3 +903,80 @@ func BenchmarkFusedMV(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLaunchAnatomy times launches in a graph of 20 (as timeLoop does)
+// whose weights stay in the L2, over shapes, to separate what a decode
+// launch costs whatever its size from what grows with it: a one-block
+// launch on 16 values (scale_16) and a one-block RMSNorm of 2816; 4-bit
+// matrix-vector products of N rows and K inputs with the input norm in
+// the staging (normmv; normmv_tc on the tensor cores), the same kernel
+// without the norm (fusedmv_nonorm) and the plain kernel (mv); the
+// experts' gate and up for 1 to
+// 8 selected experts (8 in the L2).
+func BenchmarkLaunchAnatomy(b *testing.B) {
+	be := benchBackend(b)
+	r := rand.New(rand.NewPCG(7, 7))
+	small := put(b, be, dtype.F32, randn(r, 16, 1), 16)
+	b.Run("scale_16", func(b *testing.B) {
+		timeLoop(b, be, 64, func(int) error { return be.Scale(small, small, 1) })
+	})
+	const Hd = 2816
+	h := put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
+	hn, _ := be.Alloc(dtype.BF16, 1, Hd)
+	b.Run("rmsnorm_2816", func(b *testing.B) {
+		timeLoop(b, be, 4*Hd, func(int) error { return be.RMSNorm(hn, h, kernels.Tensor{}, 1e-6) })
+	})
+	for _, K := range []int{256, 1024, 2816, 5632} {
+		nv := make([]float32, K)
+		for i := range nv {
+			nv[i] = 1
+		}
+		nw := put(b, be, dtype.F32, nv, K)
+		np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
+		x := put(b, be, dtype.BF16, randn(r, K, 1), 1, K)
+		for _, N := range []int{128, 1024, 4096, 8192, 16384} {
+			ws, one := benchWeights(b, be, 0, N, K, 4, 64, 0)
+			y, _ := be.Alloc(dtype.BF16, 1, N)
+			b.Run(fmt.Sprintf("normmv_N%d_K%d", N, K), func(b *testing.B) {
+				timeLoop(b, be, float64(one), func(int) error {
+					return be.NormMatMul([]kernels.Tensor{y}, []*kernels.Weight{ws[0]}, x, np, 0)
+				})
+			})
+			b.Run(fmt.Sprintf("mv_N%d_K%d", N, K), func(b *testing.B) {
+				timeLoop(b, be, float64(one), func(int) error { return be.MatMul(y, x, ws[0]) })
+			})
+			b.Run(fmt.Sprintf("fusedmv_nonorm_N%d_K%d", N, K), func(b *testing.B) {
+				xp, _ := be.dev(x, "x")
+				data, sc, bi, _ := be.weightPtrs(ws[0])
+				yp, _ := be.dev(y, "y")
+				segs := []mvSeg{{w: ws[0], data: data, sc: sc, bi: bi, y: y, yp: yp}}
+				timeLoop(b, be, float64(one), func(int) error {
+					return be.locked(func() error {
+						return be.fusedMV(segs, false, x, xp, 1, mvNormArgs{off: true, scale: 1}, 0, 0, 0, 1, 0, 0)
+					})
+				})
+			})
+			b.Run(fmt.Sprintf("normmv_tc_N%d_K%d", N, K), func(b *testing.B) {
+				defer mvModes(4)[1].set(be)()
+				timeLoop(b, be, float64(one), func(int) error {
+					return be.NormMatMul([]kernels.Tensor{y}, []*kernels.Weight{ws[0]}, x, np, 0)
+				})
+			})
+		}
+	}
+	nv := make([]float32, Hd)
+	for i := range nv {
+		nv[i] = 1
+	}
+	np := kernels.NormParams{Weight: put(b, be, dtype.F32, nv, Hd), Eps: 1e-6, XDType: dtype.BF16}
+	const E = 8
+	gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
+	us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
+	for _, k := range []int{1, 2, 4, 8} {
+		ids := putRaw(b, be, dtype.I32, i32bytes([]int32{0, 1, 2, 3, 4, 5, 6, 7}[:k]), 1, k)
+		y, _ := be.Alloc(dtype.BF16, 1, k, 704)
+		b.Run(fmt.Sprintf("experts_glu_top%d", k), func(b *testing.B) {
+			timeLoop(b, be, 2*float64(k)*float64(one/E), func(int) error { return be.NormGLU(y, gs[0], us[0], ids, h, np) })
+		})
+	}
+}
