@@ -23,6 +23,39 @@ struct Identity {
     __device__ __forceinline__ float operator()(float v, int) const { return v; }
 };
 
+// store_xs stores the VE (4 or 8) elements f of x vector idx into the
+// chunked staging layout (element i at (i/E)·(E+PAD) + i%E). Where VE
+// divides E they are contiguous and 16-byte aligned (E+PAD and VE are
+// multiples of 4), and go as 16-byte stores: a warp's lanes, VE elements
+// apart, then fall in distinct banks, where one float at a time they met
+// four to a bank. load_xs reads them back (VE dividing E).
+template <int E, int PAD>
+__device__ __forceinline__ void store_xs(float* xs, int idx, int VE, const float (&f)[8]) {
+    const int e = idx * VE;
+    float* p = xs + (e / E) * (E + PAD) + e % E;
+    if (E % 8 == 0 && VE == 8) {
+        *(float4*)p = make_float4(f[0], f[1], f[2], f[3]);
+        *(float4*)(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
+    } else if (E % 4 == 0 && VE == 4) {
+        *(float4*)p = make_float4(f[0], f[1], f[2], f[3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (k < VE) xs[((e + k) / E) * (E + PAD) + (e + k) % E] = f[k];
+    }
+}
+template <int E, int PAD>
+__device__ __forceinline__ void load_xs(const float* xs, int idx, int VE, float (&f)[8]) {
+    const int e = idx * VE;
+    const float* p = xs + (e / E) * (E + PAD) + e % E;
+    const float4 a = *(const float4*)p;
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+    if (VE == 8) {
+        const float4 b = *(const float4*)(p + 4);
+        f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+    }
+}
+
 // stage_xt is stage_x with each element v (index e) replaced by tf(v, e)
 // before it is stored and summed.
 template <int E, int PAD, int SUMS, class TF>
@@ -68,12 +101,12 @@ __device__ __forceinline__ void stage_xt(float* xs, float* xsum, const void* x, 
 #pragma unroll
                     for (int k = 0; k < 8; k++) {
                         if (k < VE) {
-                            int e = idx * VE + k;
-                            f[k] = tf(f[k], e);
+                            f[k] = tf(f[k], idx * VE + k);
                             if (k & 1) so += f[k]; else se += f[k];
-                            xs[(e / E) * (E + PAD) + e % E] = (SUMS == 4 && (k & 1)) ? f[k] * 0.0625f : f[k];
+                            if (SUMS == 4 && (k & 1)) f[k] *= 0.0625f;
                         }
                     }
+                    store_xs<E, PAD>(xs, idx, VE, f);
                 }
                 if (SUMS) { // the VPC vectors of a chunk sit in consecutive lanes
                     for (int o = VPC / 2; o > 0; o >>= 1) {
@@ -147,13 +180,9 @@ __device__ __forceinline__ bool stage_xn(float* xs, float* xsum, const void* x, 
                     for (int k = 0; k < 4; k++) { f[2 * k] = h2f((u16)(w[k] & 0xffffu)); f[2 * k + 1] = h2f((u16)(w[k] >> 16)); }
                 }
 #pragma unroll
-                for (int k = 0; k < 8; k++) {
-                    if (k < VE) {
-                        int e = idx * VE + k;
-                        xs[(e / E) * (E + PAD) + e % E] = f[k];
-                        ss += f[k] * f[k];
-                    }
-                }
+                for (int k = 0; k < 8; k++)
+                    if (k < VE) ss += f[k] * f[k];
+                store_xs<E, PAD>(xs, idx, VE, f);
             }
         }
     }
@@ -165,16 +194,17 @@ __device__ __forceinline__ bool stage_xn(float* xs, float* xsum, const void* x, 
             int idx = base + u * blockDim.x + threadIdx.x;
             float se = 0.f, so = 0.f;
             if (idx < nvec) {
+                float f[8];
+                load_xs<E, PAD>(xs, idx, VE, f);
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
                     if (k < VE) {
-                        int e = idx * VE + k;
-                        float* p = xs + (e / E) * (E + PAD) + e % E;
-                        float f = tf(*p, e, r);
-                        if (k & 1) so += f; else se += f;
-                        *p = (SUMS == 4 && (k & 1)) ? f * 0.0625f : f;
+                        f[k] = tf(f[k], idx * VE + k, r);
+                        if (k & 1) so += f[k]; else se += f[k];
+                        if (SUMS == 4 && (k & 1)) f[k] *= 0.0625f;
                     }
                 }
+                store_xs<E, PAD>(xs, idx, VE, f);
             }
             if (SUMS) { // the VPC vectors of a chunk sit in consecutive lanes
                 for (int o = VPC / 2; o > 0; o >>= 1) {
