@@ -142,13 +142,15 @@ __device__ __forceinline__ void stage_xt(float* xs, float* xsum, const void* x, 
     __syncthreads();
 }
 
-// stage_xn stages the normed row: xs = tf(x, e, r) with r = rsqrt(mean(x²)
-// + eps), in one pass over global memory (the raw values go to shared
-// memory with Σx², then each thread transforms the elements it staged).
+// stage_xn stages the normed row: xs = tf(x, r, w) with r = rsqrt(mean(x²)
+// + eps) and w the element's norm weight (nws, f32 in shared memory; 1
+// where nws is null), in one pass over global memory (the raw values go to
+// shared memory with Σx², then each thread transforms the elements it
+// staged).
 // It returns false (nothing done) when the row is not 16-byte aligned.
 template <int E, int PAD, int SUMS, class TF>
 __device__ __forceinline__ bool stage_xn(float* xs, float* xsum, const void* x, i64 xoff, int xdt, int K, float eps,
-                                         float* red, TF tf) {
+                                         float* red, const float* nws, TF tf) {
     const int esz = xdt == DT_F32 ? 4 : 2;
     const char* xr = (const char*)x + xoff * esz;
     const int VE = 16 / esz;
@@ -194,12 +196,24 @@ __device__ __forceinline__ bool stage_xn(float* xs, float* xsum, const void* x, 
             int idx = base + u * blockDim.x + threadIdx.x;
             float se = 0.f, so = 0.f;
             if (idx < nvec) {
-                float f[8];
+                float f[8], wv[8];
                 load_xs<E, PAD>(xs, idx, VE, f);
+                const float* wp = nws + idx * VE;
+                if (nws && ((size_t)wp & 15) == 0) { // 16-byte loads (see store_xs)
+                    const float4 a = *(const float4*)wp;
+                    wv[0] = a.x, wv[1] = a.y, wv[2] = a.z, wv[3] = a.w;
+                    if (VE == 8) {
+                        const float4 b = *(const float4*)(wp + 4);
+                        wv[4] = b.x, wv[5] = b.y, wv[6] = b.z, wv[7] = b.w;
+                    }
+                } else {
+#pragma unroll
+                    for (int k = 0; k < 8; k++) wv[k] = nws && k < VE ? wp[k] : 1.f;
+                }
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
                     if (k < VE) {
-                        f[k] = tf(f[k], idx * VE + k, r);
+                        f[k] = tf(f[k], r, wv[k]);
                         if (k & 1) so += f[k]; else se += f[k];
                         if (SUMS == 4 && (k & 1)) f[k] *= 0.0625f;
                     }
@@ -538,18 +552,29 @@ __device__ __forceinline__ int seg_of(const MVParams& P, int row) {
 
 // store_vec_f32 writes the values of one 16-byte vector of type dt (4 f32
 // or 8 f16/bf16) to d as f32.
+// (16-byte stores where d is 16-byte aligned: see store_xs).
 __device__ __forceinline__ void store_vec_f32(float* d, uint4 v, int dt) {
     u32 w[4] = {v.x, v.y, v.z, v.w};
+    float f[8];
+    const int n = dt == DT_F32 ? 4 : 8;
     if (dt == DT_F32) {
 #pragma unroll
-        for (int k = 0; k < 4; k++) d[k] = __uint_as_float(w[k]);
+        for (int k = 0; k < 4; k++) f[k] = __uint_as_float(w[k]);
     } else if (dt == DT_BF16) {
 #pragma unroll
-        for (int k = 0; k < 4; k++) { d[2 * k] = __uint_as_float(w[k] << 16); d[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u); }
+        for (int k = 0; k < 4; k++) { f[2 * k] = __uint_as_float(w[k] << 16); f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u); }
     } else {
 #pragma unroll
-        for (int k = 0; k < 4; k++) { d[2 * k] = h2f((u16)(w[k] & 0xffffu)); d[2 * k + 1] = h2f((u16)(w[k] >> 16)); }
+        for (int k = 0; k < 4; k++) { f[2 * k] = h2f((u16)(w[k] & 0xffffu)); f[2 * k + 1] = h2f((u16)(w[k] >> 16)); }
     }
+    if (((size_t)d & 15) == 0) {
+        *(float4*)d = make_float4(f[0], f[1], f[2], f[3]);
+        if (n == 8) *(float4*)(d + 4) = make_float4(f[4], f[5], f[6], f[7]);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (k < n) d[k] = f[k];
 }
 
 // MVNormLoad is the norm weight of a fused matrix-vector launch read at
@@ -607,16 +632,16 @@ __device__ __forceinline__ void mv_stage(const MVParams& P, float* xs, float* xs
             for (int i = threadIdx.x; i < K; i += blockDim.x) nws[i] = ldf(nw, i, nwdt);
         }
     }
-    auto tf = [&](float v, int e, float r) -> float {
+    auto tf = [&](float v, float r, float w) -> float {
         v = v * r;
-        if (nw) v *= nws[e];
+        if (nw) v *= w;
         v = round_act(v, xrdt);
         if (nscale != 1.f) v = round_act(nscale * v, xrdt);
         return v;
     };
     if (!P.norm) {
         stage_x<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K);
-    } else if (!stage_xn<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, eps, red, tf)) {
+    } else if (!stage_xn<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, eps, red, nw ? nws : nullptr, tf)) {
         float ss = 0.f;
         for (int i = threadIdx.x; i < K; i += blockDim.x) {
             float v = ldf(P.x, xoff + i, xdt);
@@ -624,7 +649,7 @@ __device__ __forceinline__ void mv_stage(const MVParams& P, float* xs, float* xs
         }
         ss = block_sum(ss, red);
         const float r = rsqrtf(ss / (float)K + eps);
-        stage_xt<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, [&](float v, int e) { return tf(v, e, r); });
+        stage_xt<E, PAD, BITS>(xs, xsum, P.x, xoff, xdt, K, [&](float v, int e) { return tf(v, r, nw ? nws[e] : 1.f); });
     }
 }
 
