@@ -823,6 +823,16 @@ func BenchmarkDecodeLayerChain(b *testing.B) {
 	}
 }
 
+// unitNorm returns the RMSNorm of the benchmarks' fused launches: a weight
+// of K ones (f32), x stored as bf16.
+func unitNorm(b *testing.B, be *Backend, K int) kernels.NormParams {
+	nv := make([]float32, K)
+	for i := range nv {
+		nv[i] = 1
+	}
+	return kernels.NormParams{Weight: put(b, be, dtype.F32, nv, K), Eps: 1e-6, XDType: dtype.BF16}
+}
+
 // BenchmarkFusedMV: the fused matrix-vector launches of a decode layer
 // (norm in the staging): the experts' gate and up (8 of 128, 2816→704,
 // ids on the device), q/k/v in one launch, the dense gate and up, and the LM
@@ -833,12 +843,7 @@ func BenchmarkFusedMV(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(6, 6))
 	const Hd = 2816
-	nv := make([]float32, Hd)
-	for i := range nv {
-		nv[i] = 1
-	}
-	nw := put(b, be, dtype.F32, nv, Hd)
-	np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
+	np := unitNorm(b, be, Hd)
 	x := put(b, be, dtype.BF16, randn(r, Hd, 1), 1, Hd)
 	l2 := max(be.props.L2Bytes, 50<<20)
 	for _, m := range mvModes(4) {
@@ -927,12 +932,7 @@ func BenchmarkLaunchAnatomy(b *testing.B) {
 		timeLoop(b, be, 4*Hd, func(int) error { return be.RMSNorm(hn, h, kernels.Tensor{}, 1e-6) })
 	})
 	for _, K := range []int{256, 1024, 2816, 5632} {
-		nv := make([]float32, K)
-		for i := range nv {
-			nv[i] = 1
-		}
-		nw := put(b, be, dtype.F32, nv, K)
-		np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
+		np := unitNorm(b, be, K)
 		x := put(b, be, dtype.BF16, randn(r, K, 1), 1, K)
 		for _, N := range []int{128, 1024, 4096, 8192, 16384} {
 			ws, one := benchWeights(b, be, 0, N, K, 4, 64, 0)
@@ -964,11 +964,7 @@ func BenchmarkLaunchAnatomy(b *testing.B) {
 			})
 		}
 	}
-	nv := make([]float32, Hd)
-	for i := range nv {
-		nv[i] = 1
-	}
-	np := kernels.NormParams{Weight: put(b, be, dtype.F32, nv, Hd), Eps: 1e-6, XDType: dtype.BF16}
+	np := unitNorm(b, be, Hd)
 	const E = 8
 	gs, one := benchWeights(b, be, E, 704, Hd, 4, 64, 0)
 	us, _ := makeBenchWeights(b, be, E, 704, Hd, 4, 64, 0)
