@@ -198,7 +198,7 @@ __device__ __forceinline__ bool stage_xn(float* xs, float* xsum, const void* x, 
             if (idx < nvec) {
                 float f[8], wv[8];
                 load_xs<E, PAD>(xs, idx, VE, f);
-                const float* wp = nws + idx * VE;
+                const float* wp = nws + idx * VE; // read only where nws is set
                 if (nws && ((size_t)wp & 15) == 0) { // 16-byte loads (see store_xs)
                     const float4 a = *(const float4*)wp;
                     wv[0] = a.x, wv[1] = a.y, wv[2] = a.z, wv[3] = a.w;
@@ -551,8 +551,8 @@ __device__ __forceinline__ int seg_of(const MVParams& P, int row) {
 #define SEG_FIELD(P, s, f) ((s) == 0 ? (P).seg[0].f : (s) == 1 ? (P).seg[1].f : (s) == 2 ? (P).seg[2].f : (P).seg[3].f)
 
 // store_vec_f32 writes the values of one 16-byte vector of type dt (4 f32
-// or 8 f16/bf16) to d as f32.
-// (16-byte stores where d is 16-byte aligned: see store_xs).
+// or 8 f16/bf16) to d as f32, with 16-byte stores where d is 16-byte
+// aligned (see store_xs).
 __device__ __forceinline__ void store_vec_f32(float* d, uint4 v, int dt) {
     u32 w[4] = {v.x, v.y, v.z, v.w};
     float f[8];
