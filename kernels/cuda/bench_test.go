@@ -916,8 +916,7 @@ func BenchmarkFusedMV(b *testing.B) {
 // matrix-vector products of N rows and K inputs with the input norm in
 // the staging (normmv; normmv_tc on the tensor cores), the same kernel
 // without the norm (fusedmv_nonorm) and the plain kernel (mv); the
-// experts' gate and up for 1 to
-// 8 selected experts (8 in the L2).
+// experts' gate and up for 1 to 8 selected experts (8 in the L2).
 func BenchmarkLaunchAnatomy(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(7, 7))
