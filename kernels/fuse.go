@@ -11,11 +11,27 @@ import (
 // product: xn = RMSNorm(x, Weight, Eps) kept in type XDType, then, if Scale
 // is neither 0 nor 1, xn = Scale·xn (in XDType again) — what RMSNorm into a
 // tensor of type XDType followed by Scale computes.
+//
+// With Off the input is already normed (a NormOut of the op before wrote
+// it): xn = x, and the other fields are not used.
 type NormParams struct {
 	Weight Tensor // zero: no weight
 	Eps    float32
 	Scale  float32     // 0 or 1: none
 	XDType dtype.DType // the type the unfused sequence stores xn in
+	Off    bool        // x is xn
+}
+
+// NormOut asks a fused op that writes the residual h (AddRMSNorm,
+// MoEEpilogue) to write a normed copy of the new h as well: Y =
+// RMSNorm(h, Norm.Weight, Norm.Eps) in Y's type, then Scale(Y, Y,
+// Norm.Scale) unless it is 0 or 1 — the xn that a NormMatMul or NormGLU of h
+// with Norm computes, which the ops after then take with NormParams{Off:
+// true} instead of norming h in each of their launches. Norm.XDType is not
+// used (Y's type is).
+type NormOut struct {
+	Y    Tensor
+	Norm NormParams
 }
 
 // AttentionPrepParams describes Fuser.AttentionPrep.
@@ -64,14 +80,16 @@ type Fuser interface {
 	// head, KNorm), RoPE(k), StoreKV(KCache, k), StoreKV(VCache, v).
 	AttentionPrep(q, k, v Tensor, p AttentionPrepParams) error
 	// AddRMSNorm adds a normed a [M,N] to the residual h: RMSNorm(a, a, w,
-	// eps), Add(h, h, a), and Scale(h, h, scale) unless scale is 1.
-	AddRMSNorm(h, a, w Tensor, eps, scale float32) error
+	// eps), Add(h, h, a), and Scale(h, h, scale) unless scale is 1; then
+	// each of outs from the new h (NormOut).
+	AddRMSNorm(h, a, w Tensor, eps, scale float32, outs ...NormOut) error
 	// MoEEpilogue ends a MoE layer on h [M,N] from the dense MLP's output d
 	// [M,N], the experts' outputs down [M,k,N] and their weights [M,k] (F32):
 	// RMSNorm(d, d, Post1), MoECombine(e, down, weights) (e of d's type),
 	// RMSNorm(e, e, Post2), Add(d, d, e), RMSNorm(d, d, PostFF), Add(h, h,
-	// d), Scale(h, h, Scale) unless it is 1.
-	MoEEpilogue(h, d, down, weights Tensor, p MoEEpilogueParams) error
+	// d), Scale(h, h, Scale) unless it is 1; then each of outs from the new
+	// h (NormOut).
+	MoEEpilogue(h, d, down, weights Tensor, p MoEEpilogueParams, outs ...NormOut) error
 }
 
 // Unfused implements Fuser with the plain ops of the backend it wraps: the
@@ -87,24 +105,44 @@ func scaled(s float32) bool { return s != 0 && s != 1 }
 // temp allocates a scratch tensor of the backend (freed by the caller).
 func temp(b Backend, dt dtype.DType, shape ...int) (Tensor, error) { return b.Alloc(dt, shape...) }
 
+// normed returns the normed x of norm (x itself with Off) and what frees it.
+func (u Unfused) normed(x Tensor, norm NormParams) (Tensor, func(), error) {
+	if norm.Off {
+		return x, func() {}, nil
+	}
+	xn, err := temp(u.Backend, norm.XDType, x.Rows(), x.Cols())
+	if err != nil {
+		return Tensor{}, nil, err
+	}
+	free := func() { u.Free(xn) }
+	if err := u.writeNorm(NormOut{Y: xn, Norm: norm}, x); err != nil {
+		free()
+		return Tensor{}, nil, err
+	}
+	return xn, free, nil
+}
+
+// writeNorm runs the RMSNorm and Scale of o from h into o.Y.
+func (u Unfused) writeNorm(o NormOut, h Tensor) error {
+	if err := u.RMSNorm(o.Y, h, o.Norm.Weight, o.Norm.Eps); err != nil {
+		return err
+	}
+	if scaled(o.Norm.Scale) {
+		return u.Scale(o.Y, o.Y, o.Norm.Scale)
+	}
+	return nil
+}
+
 // NormMatMul runs RMSNorm, Scale, the MatMuls and Softcap.
 func (u Unfused) NormMatMul(ys []Tensor, ws []*Weight, x Tensor, norm NormParams, softcap float32) error {
 	if len(ys) != len(ws) || len(ys) == 0 {
 		return fmt.Errorf("kernels: NormMatMul of %d outputs and %d weights", len(ys), len(ws))
 	}
-	xn, err := temp(u.Backend, norm.XDType, x.Rows(), x.Cols())
+	xn, free, err := u.normed(x, norm)
 	if err != nil {
 		return err
 	}
-	defer u.Free(xn)
-	if err := u.RMSNorm(xn, x, norm.Weight, norm.Eps); err != nil {
-		return err
-	}
-	if scaled(norm.Scale) {
-		if err := u.Scale(xn, xn, norm.Scale); err != nil {
-			return err
-		}
-	}
+	defer free()
 	for i := range ys {
 		if err := u.MatMul(ys[i], xn, ws[i]); err != nil {
 			return err
@@ -120,19 +158,11 @@ func (u Unfused) NormMatMul(ys []Tensor, ws []*Weight, x Tensor, norm NormParams
 
 // NormGLU runs RMSNorm, the two products and GeluTanhMul.
 func (u Unfused) NormGLU(y Tensor, gate, up *Weight, ids, x Tensor, norm NormParams) error {
-	xn, err := temp(u.Backend, norm.XDType, x.Rows(), x.Cols())
+	xn, free, err := u.normed(x, norm)
 	if err != nil {
 		return err
 	}
-	defer u.Free(xn)
-	if err := u.RMSNorm(xn, x, norm.Weight, norm.Eps); err != nil {
-		return err
-	}
-	if scaled(norm.Scale) {
-		if err := u.Scale(xn, xn, norm.Scale); err != nil {
-			return err
-		}
-	}
+	defer free()
 	ut, err := temp(u.Backend, y.DType, y.Shape...)
 	if err != nil {
 		return err
@@ -197,8 +227,8 @@ func (u Unfused) AttentionPrep(q, k, v Tensor, p AttentionPrepParams) error {
 	return u.StoreKV(p.VCache, rows(v), p.Positions)
 }
 
-// AddRMSNorm runs RMSNorm, Add and Scale.
-func (u Unfused) AddRMSNorm(h, a, w Tensor, eps, scale float32) error {
+// AddRMSNorm runs RMSNorm, Add and Scale, then the norms of outs.
+func (u Unfused) AddRMSNorm(h, a, w Tensor, eps, scale float32, outs ...NormOut) error {
 	if err := u.RMSNorm(a, a, w, eps); err != nil {
 		return err
 	}
@@ -206,13 +236,26 @@ func (u Unfused) AddRMSNorm(h, a, w Tensor, eps, scale float32) error {
 		return err
 	}
 	if scale != 1 {
-		return u.Scale(h, h, scale)
+		if err := u.Scale(h, h, scale); err != nil {
+			return err
+		}
+	}
+	return u.writeNorms(h, outs)
+}
+
+// writeNorms writes each of outs from h (writeNorm).
+func (u Unfused) writeNorms(h Tensor, outs []NormOut) error {
+	for _, o := range outs {
+		if err := u.writeNorm(o, h); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// MoEEpilogue runs the norms, the combine, the adds and the scale.
-func (u Unfused) MoEEpilogue(h, d, down, weights Tensor, p MoEEpilogueParams) error {
+// MoEEpilogue runs the norms, the combine, the adds and the scale, then the
+// norms of outs.
+func (u Unfused) MoEEpilogue(h, d, down, weights Tensor, p MoEEpilogueParams, outs ...NormOut) error {
 	if d.IsZero() || h.IsZero() {
 		return errors.New("kernels: MoEEpilogue without h or d")
 	}
@@ -233,5 +276,5 @@ func (u Unfused) MoEEpilogue(h, d, down, weights Tensor, p MoEEpilogueParams) er
 	if err := u.Add(d, d, e); err != nil {
 		return err
 	}
-	return u.AddRMSNorm(h, d, p.PostFF, p.Eps, p.Scale)
+	return u.AddRMSNorm(h, d, p.PostFF, p.Eps, p.Scale, outs...)
 }

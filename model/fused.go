@@ -30,18 +30,45 @@ func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, t
 	act := b.ActivationDType()
 	rows := func(t kernels.Tensor, cols int) kernels.Tensor { t.Shape = []int{T, cols}; return t }
 	a, d := rows(s.a, H), rows(s.d, H)
+	// The ops that write h also write the normed copies of it that the
+	// launches after them read (kernels.NormOut), so those launches do not
+	// each norm h: the q/k/v input (s.e, written by the layer before), the
+	// dense MLP's (s.x), the router's and the experts' (moe.FusedNorms). Not
+	// with per-layer inputs, which change h between layers.
+	pre := cfg.PLEDim == 0
 	in := kernels.NormParams{Weight: l.inputNorm, Eps: eps, XDType: act}
-	if err := attention.ForwardFused(b, f, a, h, in, pos, &l.attn, l.spec, s.caches[i], s.attn); err != nil {
+	x, xq, xd := h, rows(s.e, H), rows(s.x, H)
+	if pre && i > 0 && s.qkvNormed {
+		x, in = xq, kernels.NormParams{Off: true}
+	}
+	s.qkvNormed = false
+	if err := attention.ForwardFused(b, f, a, x, in, pos, &l.attn, l.spec, s.caches[i], s.attn); err != nil {
 		return err
 	}
-	if err := f.AddRMSNorm(h, a, l.postAttnNorm, eps, 1); err != nil {
+	preFF := kernels.NormParams{Weight: l.preFFNorm, Eps: eps, XDType: act}
+	var outs []kernels.NormOut
+	if pre {
+		outs = append(outs, kernels.NormOut{Y: xd, Norm: preFF})
+		if l.moe != nil {
+			outs = append(outs, moe.FusedNorms(l.moe, m.moeSpec, s.moe, T)...)
+		}
+	}
+	if err := f.AddRMSNorm(h, a, l.postAttnNorm, eps, 1, outs...); err != nil {
 		return fmt.Errorf("post_attention_layernorm: %w", err)
+	}
+	// The next layer's q/k/v input, written with the new h at the layer's end.
+	var next []kernels.NormOut
+	if pre && i+1 < len(m.layers) {
+		next = []kernels.NormOut{{Y: xq, Norm: kernels.NormParams{Weight: m.layers[i+1].inputNorm, Eps: eps, XDType: act}}}
 	}
 	// Dense GeGLU MLP.
 	dense := func() error {
 		g := rows(s.g, l.cfg.MLPWidth)
-		pre := kernels.NormParams{Weight: l.preFFNorm, Eps: eps, XDType: act}
-		if err := f.NormGLU(g, &l.gate, &l.up, kernels.Tensor{}, h, pre); err != nil {
+		x, pn := h, preFF
+		if pre {
+			x, pn = xd, kernels.NormParams{Off: true}
+		}
+		if err := f.NormGLU(g, &l.gate, &l.up, kernels.Tensor{}, x, pn); err != nil {
 			return fmt.Errorf("mlp gate/up: %w", err)
 		}
 		if err := b.MatMul(d, g, &l.down); err != nil {
@@ -66,7 +93,7 @@ func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, t
 		}
 		var down, weights kernels.Tensor
 		if err == nil {
-			down, weights, err = moe.ExpertsFused(b, f, h, l.moe, m.moeSpec, s.moe)
+			down, weights, err = moe.ExpertsFused(b, f, h, l.moe, m.moeSpec, s.moe, pre)
 		}
 		if concurrent {
 			err = errors.Join(err, c.Join())
@@ -80,17 +107,18 @@ func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, t
 			}
 		}
 		p := kernels.MoEEpilogueParams{Post1: l.postFFNorm1, Post2: l.moe.PostNorm, PostFF: l.postFFNorm, Eps: eps, Scale: scale}
-		if err := f.MoEEpilogue(h, d, down, weights, p); err != nil {
+		if err := f.MoEEpilogue(h, d, down, weights, p, next...); err != nil {
 			return fmt.Errorf("post_feedforward_layernorms: %w", err)
 		}
 	} else {
 		if err := dense(); err != nil {
 			return err
 		}
-		if err := f.AddRMSNorm(h, d, l.postFFNorm, eps, scale); err != nil {
+		if err := f.AddRMSNorm(h, d, l.postFFNorm, eps, scale, next...); err != nil {
 			return fmt.Errorf("post_feedforward_layernorm: %w", err)
 		}
 	}
+	s.qkvNormed = len(next) > 0
 	if cfg.PLEDim > 0 {
 		if err := s.perLayerStep(i, h); err != nil {
 			return err

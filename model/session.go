@@ -34,6 +34,7 @@ type Session struct {
 	stage               [2][]byte      // staging for ids and positions
 	posv                []int32        // positions of the current step
 	shape1, shape2      []int          // reused shape storage for the ids and positions views
+	qkvNormed           bool           // s.e holds the next layer's normed q/k/v input (layerFused)
 	graph               kernels.Graph  // the recorded decode step (Capturer backends)
 	graphKey, keyBuf    []int          // cache capacities the graph was recorded with
 

@@ -87,6 +87,9 @@ type mvNormArgs struct {
 }
 
 func (b *Backend) normArgs(p kernels.NormParams, K int) (mvNormArgs, error) {
+	if p.Off {
+		return mvNormArgs{off: true, scale: 1}, nil
+	}
 	n := mvNormArgs{eps: p.Eps, scale: 1, xrdt: p.XDType}
 	if p.Scale != 0 {
 		n.scale = p.Scale
@@ -503,7 +506,11 @@ func (b *Backend) NormGLU(y kernels.Tensor, gate, up *kernels.Weight, ids, x ker
 func (b *Backend) normGLUGEMM(y kernels.Tensor, gate, up *kernels.Weight, ids, x kernels.Tensor, np kernels.NormParams,
 	M, P, xdiv int) (ok bool, err error) {
 	K := gate.K
-	if b.props.Major < 8 || b.gemmPlain || np.XDType != dtype.BF16 || !sameFormat(gate, up) ||
+	xdt := np.XDType
+	if np.Off {
+		xdt = x.DType
+	}
+	if b.props.Major < 8 || b.gemmPlain || xdt != dtype.BF16 || !sameFormat(gate, up) ||
 		(gate.Bits != 4 && gate.Bits != 8) || K%32 != 0 ||
 		gate.DataStride != up.DataStride || gate.GroupStride != up.GroupStride {
 		return false, nil
@@ -528,17 +535,19 @@ func (b *Backend) normGLUGEMM(y kernels.Tensor, gate, up *kernels.Weight, ids, x
 			return false, nil
 		}
 	}
-	xn, err := b.Alloc(dtype.BF16, M, K)
-	if err != nil {
-		return true, err
-	}
-	defer b.Free(xn)
-	if err := b.RMSNorm(xn, x, np.Weight, np.Eps); err != nil {
-		return true, err
-	}
-	if np.Scale != 0 && np.Scale != 1 {
-		if err := b.Scale(xn, xn, np.Scale); err != nil {
+	xn := x
+	if !np.Off {
+		if xn, err = b.Alloc(dtype.BF16, M, K); err != nil {
 			return true, err
+		}
+		defer b.Free(xn)
+		if err := b.RMSNorm(xn, x, np.Weight, np.Eps); err != nil {
+			return true, err
+		}
+		if np.Scale != 0 && np.Scale != 1 {
+			if err := b.Scale(xn, xn, np.Scale); err != nil {
+				return true, err
+			}
 		}
 	}
 	return true, b.locked(func() error {
@@ -679,7 +688,7 @@ func (b *Backend) AttentionPrep(q, k, v kernels.Tensor, p kernels.AttentionPrepP
 }
 
 // AddRMSNorm computes h = h + norm(a)·w (then ·scale) in one launch.
-func (b *Backend) AddRMSNorm(h, a, w kernels.Tensor, eps, scale float32) error {
+func (b *Backend) AddRMSNorm(h, a, w kernels.Tensor, eps, scale float32, outs ...kernels.NormOut) error {
 	if err := floatArg(h, "AddRMSNorm h"); err != nil {
 		return err
 	}
@@ -694,11 +703,19 @@ func (b *Backend) AddRMSNorm(h, a, w kernels.Tensor, eps, scale float32) error {
 		return fmt.Errorf("cuda: AddRMSNorm weight %s%v for rows of %d", w.DType, w.Shape, cols)
 	}
 	threads := min(1024, max(32, ceilDiv(cols, 4*32)*32)) // RMSNorm's: the same sums
-	if cols > epiMax*threads {
-		return b.unfused().AddRMSNorm(h, a, w, eps, scale)
+	if cols > epiMax*threads || len(outs) > normOutsMax {
+		return b.unfused().AddRMSNorm(h, a, w, eps, scale, outs...)
 	}
 	return b.locked(func() error {
 		ptrs, err := b.devs([]kernels.Tensor{h, a}, "AddRMSNorm h", "AddRMSNorm a")
+		if err != nil {
+			return err
+		}
+		E := 4
+		if epiKernel("add_rmsnorm", threads) == "add_rmsnorm" {
+			E = epiMax
+		}
+		oa, osmem, err := b.normOutsArg(outs, h, E, threads)
 		if err != nil {
 			return err
 		}
@@ -714,14 +731,59 @@ func (b *Backend) AddRMSNorm(h, a, w kernels.Tensor, eps, scale float32) error {
 			return nil
 		}
 		args := b.args.Reset()
-		args.Ptr(ptrs[0]).I32(int(h.DType)).Ptr(ptrs[1]).I32(int(a.DType)).Ptr(wp).I32(wdt).I32(cols).F32(eps).F32(scale)
-		return b.launch("elementwise", epiKernel("add_rmsnorm", threads), cuda.Dim3{X: a.Rows(), Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, 0, args)
+		args.Ptr(ptrs[0]).I32(int(h.DType)).Ptr(ptrs[1]).I32(int(a.DType)).Ptr(wp).I32(wdt).I32(cols).F32(eps).F32(scale).Blob(oa)
+		return b.launch("elementwise", epiKernel("add_rmsnorm", threads), cuda.Dim3{X: a.Rows(), Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, osmem, args)
 	})
 }
 
 // epiMax is EPI_MAX of elementwise.cu: values per thread of add_rmsnorm
 // and moe_epilogue.
 const epiMax = 8
+
+// normOutsMax is NORM_OUTS of elementwise.cu: the most kernels.NormOut one
+// add_rmsnorm or moe_epilogue launch writes (more take the plain ops).
+const normOutsMax = 3
+
+// normOutsArg lays out struct NormOuts (elementwise.cu) for outs, each a
+// normed copy of h, and returns the shared memory their weights take at E
+// values a thread of threads.
+func (b *Backend) normOutsArg(outs []kernels.NormOut, h kernels.Tensor, E, threads int) ([]byte, int, error) {
+	var w [4*normOutsMax + 2*normOutsMax + 1]uint64 // y, w, ydt, wdt, eps, scale, n
+	for i, o := range outs {
+		if o.Norm.Off {
+			return nil, 0, fmt.Errorf("cuda: NormOut %d with Off", i)
+		}
+		if err := floatArg(o.Y, "NormOut y"); err != nil {
+			return nil, 0, err
+		}
+		if o.Y.Numel() != h.Numel() || o.Y.Cols() != h.Cols() {
+			return nil, 0, fmt.Errorf("cuda: NormOut y%v for h%v", o.Y.Shape, h.Shape)
+		}
+		yp, err := b.dev(o.Y, "NormOut y")
+		if err != nil {
+			return nil, 0, err
+		}
+		w[i], w[2*normOutsMax+i] = uint64(yp), uint64(o.Y.DType)
+		if nw := o.Norm.Weight; !nw.IsZero() {
+			if !nw.DType.IsFloat() || nw.Numel() != h.Cols() {
+				return nil, 0, fmt.Errorf("cuda: NormOut weight %s%v for rows of %d", nw.DType, nw.Shape, h.Cols())
+			}
+			wp, err := b.dev(nw, "NormOut weight")
+			if err != nil {
+				return nil, 0, err
+			}
+			w[normOutsMax+i], w[3*normOutsMax+i] = uint64(wp), uint64(nw.DType)
+		}
+		w[4*normOutsMax+i] = math.Float64bits(float64(o.Norm.Eps))
+		w[5*normOutsMax+i] = math.Float64bits(float64(o.Norm.Scale))
+	}
+	w[6*normOutsMax] = uint64(len(outs))
+	raw := make([]byte, 8*len(w))
+	for i, v := range w {
+		binary.LittleEndian.PutUint64(raw[8*i:], v)
+	}
+	return raw, len(outs) * E * threads * 4, nil
+}
 
 // epiKernel names the variant of add_rmsnorm or moe_epilogue for a block
 // of threads: "_e4" (4 values a thread, registers for all loads at once)
@@ -735,7 +797,7 @@ func epiKernel(name string, threads int) string {
 
 // MoEEpilogue ends a MoE layer (see kernels.Fuser) in one launch per row
 // block: three norms, the combine, two adds and the layer scalar.
-func (b *Backend) MoEEpilogue(h, d, down, weights kernels.Tensor, p kernels.MoEEpilogueParams) error {
+func (b *Backend) MoEEpilogue(h, d, down, weights kernels.Tensor, p kernels.MoEEpilogueParams, outs ...kernels.NormOut) error {
 	for _, c := range []struct {
 		t kernels.Tensor
 		n string
@@ -757,8 +819,8 @@ func (b *Backend) MoEEpilogue(h, d, down, weights kernels.Tensor, p kernels.MoEE
 		}
 	}
 	threads := min(1024, max(32, ceilDiv(N, 4*32)*32)) // RMSNorm's: the same sums
-	if N > epiMax*threads {
-		return b.unfused().MoEEpilogue(h, d, down, weights, p)
+	if N > epiMax*threads || len(outs) > normOutsMax {
+		return b.unfused().MoEEpilogue(h, d, down, weights, p, outs...)
 	}
 	return b.locked(func() error {
 		ptrs, err := b.devs([]kernels.Tensor{h, d, down, weights}, "MoEEpilogue h", "MoEEpilogue d", "MoEEpilogue down", "MoEEpilogue weights")
@@ -775,16 +837,20 @@ func (b *Backend) MoEEpilogue(h, d, down, weights kernels.Tensor, p kernels.MoEE
 				wdt[i] = int(w.DType)
 			}
 		}
+		name, smem, E := epiKernel("moe_epilogue", threads), 0, epiMax
+		if name != "moe_epilogue" {
+			smem, E = 3*4*threads*4, 4 // the _e4 variant keeps its three norm weights (4 a thread, f32) in shared memory
+		}
+		oa, osmem, err := b.normOutsArg(outs, h, E, threads)
+		if err != nil {
+			return err
+		}
 		if M == 0 || N == 0 {
 			return nil
 		}
 		a := b.args.Reset()
 		a.Ptr(ptrs[0]).I32(int(h.DType)).Ptr(ptrs[1]).I32(int(d.DType)).Ptr(ptrs[2]).I32(int(down.DType)).Ptr(ptrs[3]).I32(k).
-			Ptr(wp[0]).I32(wdt[0]).Ptr(wp[1]).I32(wdt[1]).Ptr(wp[2]).I32(wdt[2]).I32(N).F32(p.Eps).F32(p.Scale)
-		name, smem := epiKernel("moe_epilogue", threads), 0
-		if name != "moe_epilogue" {
-			smem = 3 * 4 * threads * 4 // the _e4 variant keeps its three norm weights (4 a thread, f32) in shared memory
-		}
-		return b.launch("elementwise", name, cuda.Dim3{X: M, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, smem, a)
+			Ptr(wp[0]).I32(wdt[0]).Ptr(wp[1]).I32(wdt[1]).Ptr(wp[2]).I32(wdt[2]).I32(N).F32(p.Eps).F32(p.Scale).Blob(oa)
+		return b.launch("elementwise", name, cuda.Dim3{X: M, Y: 1, Z: 1}, cuda.Dim3{X: threads, Y: 1, Z: 1}, smem+osmem, a)
 	})
 }

@@ -109,6 +109,10 @@ func TestFusedNormMatMul(t *testing.T) {
 			compareFused(t, name("NormMatMul", tc.M, tc.ws), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
 				return f.NormMatMul(in[1:], ws, in[0], np, tc.softcap)
 			}, outs)
+			// x already normed (kernels.NormOut): the plain products.
+			compareFused(t, name("NormMatMul prenormed", tc.M, tc.ws), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
+				return f.NormMatMul(in[1:], ws, in[0], kernels.NormParams{Off: true}, tc.softcap)
+			}, outs)
 		}
 	}
 }
@@ -155,6 +159,9 @@ func TestFusedNormGLU(t *testing.T) {
 			}
 			compareFused(t, name("NormGLU", tc), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
 				return f.NormGLU(in[1], g, u, idt, in[0], np)
+			}, []int{1})
+			compareFused(t, name("NormGLU prenormed", tc), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
+				return f.NormGLU(in[1], g, u, idt, in[0], kernels.NormParams{Off: true})
 			}, []int{1})
 		}
 	}
@@ -246,6 +253,27 @@ func TestFusedResidual(t *testing.T) {
 			compareFused(t, name("MoEEpilogue", tc), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
 				return f.MoEEpilogue(in[0], in[1], in[2], wt, p)
 			}, []int{0})
+			// With normed copies of the new h (kernels.NormOut): in the
+			// activation type, in F32 scaled as the router's, and without
+			// a weight.
+			withOuts := func() []kernels.Tensor {
+				zeros := make([]float32, tc.M*tc.N)
+				return append(inputs(), put(t, c.be, c.act, zeros, tc.M, tc.N), put(t, c.be, dtype.F32, zeros, tc.M, tc.N),
+					put(t, c.be, c.act, zeros, tc.M, tc.N))
+			}
+			normOuts := func(in []kernels.Tensor) []kernels.NormOut {
+				return []kernels.NormOut{
+					{Y: in[3], Norm: kernels.NormParams{Weight: p.Post2, Eps: 1e-6}},
+					{Y: in[4], Norm: kernels.NormParams{Weight: p.PostFF, Eps: 1e-5, Scale: 0.0625}},
+					{Y: in[5], Norm: kernels.NormParams{Eps: 1e-6}},
+				}
+			}
+			compareFused(t, name("AddRMSNorm outs", tc), c, withOuts, func(f kernels.Fuser, in []kernels.Tensor) error {
+				return f.AddRMSNorm(in[0], in[1], p.Post1, 1e-6, tc.scale, normOuts(in)...)
+			}, []int{0, 3, 4, 5})
+			compareFused(t, name("MoEEpilogue outs", tc), c, withOuts, func(f kernels.Fuser, in []kernels.Tensor) error {
+				return f.MoEEpilogue(in[0], in[1], in[2], wt, p, normOuts(in)...)
+			}, []int{0, 3, 4, 5})
 		}
 	}
 }

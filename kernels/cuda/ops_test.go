@@ -730,6 +730,19 @@ func TestErrors(t *testing.T) {
 	if err := bf.RouterTopK(y, y, x, kernels.Tensor{}, 8); err == nil {
 		t.Error("RouterTopK with wrong dtypes succeeded")
 	}
+	h, _ := bf.Alloc(dtype.BF16, 2, 64)
+	for _, o := range []kernels.NormOut{
+		{Y: y, Norm: kernels.NormParams{Eps: 1e-6}},                                                      // not h's shape
+		{Y: x, Norm: kernels.NormParams{Off: true}},                                                      // nothing to norm with
+		{Y: x, Norm: kernels.NormParams{Weight: y, Eps: 1e-6}},                                           // a weight not of a row's size
+		{Y: kernels.Tensor{DType: dtype.BF16, Shape: []int{2, 64}}, Norm: kernels.NormParams{Eps: 1e-6}}, // no buffer
+	} {
+		if err := bf.AddRMSNorm(h, x, kernels.Tensor{}, 1e-6, 1, o); err == nil {
+			t.Errorf("AddRMSNorm with the normed copy %v succeeded", o)
+		} else {
+			t.Logf("AddRMSNorm NormOut error: %v", err)
+		}
+	}
 }
 
 // TestGraphReplay records a small step (RMSNorm, MatMul, Add, RouterTopK)

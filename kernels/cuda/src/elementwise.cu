@@ -346,9 +346,72 @@ extern "C" __global__ void attn_prep(void* q, int qdt, void* k, int kdt, void* v
 // add_rmsnorm_e4: E = 4, at most 768 threads (room for the registers);
 // add_rmsnorm: E = EPI_MAX = 8, 1024 threads.
 #define EPI_MAX 8
+
+// NormOuts are the normed copies of the new h that add_rmsnorm and
+// moe_epilogue write after it (kernels.NormOut): y_i = h·r_i·w_i with r_i
+// = rsqrt(mean(h²) + eps_i) over h as stored, then, where scale_i is
+// neither 0 nor 1, scale_i times y_i rounded to y_i's type — RMSNorm's
+// sums (the same thread count and order) and rounding, then Scale's.
+#define NORM_OUTS 3
+struct NormOuts {
+    char* y[NORM_OUTS];
+    const char* w[NORM_OUTS];
+    i64 ydt[NORM_OUTS], wdt[NORM_OUTS];
+    double eps[NORM_OUTS], scale[NORM_OUTS];
+    i64 n;
+};
+
+// norm_outs_load puts the weights of O into ows (each thread its own E
+// slots per output, in shared memory: no barrier) before the PDL wait.
+template <int E>
+__device__ __forceinline__ void norm_outs_load(const NormOuts& O, float* ows, int cols) {
+    const int tid = threadIdx.x, bd = blockDim.x;
+#pragma unroll
+    for (int i = 0; i < NORM_OUTS; i++) {
+        if (i < (int)O.n && O.w[i]) {
+#pragma unroll
+            for (int j = 0; j < E; j++) {
+                int n = tid + j * bd;
+                ows[(i * E + j) * bd + tid] = n < cols ? ldf(O.w[i], n, (int)O.wdt[i]) : 1.f;
+            }
+        }
+    }
+}
+
+// norm_outs writes O from hv, the thread's values of the new h as stored.
+template <int E>
+__device__ __forceinline__ void norm_outs(const NormOuts& O, const float (&hv)[E], const float* ows, int cols, i64 base,
+                                          float* red) {
+    if (O.n == 0) return;
+    const int tid = threadIdx.x, bd = blockDim.x;
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < E; j++)
+        if (tid + j * bd < cols) ss += hv[j] * hv[j];
+    ss = block_sum(ss, red);
+#pragma unroll
+    for (int i = 0; i < NORM_OUTS; i++) {
+        if (i < (int)O.n) {
+            const float r = rsqrtf(ss / (float)cols + (float)O.eps[i]);
+            const float sc = (float)O.scale[i];
+            const int ydt = (int)O.ydt[i];
+#pragma unroll
+            for (int j = 0; j < E; j++) {
+                int n = tid + j * bd;
+                if (n < cols) {
+                    float v = hv[j] * r;
+                    if (O.w[i]) v *= ows[(i * E + j) * bd + tid];
+                    if (sc != 0.f && sc != 1.f) v = sc * round_act(v, ydt);
+                    stf(O.y[i], base + n, ydt, v);
+                }
+            }
+        }
+    }
+}
+
 template <int E>
 __device__ __forceinline__ void add_rmsnorm_t(void* h, int hdt, const void* a, int adt, const void* w, int wdt, int cols,
-                                              float eps, float scale) {
+                                              float eps, float scale, const NormOuts& O) {
     __shared__ float red[32];
     const int tid = threadIdx.x, bd = blockDim.x;
     const i64 base = (i64)blockIdx.x * cols;
@@ -358,6 +421,7 @@ __device__ __forceinline__ void add_rmsnorm_t(void* h, int hdt, const void* a, i
         int n = tid + j * bd;
         wv[j] = (w && n < cols) ? ldf(w, n, wdt) : 1.f;
     }
+    norm_outs_load<E>(O, dyn_smem, cols);
     PDL_ENTRY();
     float ss = 0.f;
 #pragma unroll
@@ -380,16 +444,18 @@ __device__ __forceinline__ void add_rmsnorm_t(void* h, int hdt, const void* a, i
             float o = hv[j] + v;
             if (scale != 1.f) o = scale * round_act(o, hdt);
             stf(h, base + n, hdt, o);
+            hv[j] = round_act(o, hdt); // as stored
         }
     }
+    norm_outs<E>(O, hv, dyn_smem, cols, base, red);
 }
 extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(void* h, int hdt, const void* a, int adt, const void* w,
-                                                               int wdt, int cols, float eps, float scale) {
-    add_rmsnorm_t<EPI_MAX>(h, hdt, a, adt, w, wdt, cols, eps, scale);
+                                                               int wdt, int cols, float eps, float scale, const NormOuts O) {
+    add_rmsnorm_t<EPI_MAX>(h, hdt, a, adt, w, wdt, cols, eps, scale, O);
 }
 extern "C" __global__ void __launch_bounds__(768) add_rmsnorm_e4(void* h, int hdt, const void* a, int adt, const void* w,
-                                                                 int wdt, int cols, float eps, float scale) {
-    add_rmsnorm_t<4>(h, hdt, a, adt, w, wdt, cols, eps, scale);
+                                                                 int wdt, int cols, float eps, float scale, const NormOuts O) {
+    add_rmsnorm_t<4>(h, hdt, a, adt, w, wdt, cols, eps, scale, O);
 }
 
 // moe_epilogue ends a MoE layer for one row per block (N <= E·blockDim):
@@ -405,7 +471,8 @@ extern "C" __global__ void __launch_bounds__(768) add_rmsnorm_e4(void* h, int hd
 template <int E, bool SW>
 __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, int ddt, const void* x, int xdt,
                                                const float* wts, int k, const void* w1, int wdt1, const void* w2,
-                                               int wdt2, const void* wf, int wdtf, int N, float eps, float scale) {
+                                               int wdt2, const void* wf, int wdtf, int N, float eps, float scale,
+                                               const NormOuts& O) {
     __shared__ float red[32];
     const int m = blockIdx.x;
     const int tid = threadIdx.x, bd = blockDim.x;
@@ -422,6 +489,8 @@ __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, 
         EPI_W(w2, j) = (w2 && n < N) ? ldf(w2, n, wdt2) : 1.f;
         EPI_W(wf, j) = (wf && n < N) ? ldf(wf, n, wdtf) : 1.f;
     }
+    float* ows = dyn_smem + (SW ? 3 * E * bd : 0); // the weights of O, after the three above
+    norm_outs_load<E>(O, ows, N);
     PDL_ENTRY();
     float dv[E], ev[E], hv[E];
 #pragma unroll
@@ -505,13 +574,15 @@ __device__ __forceinline__ void moe_epilogue_t(void* h, int hdt, const void* d, 
             float o = hv[j] + f;
             if (scale != 1.f) o = scale * round_act(o, hdt);
             stf(h, row + n, hdt, o);
+            hv[j] = round_act(o, hdt); // as stored
         }
     }
+    norm_outs<E>(O, hv, ows, N, row, red);
 #undef EPI_W
 }
 #define MOE_EPI_ARGS                                                                                              \
     void *h, int hdt, const void *d, int ddt, const void *x, int xdt, const float *wts, int k, const void *w1,   \
-        int wdt1, const void *w2, int wdt2, const void *wf, int wdtf, int N, float eps, float scale
-#define MOE_EPI_PASS h, hdt, d, ddt, x, xdt, wts, k, w1, wdt1, w2, wdt2, wf, wdtf, N, eps, scale
+        int wdt1, const void *w2, int wdt2, const void *wf, int wdtf, int N, float eps, float scale, const NormOuts O
+#define MOE_EPI_PASS h, hdt, d, ddt, x, xdt, wts, k, w1, wdt1, w2, wdt2, wf, wdtf, N, eps, scale, O
 extern "C" __global__ void __launch_bounds__(1024) moe_epilogue(MOE_EPI_ARGS) { moe_epilogue_t<EPI_MAX, false>(MOE_EPI_PASS); }
 extern "C" __global__ void __launch_bounds__(768) moe_epilogue_e4(MOE_EPI_ARGS) { moe_epilogue_t<4, true>(MOE_EPI_PASS); }
