@@ -33,9 +33,14 @@ func (s *Session) layerFused(f kernels.Fuser, i, T int, h, pos kernels.Tensor, t
 	// The ops that write h also write the normed copies of it that the
 	// launches after them read (kernels.NormOut), so those launches do not
 	// each norm h: the q/k/v input (s.e, written by the layer before), the
-	// dense MLP's (s.x), the router's and the experts' (moe.FusedNorms). Not
-	// with per-layer inputs, which change h between layers.
-	pre := cfg.PLEDim == 0
+	// dense MLP's (s.x), the router's and the experts' (moe.FusedNorms).
+	// Only for prompts (T > 1): there the products are GEMMs, which norm
+	// their input by separate launches; a decode step's matrix-vector
+	// launches norm x in their staging while their first weights are in
+	// flight, so copies would only lengthen the one-block ops (measured in
+	// kernels/cuda/NOTES.md). Not with per-layer inputs, which change h
+	// between layers.
+	pre := cfg.PLEDim == 0 && T > 1
 	in := kernels.NormParams{Weight: l.inputNorm, Eps: eps, XDType: act}
 	x, xq, xd := h, rows(s.e, H), rows(s.x, H)
 	if pre && i > 0 && s.qkvNormed {

@@ -518,6 +518,7 @@ type decodeLayers struct {
 	layers                               []decodeLayer
 	h, xn, a, o, qv, kv, vv, g, u, m, ec kernels.Tensor
 	logits, ids, wts, eg, eu, ed         kernels.Tensor
+	xq, xd, xr, xe                       kernels.Tensor // normed copies of h
 	pos, invf, norm                      kernels.Tensor
 	ap                                   kernels.AttentionParams
 }
@@ -568,6 +569,7 @@ func newDecodeLayers(b *testing.B, be *Backend) *decodeLayers {
 	dl.g, dl.u, dl.m = alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, I), alloc(dtype.BF16, 1, Hd)
 	dl.logits, dl.ids, dl.wts = alloc(dtype.F32, 1, E), alloc(dtype.I32, 1, k), alloc(dtype.F32, 1, k)
 	dl.eg, dl.eu, dl.ed, dl.ec = alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Ie), alloc(dtype.BF16, 1, k, Hd), alloc(dtype.BF16, 1, Hd)
+	dl.xq, dl.xd, dl.xr, dl.xe = alloc(dtype.BF16, 1, Hd), alloc(dtype.BF16, 1, Hd), alloc(dtype.F32, 1, Hd), alloc(dtype.BF16, 1, Hd)
 	dl.pos = putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
 	inv := make([]float32, D/2)
 	for i := range inv {
@@ -705,8 +707,12 @@ type layerOp struct {
 
 // fusedLayerOps lists the ops of a fused MoE decode layer as the model runs
 // them (model/fused.go): the dense MLP (dense_glu, dense_down) on the side
-// stream beside the router and experts.
-func fusedLayerOps(be *Backend, dl *decodeLayers) []layerOp {
+// stream beside the router and experts. The launches named in normed
+// ("qkv", "dense", "router", "experts") take copies of h normed by the op
+// before them (AddRMSNorm or the MoE epilogue, kernels.NormOut) as they are
+// (NormParams.Off), as the model does for prefill; the others norm h in
+// their staging.
+func fusedLayerOps(be *Backend, dl *decodeLayers, normed ...string) []layerOp {
 	h, a, o, qv, kv, vv := dl.h, dl.a, dl.o, dl.qv, dl.kv, dl.vv
 	g, m, logits, ids, wts := dl.g, dl.m, dl.logits, dl.ids, dl.wts
 	eg, ed, pos, invf, ap, nw := dl.eg, dl.ed, dl.pos, dl.invf, dl.ap, dl.norm
@@ -716,9 +722,27 @@ func fusedLayerOps(be *Backend, dl *decodeLayers) []layerOp {
 	np := kernels.NormParams{Weight: nw, Eps: 1e-6, XDType: dtype.BF16}
 	rp := kernels.NormParams{Weight: nw, Eps: 1e-6, Scale: float32(1 / math.Sqrt(Hd)), XDType: dtype.F32}
 	ep := kernels.MoEEpilogueParams{Post1: nw, Post2: nw, PostFF: nw, Eps: 1e-6, Scale: 0.999}
+	// The input of each normed launch and its norm: h normed in the launch,
+	// or the copy written before.
+	var postAttn, next []kernels.NormOut
+	input := func(name string, copy kernels.Tensor, p kernels.NormParams) (kernels.Tensor, kernels.NormParams) {
+		if !slices.Contains(normed, name) {
+			return h, p
+		}
+		if name == "qkv" {
+			next = append(next, kernels.NormOut{Y: copy, Norm: p})
+		} else {
+			postAttn = append(postAttn, kernels.NormOut{Y: copy, Norm: p})
+		}
+		return copy, kernels.NormParams{Off: true}
+	}
+	xq, qp := input("qkv", dl.xq, np)
+	xd, dp := input("dense", dl.xd, np)
+	xr, rpn := input("router", dl.xr, rp)
+	xe, epn := input("experts", dl.xe, np)
 	return []layerOp{
 		{"qkv", func(l *decodeLayer) error {
-			return be.NormMatMul([]kernels.Tensor{qv, kv, vv}, []*kernels.Weight{l.q, l.kw, l.v}, h, np, 0)
+			return be.NormMatMul([]kernels.Tensor{qv, kv, vv}, []*kernels.Weight{l.q, l.kw, l.v}, xq, qp, 0)
 		}},
 		{"attn_prep", func(l *decodeLayer) error {
 			return be.AttentionPrep(qv, kv, vv, kernels.AttentionPrepParams{QNorm: dnorm, KNorm: dnorm, Positions: pos,
@@ -726,19 +750,19 @@ func fusedLayerOps(be *Backend, dl *decodeLayers) []layerOp {
 		}},
 		{"attention", func(l *decodeLayer) error { return be.Attention(a, qv, l.kc, l.vc, pos, ap) }},
 		{"o_proj", func(l *decodeLayer) error { return be.MatMul(o, a, l.o) }},
-		{"add_rmsnorm", func(l *decodeLayer) error { return be.AddRMSNorm(h, o, nw, 1e-6, 1) }},
-		{"dense_glu", func(l *decodeLayer) error { return be.NormGLU(g, l.gate, l.up, kernels.Tensor{}, h, np) }},
+		{"add_rmsnorm", func(l *decodeLayer) error { return be.AddRMSNorm(h, o, nw, 1e-6, 1, postAttn...) }},
+		{"dense_glu", func(l *decodeLayer) error { return be.NormGLU(g, l.gate, l.up, kernels.Tensor{}, xd, dp) }},
 		{"dense_down", func(l *decodeLayer) error { return be.MatMul(m, g, l.down) }},
 		{"router", func(l *decodeLayer) error {
-			return be.NormMatMul([]kernels.Tensor{logits}, []*kernels.Weight{l.router}, h, rp, 0)
+			return be.NormMatMul([]kernels.Tensor{logits}, []*kernels.Weight{l.router}, xr, rpn, 0)
 		}},
 		{"router_topk", func(l *decodeLayer) error { return be.RouterTopK(wts, ids, logits, kernels.Tensor{}, k) }},
-		{"experts_glu", func(l *decodeLayer) error { return be.NormGLU(eg, l.eg, l.eu, ids, h, np) }},
+		{"experts_glu", func(l *decodeLayer) error { return be.NormGLU(eg, l.eg, l.eu, ids, xe, epn) }},
 		{"experts_down", func(l *decodeLayer) error {
 			egf, _ := eg.Reshape(k, dlIe)
 			return be.MatMulExperts(ed, egf, l.ed, ids)
 		}},
-		{"moe_epilogue", func(l *decodeLayer) error { return be.MoEEpilogue(h, m, ed, wts, ep) }},
+		{"moe_epilogue", func(l *decodeLayer) error { return be.MoEEpilogue(h, m, ed, wts, ep, next...) }},
 	}
 }
 
@@ -811,6 +835,14 @@ func BenchmarkDecodeLayerChain(b *testing.B) {
 	b.Run("all", func(b *testing.B) { timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", "moe_epilogue")) })
 	for _, op := range ops {
 		b.Run("no_"+op.name, func(b *testing.B) { timeLayers(b, be, dl, 12, fusedLayerStep(be, ops, op.name, "moe_epilogue")) })
+	}
+	// The normed copies of h written once (kernels.NormOut), as the model
+	// runs without per-layer inputs.
+	for _, normed := range [][]string{{"qkv", "dense", "router", "experts"}, {"qkv"}, {"dense"}, {"router"}, {"experts"}, {"router", "experts"}} {
+		ops := fusedLayerOps(be, dl, normed...)
+		b.Run("normed_"+strings.Join(normed, "_"), func(b *testing.B) {
+			timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", "moe_epilogue"))
+		})
 	}
 	// Where the side stream joins the main one (its edge into the graph is
 	// not a programmatic one), and no side stream at all.
