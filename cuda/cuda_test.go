@@ -248,3 +248,43 @@ func TestNVRTCHeaders(t *testing.T) {
 		t.Logf("#include <%s>: %v", h, err == nil)
 	}
 }
+
+// TestDownloadReusedBuffer reads device memory into one host buffer again
+// and again (the second read registers it and copies into it directly),
+// then into others, checking the bytes of every read.
+func TestDownloadReusedBuffer(t *testing.T) {
+	_, s := setup(t)
+	const n = 1 << 20 // 1 MiB: at least directMin
+	d, err := MemAlloc(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer MemFree(d)
+	st, err := NewStaging(2, 1<<18) // slots smaller than a read: chunked when staged
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	read := func(dst []byte, v uint32) {
+		t.Helper()
+		if err := MemsetD32Async(d, v, n/4, s); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Download(s, dst, d); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(dst); i += 4 {
+			if got := binary.LittleEndian.Uint32(dst[i:]); got != v {
+				t.Fatalf("read %d: word %d is %#x, want %#x", v, i/4, got, v)
+			}
+		}
+	}
+	a, b := make([]byte, n), make([]byte, n)
+	for i, dst := range [][]byte{a, a, a, b, a, b, b, b, a[:n/2], a[:n/2]} {
+		read(dst, uint32(i+1))
+		if i == 2 && st.reg == nil && !st.noReg {
+			t.Fatal("a reused destination was not registered")
+		}
+	}
+	t.Logf("registered: %v, refused: %v", st.reg != nil, st.noReg)
+}

@@ -30,6 +30,7 @@ type driver struct {
 	cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRelease                            uintptr
 	cuCtxSetCurrent, cuCtxGetCurrent                                               uintptr
 	cuMemAlloc, cuMemFree, cuMemGetInfo, cuMemHostAlloc, cuMemFreeHost             uintptr
+	cuMemHostRegister, cuMemHostUnregister                                         uintptr
 	cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync                        uintptr
 	cuMemsetD8Async, cuMemsetD32Async                                              uintptr
 	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize, cuStreamQuery            uintptr
@@ -93,6 +94,8 @@ func (d *driver) bindDriver(sym func(string) uintptr) error {
 		n(&d.cuMemGetInfo, "cuMemGetInfo_v2"),
 		n(&d.cuMemHostAlloc, "cuMemHostAlloc"),
 		n(&d.cuMemFreeHost, "cuMemFreeHost"),
+		n(&d.cuMemHostRegister, "cuMemHostRegister_v2", "cuMemHostRegister"),
+		n(&d.cuMemHostUnregister, "cuMemHostUnregister"),
 		n(&d.cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2"),
 		n(&d.cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2"),
 		n(&d.cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2"),

@@ -76,6 +76,18 @@ func HostFree(b []byte) error {
 	return drv.check("cuMemFreeHost", drv.call(drv.cuMemFreeHost, uintptr(up(&b[0]))))
 }
 
+// hostRegister page-locks b, host memory the caller keeps alive (and in
+// place) until hostUnregister, so that copies to and from it run as from
+// HostAlloc memory.
+func hostRegister(b []byte) error {
+	return drv.check("cuMemHostRegister", drv.call(drv.cuMemHostRegister, uintptr(up(&b[0])), uintptr(len(b)), 0))
+}
+
+// hostUnregister undoes hostRegister.
+func hostUnregister(b []byte) error {
+	return drv.check("cuMemHostUnregister", drv.call(drv.cuMemHostUnregister, uintptr(up(&b[0]))))
+}
+
 // Pool caches device allocations by size class (at most 25% larger than
 // asked) so that the many short-lived activations of a forward pass do not
 // call cuMemAlloc and cuMemFree, which synchronize. It is safe for concurrent
@@ -206,7 +218,25 @@ func (p *Pool) Close() error {
 type Staging struct {
 	slots []stagingSlot
 	next  int
+
+	// A Download target that is reused (the logits a decode loop reads
+	// every token) is page-locked and copied into directly, skipping the
+	// pinned slot and the host copy out of it: reg is that buffer (held, so
+	// that it stays alive), last the one before it, noReg set once the
+	// driver refused a registration.
+	reg   []byte
+	last  downloadTarget
+	noReg bool
 }
+
+// downloadTarget identifies a Download's destination (address and length).
+type downloadTarget struct {
+	p uintptr
+	n int
+}
+
+// directMin is the smallest Download worth a registered destination.
+const directMin = 64 << 10
 
 type stagingSlot struct {
 	buf  []byte
@@ -269,8 +299,16 @@ func (st *Staging) Upload(s *Stream, dst DevicePtr, src []byte) error {
 }
 
 // Download copies src into dst after the work enqueued on s before it, and
-// returns when dst holds the bytes.
+// returns when dst holds the bytes. A destination of at least 64 KiB that
+// was also the previous Download's is page-locked (and held until Close or
+// the next such buffer) and copied into directly.
 func (st *Staging) Download(s *Stream, dst []byte, src DevicePtr) error {
+	if st.direct(dst) {
+		if err := memcpyDtoHAsync(dst, src, s); err != nil {
+			return err
+		}
+		return s.Sync()
+	}
 	type pend struct {
 		sl  *stagingSlot
 		off int
@@ -316,9 +354,46 @@ func (st *Staging) Download(s *Stream, dst []byte, src DevicePtr) error {
 	return nil
 }
 
+// direct reports whether dst is page-locked for a direct copy: it is when
+// it was the destination of the Download before this one too (a buffer a
+// loop reuses), replacing the buffer registered before.
+func (st *Staging) direct(dst []byte) bool {
+	if len(dst) < directMin || st.noReg {
+		return false
+	}
+	t := downloadTarget{uintptr(up(&dst[0])), len(dst)}
+	if st.reg != nil && t == (downloadTarget{uintptr(up(&st.reg[0])), len(st.reg)}) {
+		return true
+	}
+	if t != st.last {
+		st.last = t
+		return false
+	}
+	if err := st.unregister(); err != nil {
+		st.noReg = true
+		return false
+	}
+	if err := hostRegister(dst); err != nil {
+		st.noReg = true // the staged path works everywhere
+		return false
+	}
+	st.reg = dst
+	return true
+}
+
+// unregister releases the registered Download target, if any.
+func (st *Staging) unregister() error {
+	if st.reg == nil {
+		return nil
+	}
+	err := hostUnregister(st.reg)
+	st.reg = nil
+	return err
+}
+
 // Close waits for pending copies and frees the pinned memory.
 func (st *Staging) Close() error {
-	var first error
+	first := st.unregister()
 	for i := range st.slots {
 		s := &st.slots[i]
 		if s.busy {

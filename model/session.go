@@ -379,20 +379,21 @@ func (s *Session) decode(ids, pos kernels.Tensor) error {
 		if gerr != nil {
 			return gerr
 		}
-		s.graph, s.graphKey = g, key
+		s.graph, s.graphKey = g, slices.Clone(key)
 	}
 	return s.graph.Launch()
 }
 
-// cacheShape lists the caches' capacities: a recorded graph is valid while
-// they stay the same.
+// cacheShape lists the caches' capacities (in a buffer of the session,
+// valid until the next call): a recorded graph is valid while they stay the
+// same.
 func (s *Session) cacheShape() []int {
 	key := s.keyBuf[:0]
 	for _, c := range s.own {
 		key = append(key, c.Capacity)
 	}
 	s.keyBuf = key
-	return slices.Clone(key)
+	return key
 }
 
 // layers runs the embedding (and per-layer inputs) and every layer on h [T, hidden].
