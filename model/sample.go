@@ -105,20 +105,30 @@ func (s *Sampler) topN(logits []float32, n int, dst []int) []int {
 			i = w
 		}
 	}
-	for id := range logits {
-		if len(h) < n {
-			h = append(h, id)
-			for i := len(h) - 1; i > 0; {
-				p := (i - 1) / 2
-				if !before(logits, h[p], h[i]) {
-					break
-				}
-				h[i], h[p] = h[p], h[i]
-				i = p
+	n = min(n, len(logits))
+	for id := range n {
+		h = append(h, id)
+		for i := len(h) - 1; i > 0; {
+			p := (i - 1) / 2
+			if !before(logits, h[p], h[i]) {
+				break
 			}
-		} else if before(logits, id, h[0]) {
-			h[0] = id
-			down(0)
+			h[i], h[p] = h[p], h[i]
+			i = p
+		}
+	}
+	if n > 0 {
+		// The rest of the scan: a later id goes before the worst kept one
+		// only with a greater logit (on a tie the lower id, kept, wins), so
+		// the loop compares with that logit alone, held in a register.
+		worst := logits[h[0]]
+		rest := logits[n:]
+		for j, v := range rest {
+			if v > worst {
+				h[0] = n + j
+				down(0)
+				worst = logits[h[0]]
+			}
 		}
 	}
 	dst = append(dst[:0], h...)
@@ -245,14 +255,22 @@ func tailFloor(mx, t float64, n int) float64 {
 	return mx - t*(math.Log(float64(n))+6*math.Ln10)
 }
 
+// argmax returns the first index of the greatest logit (NaNs are passed
+// over, unless logits[0] is one). Its inner loop only skips what does not
+// beat the best so far: written as one loop with the update inside, the
+// compiler carries the best value through register moves on every
+// iteration, twice as slow on a 262k vocabulary.
 func argmax(logits []float32) int {
 	best, bv := 0, logits[0]
-	for i, v := range logits {
-		if v > bv {
-			best, bv = i, v
+	for i := 1; ; i++ {
+		for i < len(logits) && !(logits[i] > bv) {
+			i++
 		}
+		if i >= len(logits) {
+			return best
+		}
+		best, bv = i, logits[i]
 	}
-	return best
 }
 
 // Sample draws the next token.

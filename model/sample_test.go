@@ -3,6 +3,7 @@ package model
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"testing"
 )
@@ -177,6 +178,21 @@ func TestCandidatesLargeVocab(t *testing.T) {
 // over 262,144 tokens, as a language model's usually is (a few dozen likely
 // tokens over a broad tail).
 func BenchmarkSampleTopP(b *testing.B) {
+	benchSample(b, SampleOptions{Temperature: 0.8, TopP: 0.95, Seed: 1})
+}
+
+// BenchmarkSampleGreedy times greedy decoding's pick from a 262k vocabulary.
+func BenchmarkSampleGreedy(b *testing.B) { benchSample(b, SampleOptions{}) }
+
+// BenchmarkSampleTopK times Gemma's default sampling (temperature 1, top-k
+// 64, top-p 0.95) from a 262k vocabulary.
+func BenchmarkSampleTopK(b *testing.B) {
+	benchSample(b, SampleOptions{Temperature: 1, TopK: 64, TopP: 0.95, Seed: 1})
+}
+
+// benchSample times Sample with opts on a 262k vocabulary of random logits
+// with a few dominant tokens, counting the copy that restores them.
+func benchSample(b *testing.B, opts SampleOptions) {
 	r := rand.New(rand.NewPCG(1, 2))
 	logits := make([]float32, 262144)
 	for i := range logits {
@@ -185,7 +201,7 @@ func BenchmarkSampleTopP(b *testing.B) {
 	for i := range 40 {
 		logits[r.IntN(len(logits))] = 18 + float32(i%7)
 	}
-	s := NewSampler(SampleOptions{Temperature: 0.8, TopP: 0.95, Seed: 1})
+	s := NewSampler(opts)
 	work := make([]float32, len(logits))
 	for b.Loop() {
 		copy(work, logits)
@@ -222,6 +238,61 @@ func TestSamplerTail(t *testing.T) {
 		logits[1] = math.Nextafter32(floor, 1) // just above the floor: counted
 		if got := s.partition(logits, tc.n, 0); got <= 1 {
 			t.Errorf("n %d, T %g: a token above the floor was left out", tc.n, tc.temp)
+		}
+	}
+}
+
+// TestArgmaxTopN checks the vocabulary scans against their definitions on
+// random logits with many ties: argmax is the first index of the greatest
+// value (NaNs passed over, unless the first logit is one), and topN the n
+// tokens that come first when every token is sorted by logit, lower id
+// first on ties.
+func TestArgmaxTopN(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	s := NewSampler(SampleOptions{Temperature: 1})
+	for _, size := range []int{1, 2, 3, 5, 64, 65, 1000, 4099} {
+		for trial := range 20 {
+			logits := make([]float32, size)
+			for i := range logits {
+				logits[i] = float32(r.IntN(9)) // ties everywhere
+			}
+			want := 0
+			for i, v := range logits {
+				if v > logits[want] {
+					want = i
+				}
+			}
+			if got := argmax(logits); got != want {
+				t.Fatalf("size %d trial %d: argmax %d, want %d", size, trial, got, want)
+			}
+			order := make([]int, size)
+			for i := range order {
+				order[i] = i
+			}
+			sort.SliceStable(order, func(a, b int) bool { return logits[order[a]] > logits[order[b]] })
+			for _, n := range []int{1, 2, 7, 64, size} {
+				got := s.topN(logits, n, nil)
+				if k := min(n, size); !slices.Equal(got, order[:k]) {
+					t.Fatalf("size %d trial %d: top %d %v, want %v", size, trial, n, got, order[:k])
+				}
+			}
+			// NaNs: passed over by argmax, unless at index 0.
+			if size > 2 {
+				logits[size/2] = float32(math.NaN())
+				m := 0
+				for i, v := range logits {
+					if v > logits[m] {
+						m = i
+					}
+				}
+				if got := argmax(logits); got != m {
+					t.Fatalf("size %d with a NaN: argmax %d, want %d", size, got, m)
+				}
+				logits[0] = float32(math.NaN())
+				if got := argmax(logits); got != 0 {
+					t.Fatalf("size %d with logits[0] NaN: argmax %d, want 0", size, got)
+				}
+			}
 		}
 	}
 }
