@@ -87,11 +87,6 @@ func New(src *loader.Model, b kernels.Backend, opts Options) (*Model, error) {
 	if opts.CacheGrow <= 0 {
 		opts.CacheGrow = 1024
 	}
-	if cfg.PLEDim > 0 {
-		// Per-layer inputs are laid out [layers, P] per token; one token per
-		// step keeps each layer's slice contiguous.
-		opts.Chunk = 1
-	}
 	m := &Model{Config: cfg, Backend: b, opts: opts, invFreq: map[loader.LayerType]kernels.Tensor{},
 		eos: map[int32]bool{}, mu: make(chan struct{}, 1)}
 	for _, id := range src.Generation.EOSTokenIDs {

@@ -47,8 +47,8 @@ func TestE2BLogits(t *testing.T) {
 	if len(ref.RouterIDs) != 0 {
 		t.Fatalf("dense fixture has router references")
 	}
-	// PLE models run one token per step, so the trace sees [1, hidden] rows:
-	// concatenate them per layer.
+	// The trace sees each step's [T, hidden] rows: concatenate them per
+	// layer (one step here: the prompt fits a chunk).
 	hidden := make([][]float32, L+1)
 	trace := &model.Trace{
 		Hidden: func(layer int, h []float32) { hidden[layer+1] = append(hidden[layer+1], h...) },

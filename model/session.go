@@ -27,7 +27,9 @@ type Session struct {
 	tokens []int32 // what the caches hold, position by position
 
 	h, x, a, g, u, d, e kernels.Tensor // [Chunk, ...] activations
-	ple, pleTok, pleG   kernels.Tensor // per-layer inputs (PLE models)
+	ple, pleTok, pleG   kernels.Tensor // per-layer inputs (PLE models): [Chunk, layers·P], [Chunk, layers·P], [Chunk, P]
+	pleI, pleRows       kernels.Tensor // layer i's inputs of a prompt's tokens [Chunk, P]; I32 [layers, Chunk]: their rows in ple
+	pleRowsT            int            // the tokens pleRows was written for (0: none)
 	final, logits       kernels.Tensor // [1, hidden], [1, vocab]
 	ids, pos            kernels.Tensor // I32 [Chunk]
 	host                []byte         // reused host staging
@@ -114,15 +116,23 @@ func (s *Session) alloc() error {
 			dst   *kernels.Tensor
 			dt    dtype.DType
 			shape []int
-		}{&s.ple, dt, []int{L, P}}, struct {
+		}{&s.ple, dt, []int{C, L * P}}, struct {
 			dst   *kernels.Tensor
 			dt    dtype.DType
 			shape []int
-		}{&s.pleTok, dt, []int{L, P}}, struct {
+		}{&s.pleTok, dt, []int{C, L * P}}, struct {
 			dst   *kernels.Tensor
 			dt    dtype.DType
 			shape []int
-		}{&s.pleG, dt, []int{1, P}})
+		}{&s.pleG, dt, []int{C, P}}, struct {
+			dst   *kernels.Tensor
+			dt    dtype.DType
+			shape []int
+		}{&s.pleI, dt, []int{C, P}}, struct {
+			dst   *kernels.Tensor
+			dt    dtype.DType
+			shape []int
+		}{&s.pleRows, dtype.I32, []int{L, C}})
 	}
 	for _, a := range allocs {
 		if *a.dst, err = b.Alloc(a.dt, a.shape...); err != nil {
@@ -151,7 +161,7 @@ func (s *Session) Close() {
 		s.moe.Free(b)
 		s.moe = nil
 	}
-	for _, t := range []*kernels.Tensor{&s.h, &s.x, &s.a, &s.g, &s.u, &s.d, &s.e, &s.ple, &s.pleTok, &s.pleG,
+	for _, t := range []*kernels.Tensor{&s.h, &s.x, &s.a, &s.g, &s.u, &s.d, &s.e, &s.ple, &s.pleTok, &s.pleG, &s.pleI, &s.pleRows,
 		&s.final, &s.logits, &s.ids, &s.pos} {
 		if !t.IsZero() {
 			b.Free(*t)
@@ -537,53 +547,97 @@ func (s *Session) layer(i, T int, h, pos kernels.Tensor, trace *Trace) error {
 	return nil
 }
 
-// perLayerInputs computes the per-layer inputs of one token (PLE models run
-// one token per step): ple = (norm(proj(e)·hidden^-½) + E_pl[id]·√P)·2^-½.
+// perLayerInputs computes the per-layer inputs of the step's T tokens
+// (ple [T, layers·P], token-major): ple = (norm(proj(e)·hidden^-½) +
+// E_pl[id]·√P)·2^-½, the norm over each layer's P values.
 func (s *Session) perLayerInputs(e, ids kernels.Tensor) error {
 	m, b, cfg := s.m, s.m.Backend, s.m.Config
-	L, P := cfg.NumLayers, cfg.PLEDim
-	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = kernels.Shape(1, L*P); return t }
-	if err := b.Embed(flat(s.pleTok), &m.pleEmbed, ids, float32(math.Sqrt(float64(P)))); err != nil {
+	L, P, T := cfg.NumLayers, cfg.PLEDim, e.Rows()
+	flat := func(t kernels.Tensor) kernels.Tensor { t.Shape = kernels.Shape(T, L*P); return t }
+	ple, tok := flat(s.ple), flat(s.pleTok)
+	byLayer := s.ple // [T·L, P]: one row per token and layer
+	byLayer.Shape = kernels.Shape(T*L, P)
+	if err := b.Embed(tok, &m.pleEmbed, ids, float32(math.Sqrt(float64(P)))); err != nil {
 		return fmt.Errorf("per-layer embedding: %w", err)
 	}
-	if err := b.MatMul(flat(s.ple), e, &m.pleModelProj); err != nil {
+	if err := b.MatMul(ple, e, &m.pleModelProj); err != nil {
 		return fmt.Errorf("per_layer_model_projection: %w", err)
 	}
-	if err := b.Scale(s.ple, s.ple, float32(1/math.Sqrt(float64(cfg.HiddenSize)))); err != nil {
+	if err := b.Scale(ple, ple, float32(1/math.Sqrt(float64(cfg.HiddenSize)))); err != nil {
 		return err
 	}
-	if err := b.RMSNorm(s.ple, s.ple, m.pleProjNorm, float32(cfg.RMSNormEps)); err != nil {
+	if err := b.RMSNorm(byLayer, byLayer, m.pleProjNorm, float32(cfg.RMSNormEps)); err != nil {
 		return fmt.Errorf("per_layer_projection_norm: %w", err)
 	}
-	if err := b.Add(s.ple, s.ple, s.pleTok); err != nil {
+	if err := b.Add(ple, ple, tok); err != nil {
 		return err
 	}
-	return b.Scale(s.ple, s.ple, float32(1/math.Sqrt2))
+	if err := b.Scale(ple, ple, float32(1/math.Sqrt2)); err != nil {
+		return err
+	}
+	if T == 1 || s.pleRowsT == T {
+		return nil
+	}
+	// Row t·L + i of byLayer is layer i's input of token t: perLayerStep
+	// gathers layer i's rows of all the tokens with Embed, by these ids.
+	rows := make([]byte, 0, 4*L*T)
+	for i := range L {
+		for t := range T {
+			rows = binary.LittleEndian.AppendUint32(rows, uint32(t*L+i))
+		}
+	}
+	r := s.pleRows
+	r.Shape = kernels.Shape(L, T)
+	if err := b.Upload(r, rows); err != nil {
+		return err
+	}
+	s.pleRowsT = T
+	return nil
 }
 
-// perLayerStep adds layer i's per-layer input to h [1, hidden]:
+// perLayerStep adds layer i's per-layer inputs to h [T, hidden]:
 // h += norm(proj(gelu_tanh(gate(h))·ple[i])).
 func (s *Session) perLayerStep(i int, h kernels.Tensor) error {
-	b, l := s.m.Backend, &s.m.layers[i]
-	P := s.m.Config.PLEDim
-	if i < 0 || i >= s.ple.Rows() {
-		return fmt.Errorf("per-layer input %d of %d", i, s.ple.Rows())
+	b, l, cfg := s.m.Backend, &s.m.layers[i], s.m.Config
+	L, P, T := cfg.NumLayers, cfg.PLEDim, h.Rows()
+	if i < 0 || i >= L {
+		return fmt.Errorf("per-layer input %d of %d", i, L)
 	}
-	pi := s.ple // row i, as RowRange(i, i+1) gives it
-	pi.Offset += int64(i) * int64(P) * int64(pi.DType.Size())
-	pi.Shape = kernels.Shape(1, P)
-	if err := b.MatMul(s.pleG, h, &l.pleGate); err != nil {
+	var pi kernels.Tensor // layer i's inputs [T, P]
+	if T == 1 {
+		pi = s.ple // row i of the token's [L, P]
+		pi.Offset += int64(i) * int64(P) * int64(pi.DType.Size())
+		pi.Shape = kernels.Shape(1, P)
+	} else {
+		pi = s.pleI
+		pi.Shape = kernels.Shape(T, P)
+		table := kernels.Weight{Data: s.ple, N: T * L, K: P}
+		table.Data.Shape = kernels.Shape(T*L, P)
+		rows := s.pleRows // [L, T] as perLayerInputs wrote it
+		rows.Shape = kernels.Shape(L, T)
+		ids, err := rows.RowRange(i, i+1)
+		if err != nil {
+			return err
+		}
+		ids.Shape = ids.Shape[1:]
+		if err := b.Embed(pi, &table, ids, 1); err != nil {
+			return fmt.Errorf("per-layer input %d: %w", i, err)
+		}
+	}
+	g := s.pleG
+	g.Shape = kernels.Shape(T, P)
+	if err := b.MatMul(g, h, &l.pleGate); err != nil {
 		return fmt.Errorf("per_layer_input_gate: %w", err)
 	}
-	if err := b.GeluTanhMul(s.pleG, s.pleG, pi); err != nil {
+	if err := b.GeluTanhMul(g, g, pi); err != nil {
 		return err
 	}
 	e := s.e
-	e.Shape = kernels.Shape(1, s.m.Config.HiddenSize)
-	if err := b.MatMul(e, s.pleG, &l.pleProj); err != nil {
+	e.Shape = kernels.Shape(T, cfg.HiddenSize)
+	if err := b.MatMul(e, g, &l.pleProj); err != nil {
 		return fmt.Errorf("per_layer_projection: %w", err)
 	}
-	if err := b.RMSNorm(e, e, l.pleNorm, float32(s.m.Config.RMSNormEps)); err != nil {
+	if err := b.RMSNorm(e, e, l.pleNorm, float32(cfg.RMSNormEps)); err != nil {
 		return fmt.Errorf("post_per_layer_input_norm: %w", err)
 	}
 	return b.Add(h, h, e)

@@ -21,7 +21,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 )
 
-var fixtures = []string{"tiny-moe", "tiny-moe-4bit", "tiny-moe-8bit", "tiny-moe-mixed"}
+var fixtures = []string{"tiny-moe", "tiny-moe-4bit", "tiny-moe-8bit", "tiny-moe-mixed", "tiny-e2b"}
 
 type reference struct {
 	logits                               []float32

@@ -59,7 +59,7 @@ func TestFixtureLogitsF32(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a whole model through the emulator")
 	}
-	for _, name := range []string{"tiny-moe-4bit", "tiny-moe-mixed"} {
+	for _, name := range []string{"tiny-moe-4bit", "tiny-moe-mixed", "tiny-e2b"} {
 		t.Run(name, func(t *testing.T) {
 			ref := readReference(t, name)
 			m := open(t, name, dtype.F32)
