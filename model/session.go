@@ -100,11 +100,12 @@ func (s *Session) alloc() error {
 		width = max(width, l.cfg.MLPWidth)
 	}
 	dt := b.ActivationDType()
-	allocs := []struct {
+	type scratch struct {
 		dst   *kernels.Tensor
 		dt    dtype.DType
 		shape []int
-	}{
+	}
+	allocs := []scratch{
 		{&s.h, dt, []int{C, H}}, {&s.x, dt, []int{C, H}}, {&s.a, dt, []int{C, H}},
 		{&s.g, dt, []int{C, width}}, {&s.u, dt, []int{C, width}}, {&s.d, dt, []int{C, H}}, {&s.e, dt, []int{C, H}},
 		{&s.final, dt, []int{1, H}}, {&s.logits, dtype.F32, []int{1, cfg.VocabSize}}, // f32: read without conversion
@@ -112,27 +113,8 @@ func (s *Session) alloc() error {
 	}
 	if P := cfg.PLEDim; P > 0 {
 		L := cfg.NumLayers
-		allocs = append(allocs, struct {
-			dst   *kernels.Tensor
-			dt    dtype.DType
-			shape []int
-		}{&s.ple, dt, []int{C, L * P}}, struct {
-			dst   *kernels.Tensor
-			dt    dtype.DType
-			shape []int
-		}{&s.pleTok, dt, []int{C, L * P}}, struct {
-			dst   *kernels.Tensor
-			dt    dtype.DType
-			shape []int
-		}{&s.pleG, dt, []int{C, P}}, struct {
-			dst   *kernels.Tensor
-			dt    dtype.DType
-			shape []int
-		}{&s.pleI, dt, []int{C, P}}, struct {
-			dst   *kernels.Tensor
-			dt    dtype.DType
-			shape []int
-		}{&s.pleRows, dtype.I32, []int{L, C}})
+		allocs = append(allocs, scratch{&s.ple, dt, []int{C, L * P}}, scratch{&s.pleTok, dt, []int{C, L * P}},
+			scratch{&s.pleG, dt, []int{C, P}}, scratch{&s.pleI, dt, []int{C, P}}, scratch{&s.pleRows, dtype.I32, []int{L, C}})
 	}
 	for _, a := range allocs {
 		if *a.dst, err = b.Alloc(a.dt, a.shape...); err != nil {
