@@ -300,3 +300,17 @@ type Concurrent interface {
 	Side(f func() error) error
 	Join() error
 }
+
+// MaxTopK is the most values a Selector picks from a row.
+const MaxTopK = 256
+
+// Selector is implemented by backends that pick the greatest values of a
+// row where it lies, so that a decode loop that samples from the best few
+// tokens reads those instead of the whole vocabulary's logits. TopK writes
+// the k greatest values of each row of x [M, N] (F32), best first, into
+// values [M, k] (F32), and their columns into ids [M, k] (I32); on equal
+// values the lower column comes first, and NaNs come after every number.
+// 1 <= k <= min(N, MaxTopK).
+type Selector interface {
+	TopK(values, ids, x Tensor, k int) error
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"iter"
 	"time"
+
+	"github.com/gemmoe/gemmoe/kernels"
 )
 
 // GenerateOptions control a generation.
@@ -70,6 +72,19 @@ func (s *Session) Generate(ctx context.Context, prompt []int32, opts GenerateOpt
 			stop[id] = true
 		}
 		sampler := NewSampler(opts.SampleOptions)
+		// On a backend that picks the best logits where they lie, read only
+		// as many as settle the sampler's choice.
+		vocab := s.m.Config.VocabSize
+		if _, ok := s.m.Backend.(kernels.Selector); ok && !s.m.opts.ReadAllLogits {
+			s.top = sampler.selectable(vocab)
+		}
+		defer func() { s.top = 0 }()
+		pick := func(logits []float32) int32 {
+			if s.top > 0 {
+				return sampler.sampleFrom(logits, s.topIDs, vocab, s.tokens)
+			}
+			return sampler.Sample(logits, s.tokens)
+		}
 		st := Stats{PromptTokens: len(prompt), Reason: "length"}
 		defer func() {
 			if stats != nil {
@@ -85,7 +100,7 @@ func (s *Session) Generate(ctx context.Context, prompt []int32, opts GenerateOpt
 		st.PromptTime = time.Since(t0)
 		t1 := time.Now()
 		for {
-			id := sampler.Sample(logits, s.tokens)
+			id := pick(logits)
 			st.GeneratedTokens++
 			st.GenTime = time.Since(t1)
 			if !yield(Token{ID: id}, nil) {

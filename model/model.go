@@ -33,6 +33,9 @@ type Options struct {
 	// NoFusion turns off the fused ops of backends that offer them
 	// (kernels.Fuser); each layer then runs the plain ops.
 	NoFusion bool
+	// ReadAllLogits makes Generate read every logit of each step even on
+	// backends that pick the best ones where they lie (kernels.Selector).
+	ReadAllLogits bool
 }
 
 // layer is one decoder layer's weights on the backend.

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
+
+	"github.com/gemmoe/gemmoe/kernels"
 )
 
 // SampleOptions choose the next token from logits. The zero value is greedy.
@@ -48,6 +51,11 @@ type Sampler struct {
 	seen  map[int32]bool
 	one   [1]int
 	unit  [1]float64
+
+	// sampleFrom's candidates in id order.
+	order  []int
+	sub    []float32
+	subIDs []int32
 }
 
 // NewSampler returns a sampler for opts.
@@ -60,21 +68,45 @@ func NewSampler(opts SampleOptions) *Sampler {
 
 // penalize applies the repetition penalty to the tokens of the recent window.
 func (s *Sampler) penalize(logits []float32, recent []int32) {
+	s.eachPenalized(recent, func(id int32) {
+		if int(id) < len(logits) && id >= 0 {
+			s.penalty(&logits[id])
+		}
+	})
+}
+
+// penalizeSub applies it to logits of the tokens ids (ascending).
+func (s *Sampler) penalizeSub(logits []float32, ids, recent []int32) {
+	s.eachPenalized(recent, func(id int32) {
+		if i, ok := slices.BinarySearch(ids, id); ok {
+			s.penalty(&logits[i])
+		}
+	})
+}
+
+// eachPenalized calls f once for each distinct token of the recent window,
+// in the window's order, when the penalty is on.
+func (s *Sampler) eachPenalized(recent []int32, f func(id int32)) {
 	o := s.opts
 	if o.RepeatPenalty <= 0 || o.RepeatPenalty == 1 {
 		return
 	}
 	clear(s.seen)
 	for _, id := range recent[max(0, len(recent)-o.RepeatWindow):] {
-		if s.seen[id] || int(id) >= len(logits) || id < 0 {
-			continue
+		if !s.seen[id] {
+			s.seen[id] = true
+			f(id)
 		}
-		s.seen[id] = true
-		if logits[id] > 0 {
-			logits[id] /= float32(o.RepeatPenalty)
-		} else {
-			logits[id] *= float32(o.RepeatPenalty)
-		}
+	}
+}
+
+// penalty lowers one logit: a positive one divided by the penalty, the
+// others multiplied by it.
+func (s *Sampler) penalty(l *float32) {
+	if p := float32(s.opts.RepeatPenalty); *l > 0 {
+		*l /= p
+	} else {
+		*l *= p
 	}
 }
 
@@ -144,16 +176,24 @@ func (s *Sampler) topN(logits []float32, n int, dst []int) []int {
 // the history the repetition penalty looks at; logits is modified by it.
 func (s *Sampler) Candidates(logits []float32, recent []int32) ([]int, []float64) {
 	s.penalize(logits, recent)
+	return s.candidates(logits, len(logits))
+}
+
+// candidates is Candidates after the penalty, for logits that are either
+// the whole vocabulary of full tokens or, in id order, a subset that holds
+// every token the filters could keep (sampleFrom): the same operations in
+// the same order either way.
+func (s *Sampler) candidates(logits []float32, full int) ([]int, []float64) {
 	o := s.opts
 	if o.Temperature == 0 {
 		s.one[0], s.unit[0] = argmax(logits), 1
 		return s.one[:], s.unit[:]
 	}
-	K := len(logits)
+	K := full
 	if o.TopK > 0 {
 		K = min(o.TopK, K)
 	}
-	filtered := K < len(logits) || (o.TopP > 0 && o.TopP < 1) || o.MinP > 0
+	filtered := K < full || (o.TopP > 0 && o.TopP < 1) || o.MinP > 0
 	if !filtered {
 		s.idx = s.topN(logits, K, s.idx)
 		return s.idx, s.softmax(logits, s.idx, 0)
@@ -165,7 +205,7 @@ func (s *Sampler) Candidates(logits []float32, recent []int32) ([]int, []float64
 		z := 0.0 // m == K: the candidates are the whole set
 		if m < K {
 			if zK < 0 {
-				zK = s.partition(logits, K, float64(logits[s.idx[0]]))
+				zK = s.partition(logits, K, float64(logits[s.idx[0]]), full)
 			}
 			z = zK
 		}
@@ -224,10 +264,11 @@ func (s *Sampler) softmax(logits []float32, idx []int, z float64) []float64 {
 }
 
 // partition returns Σ exp((l - max)/T) over the k best tokens (all tokens
-// when k is the vocabulary), relative to the best token, whose logit is mx.
-func (s *Sampler) partition(logits []float32, k int, mx float64) float64 {
+// when k is the vocabulary of full tokens), relative to the best token,
+// whose logit is mx.
+func (s *Sampler) partition(logits []float32, k int, mx float64, full int) float64 {
 	t := s.opts.Temperature
-	if k < len(logits) {
+	if k < full {
 		var z float64
 		for _, i := range s.topN(logits, k, nil) {
 			z += math.Exp((float64(logits[i]) - mx) / t)
@@ -280,7 +321,7 @@ func (s *Sampler) Sample(logits []float32, recent []int32) int32 {
 		// Plain temperature sampling: one scan in id order, no selection.
 		s.penalize(logits, recent)
 		mx := float64(logits[argmax(logits)])
-		z := s.partition(logits, len(logits), mx)
+		z := s.partition(logits, len(logits), mx, len(logits))
 		floor := tailFloor(mx, o.Temperature, len(logits))
 		r := s.rng.Float64() * z
 		last := 0
@@ -300,15 +341,69 @@ func (s *Sampler) Sample(logits []float32, recent []int32) int32 {
 		return int32(last)
 	}
 	idx, probs := s.Candidates(logits, recent)
-	if len(idx) == 1 {
-		return int32(idx[0])
+	return int32(idx[s.draw(probs)])
+}
+
+// draw picks a position of probs (summing to 1) with the generator; one
+// candidate takes no draw.
+func (s *Sampler) draw(probs []float64) int {
+	if len(probs) == 1 {
+		return 0
 	}
 	r := s.rng.Float64()
 	for i, p := range probs {
 		r -= p
 		if r < 0 {
-			return int32(idx[i])
+			return i
 		}
 	}
-	return int32(idx[len(idx)-1])
+	return len(probs) - 1
+}
+
+// selectable returns how many of the best logits, picked where they lie
+// (kernels.Selector), settle Sample's choice from a vocabulary of vocab
+// tokens: 1 for greedy, top-k's k otherwise, and in both cases as many more
+// as the repetition window holds when the penalty is on (it lowers logits,
+// so a penalized token can only leave the best, letting the next ones in).
+// 0: every logit counts (no top-k, or a penalty below 1, which raises
+// logits), or more than kernels.MaxTopK.
+func (s *Sampler) selectable(vocab int) int {
+	o := s.opts
+	n := 1
+	if o.Temperature > 0 {
+		if o.TopK <= 0 {
+			return 0
+		}
+		n = o.TopK
+	}
+	if p := o.RepeatPenalty; p > 0 && p != 1 {
+		if p < 1 {
+			return 0
+		}
+		n += o.RepeatWindow
+	}
+	if n > kernels.MaxTopK || n > vocab {
+		return 0
+	}
+	return n
+}
+
+// sampleFrom draws the next token as Sample would from all vocab logits,
+// given the selectable(vocab) best of them: vals and ids, best first, as
+// kernels.Selector writes them. recent is Sample's history.
+func (s *Sampler) sampleFrom(vals []float32, ids []int32, vocab int, recent []int32) int32 {
+	// In id order, so that ties fall as in the whole vocabulary.
+	order := s.order[:0]
+	for i := range ids {
+		order = append(order, i)
+	}
+	sort.Slice(order, func(a, b int) bool { return ids[order[a]] < ids[order[b]] })
+	sub, subIDs := s.sub[:0], s.subIDs[:0]
+	for _, i := range order {
+		sub, subIDs = append(sub, vals[i]), append(subIDs, ids[i])
+	}
+	s.order, s.sub, s.subIDs = order, sub, subIDs
+	s.penalizeSub(sub, subIDs, recent)
+	idx, probs := s.candidates(sub, vocab)
+	return subIDs[idx[s.draw(probs)]]
 }

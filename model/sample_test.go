@@ -231,12 +231,12 @@ func TestSamplerTail(t *testing.T) {
 			tail += math.Exp(float64(l) / tc.temp)
 		}
 		exact := 1 + tail
-		got := s.partition(logits, tc.n, 0)
+		got := s.partition(logits, tc.n, 0, tc.n)
 		if rel := (exact - got) / exact; rel < 0 || rel >= 1e-6 {
 			t.Errorf("n %d, T %g: normalizer %.12g, exact %.12g: relative loss %.3g (want [0, 1e-6))", tc.n, tc.temp, got, exact, rel)
 		}
 		logits[1] = math.Nextafter32(floor, 1) // just above the floor: counted
-		if got := s.partition(logits, tc.n, 0); got <= 1 {
+		if got := s.partition(logits, tc.n, 0, tc.n); got <= 1 {
 			t.Errorf("n %d, T %g: a token above the floor was left out", tc.n, tc.temp)
 		}
 	}

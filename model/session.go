@@ -47,6 +47,15 @@ type Session struct {
 	last  []float32
 	keep  func(int, []float32) // s.keepLast, bound once
 	tok1  [1]int32
+
+	// With top > 0 (Generate on a kernels.Selector backend) forwardLast
+	// reads only the top greatest logits, picked on the device into topBuf
+	// (values, then ids), into topVals and topIDs.
+	top     int
+	topBuf  kernels.Tensor // I32 [2·kernels.MaxTopK]
+	topRaw  []byte
+	topVals []float32
+	topIDs  []int32
 }
 
 // NewSession makes an empty session with its caches and scratch.
@@ -144,7 +153,7 @@ func (s *Session) Close() {
 		s.moe = nil
 	}
 	for _, t := range []*kernels.Tensor{&s.h, &s.x, &s.a, &s.g, &s.u, &s.d, &s.e, &s.ple, &s.pleTok, &s.pleG, &s.pleI, &s.pleRows,
-		&s.final, &s.logits, &s.ids, &s.pos} {
+		&s.final, &s.logits, &s.ids, &s.pos, &s.topBuf} {
 		if !t.IsZero() {
 			b.Free(*t)
 			*t = kernels.Tensor{}
@@ -648,8 +657,12 @@ func (s *Session) traceRouter(i, T int, trace *Trace) error {
 }
 
 // readLogits reads s.logits: into the session's buffer on the
-// allocation-free path (forwardLast), else into a new slice.
+// allocation-free path (forwardLast; only the s.top best with s.top > 0),
+// else into a new slice.
 func (s *Session) readLogits() ([]float32, error) {
+	if s.reuse && s.top > 0 {
+		return s.readTop()
+	}
 	if !s.reuse {
 		return s.read(s.logits)
 	}
@@ -659,6 +672,46 @@ func (s *Session) readLogits() ([]float32, error) {
 	}
 	s.out = s.out[:n]
 	return s.readInto(s.out, s.logits)
+}
+
+// readTop picks the s.top greatest logits on the backend
+// (kernels.Selector), best first, and reads them into s.topVals and their
+// token ids into s.topIDs.
+func (s *Session) readTop() ([]float32, error) {
+	b, n := s.m.Backend, s.top
+	sel, ok := b.(kernels.Selector)
+	if !ok || n > kernels.MaxTopK {
+		return nil, fmt.Errorf("read: %d best logits of a backend that cannot pick them", n)
+	}
+	if s.topBuf.IsZero() {
+		t, err := b.Alloc(dtype.I32, 2*kernels.MaxTopK)
+		if err != nil {
+			return nil, err
+		}
+		s.topBuf = t
+	}
+	vals, ids, both := s.topBuf, s.topBuf, s.topBuf
+	vals.DType, vals.Shape = dtype.F32, kernels.Shape(1, n)
+	ids.Offset, ids.Shape = ids.Offset+int64(4*n), kernels.Shape(1, n)
+	both.Shape = kernels.Shape(2 * n)
+	if err := sel.TopK(vals, ids, s.logits, n); err != nil {
+		return nil, err
+	}
+	if cap(s.topRaw) < 8*n {
+		s.topRaw = make([]byte, 8*kernels.MaxTopK)
+		s.topVals = make([]float32, kernels.MaxTopK)
+		s.topIDs = make([]int32, kernels.MaxTopK)
+	}
+	raw := s.topRaw[:8*n]
+	if err := b.Download(raw, both); err != nil {
+		return nil, err
+	}
+	s.topVals, s.topIDs = s.topVals[:n], s.topIDs[:n]
+	for i := range n {
+		s.topVals[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		s.topIDs[i] = int32(binary.LittleEndian.Uint32(raw[4*(n+i):]))
+	}
+	return s.topVals, nil
 }
 
 // read downloads a tensor as float32 values.

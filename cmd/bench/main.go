@@ -44,6 +44,14 @@ type options struct {
 	jsonOut                      bool
 	seed                         uint64
 	cpuProfile                   string
+	sample                       string // "": tg reads every logit; else Generate with these settings
+	allLogits                    bool
+}
+
+// samplings are the -sample settings: Generate's sampler in the tg test.
+var samplings = map[string]model.SampleOptions{
+	"greedy": {},
+	"gemma":  {Temperature: 1, TopK: 64, TopP: 0.95, Seed: 1}, // Gemma's generation_config.json
 }
 
 // Result is one row of the report.
@@ -82,6 +90,8 @@ func main() {
 	flag.BoolVar(&o.jsonOut, "json", false, "print results as JSON lines")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the synthetic weights and tokens")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed tests to this file")
+	flag.StringVar(&o.sample, "sample", "", "tg test through Generate with this sampler (greedy, gemma: temperature 1, top-k 64, top-p 0.95) instead of reading every token's logits")
+	flag.BoolVar(&o.allLogits, "all-logits", false, "with -sample: read all logits each token even where the backend picks the best ones itself")
 	flag.Parse()
 	if err := run(context.Background(), o, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -105,6 +115,10 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 	if o.reps <= 0 || o.prompt < 0 || o.gen < 0 || (o.prompt == 0 && o.gen == 0) {
 		return errors.New("-reps must be positive, and -prompt or -gen too")
 	}
+	sampling, ok := samplings[o.sample]
+	if o.sample != "" && !ok {
+		return fmt.Errorf("-sample %q: want greedy or gemma", o.sample)
+	}
 	src, name, err := open(o, log)
 	if err != nil {
 		return err
@@ -124,7 +138,7 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 		fmt.Fprintln(log, "device:", device)
 	}
 	chunk := min(max(o.prompt, 1), 512)
-	m, err := model.New(src, b, model.Options{Chunk: chunk, ContextLength: o.prompt + o.gen + 1})
+	m, err := model.New(src, b, model.Options{Chunk: chunk, ContextLength: o.prompt + o.gen + 1, ReadAllLogits: o.allLogits})
 	if err != nil {
 		return err
 	}
@@ -179,6 +193,22 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 			if err != nil {
 				return err
 			}
+			if o.sample != "" {
+				// The first token comes with the prompt: the rate is of the
+				// others (Stats.GenTPS). Random weights may reach an end id
+				// early; the rate is of the tokens generated.
+				var st model.Stats
+				opts := model.GenerateOptions{SampleOptions: sampling, MaxTokens: o.gen + 1}
+				for _, err := range s.Generate(ctx, tokens(1), opts, &st) {
+					if err != nil {
+						s.Close()
+						return err
+					}
+				}
+				rates = append(rates, st.GenTPS())
+				s.Close()
+				continue
+			}
 			if _, err := s.Forward(ctx, tokens(1)); err != nil {
 				return err
 			}
@@ -198,6 +228,9 @@ func run(ctx context.Context, o options, out, log io.Writer) error {
 		}
 		r := base
 		r.Test = fmt.Sprintf("tg%d", o.gen)
+		if o.sample != "" {
+			r.Test += " " + o.sample
+		}
 		r.TokensPerSec, r.StdDev = meanStd(rates)
 		r.BytesPerToken = decodeBytes(src)
 		r.Bandwidth, r.BandwidthKind = bandwidth(b)
@@ -339,12 +372,16 @@ func report(w io.Writer, rs []Result, asJSON bool) {
 		}
 		return
 	}
-	fmt.Fprintf(w, "| %-40s | %9s | %7s | %-7s | %6s | %18s |\n", "model", "size", "params", "backend", "test", "t/s")
-	fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", strings.Repeat("-", 40), strings.Repeat("-", 9),
-		strings.Repeat("-", 7), strings.Repeat("-", 7), strings.Repeat("-", 6), strings.Repeat("-", 18))
+	tw := 6 // the test column: as wide as its longest name
 	for _, r := range rs {
-		fmt.Fprintf(w, "| %-40s | %5.2f GiB | %6.2fB | %-7s | %6s | %9.2f ± %6.2f |\n", r.Model,
-			float64(r.SizeBytes)/(1<<30), float64(r.Params)/1e9, r.Backend, r.Test, r.TokensPerSec, r.StdDev)
+		tw = max(tw, len(r.Test))
+	}
+	fmt.Fprintf(w, "| %-40s | %9s | %7s | %-7s | %*s | %18s |\n", "model", "size", "params", "backend", tw, "test", "t/s")
+	fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", strings.Repeat("-", 40), strings.Repeat("-", 9),
+		strings.Repeat("-", 7), strings.Repeat("-", 7), strings.Repeat("-", tw), strings.Repeat("-", 18))
+	for _, r := range rs {
+		fmt.Fprintf(w, "| %-40s | %5.2f GiB | %6.2fB | %-7s | %*s | %9.2f ± %6.2f |\n", r.Model,
+			float64(r.SizeBytes)/(1<<30), float64(r.Params)/1e9, r.Backend, tw, r.Test, r.TokensPerSec, r.StdDev)
 	}
 	for _, r := range rs {
 		if r.BytesPerToken == 0 {

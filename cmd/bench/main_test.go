@@ -19,6 +19,7 @@ func TestBenchErrors(t *testing.T) {
 		{"too many layers", options{synthetic: "gemma-4-26b-a4b", layers: 31, reps: 1, gen: 1, bits: 4, group: 64}, "30 layers"},
 		{"bad bits", options{synthetic: "gemma-4-26b-a4b", layers: 1, reps: 1, gen: 1, bits: 7, group: 64}, "7 bits"},
 		{"nothing to run", options{synthetic: "gemma-4-26b-a4b", reps: 1}, "-prompt or -gen"},
+		{"unknown sampler", options{synthetic: "gemma-4-26b-a4b", reps: 1, gen: 1, sample: "nucleus"}, `-sample "nucleus"`},
 		{"missing model dir", options{modelDir: "does-not-exist", reps: 1, gen: 1, backend: "cpu"}, "does-not-exist"},
 		{"unknown backend", options{modelDir: "../../testdata/tiny-moe-4bit", reps: 1, gen: 1, backend: "tpu"}, "unknown backend"},
 	}
@@ -53,5 +54,14 @@ func TestModelDirRuns(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), `"tokens_per_sec"`); n != 2 {
 		t.Fatalf("want a pp and a tg result, got %q", out.String())
+	}
+	out.Reset()
+	err = run(context.Background(), options{modelDir: "../../testdata/tiny-moe-4bit", gen: 4, reps: 1, backend: "cpu", sample: "gemma"},
+		&out, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "tg4 gemma") {
+		t.Fatalf("want a tg4 gemma row, got %q", out.String())
 	}
 }

@@ -28,6 +28,7 @@ var moduleSpecs = map[string]moduleSpec{
 	"attention_bf16": {"attention.cu", []string{"CACHE_T=bf16_t"}},
 	"attention_f16":  {"attention.cu", []string{"CACHE_T=f16_t"}},
 	"attention_tc":   {"attention_tc.cu", nil},
+	"select":         {"select.cu", nil},
 }
 
 // module returns the loaded module, compiling it with NVRTC (or reading the
