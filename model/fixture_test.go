@@ -42,6 +42,25 @@ func open(t *testing.T, name string, opts model.Options, cpuOpts ...cpu.Option) 
 
 func maxAbsDiff(a, b []float32) float64 { return fixture.MaxAbsDiff(a, b) }
 
+// generated runs Generate from prompt on a new session of m and returns the
+// tokens.
+func generated(t *testing.T, m *model.Model, prompt []int32, opts model.GenerateOptions) []int32 {
+	t.Helper()
+	s, err := m.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var got []int32
+	for tok, err := range s.Generate(context.Background(), prompt, opts, nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, tok.ID)
+	}
+	return got
+}
+
 // TestFixtureLogits checks the full-sequence forward against transformers:
 // hidden states per layer within 1e-3 relative, the router's top-k ids
 // identical, and the logits within 5e-3 with float64 sums in the quantized

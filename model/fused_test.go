@@ -84,17 +84,7 @@ func TestFusedPath(t *testing.T) {
 					steps = append(steps, l)
 				}
 				s.Close()
-				s, err = m.NewSession()
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer s.Close()
-				for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)}, nil) {
-					if err != nil {
-						t.Fatal(err)
-					}
-					tokens = append(tokens, tok.ID)
-				}
+				tokens = generated(t, m, ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)})
 				return prefill, steps, routed, tokens
 			}
 			p0, s0, r0, _ := run(false, false)

@@ -1,7 +1,6 @@
 package model_test
 
 import (
-	"context"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -140,18 +139,7 @@ func TestGraphDecode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	s, err := m.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	var got []int32
-	for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)}, nil) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, tok.ID)
-	}
+	got := generated(t, m, ref.GreedyPrompt, model.GenerateOptions{MaxTokens: len(ref.GreedyTokens)})
 	for i := range ref.GreedyTokens {
 		if i >= len(got) || got[i] != ref.GreedyTokens[i] {
 			t.Fatalf("greedy tokens through the graph %v, want %v", got, ref.GreedyTokens)

@@ -1,7 +1,6 @@
 package model_test
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -85,19 +84,7 @@ func TestGenerateSelected(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer m.Close()
-		s, err := m.NewSession()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		var got []int32
-		for tok, err := range s.Generate(context.Background(), ref.GreedyPrompt, opts, nil) {
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, tok.ID)
-		}
-		return got
+		return generated(t, m, ref.GreedyPrompt, opts)
 	}
 	for _, c := range []struct {
 		opts     model.SampleOptions
