@@ -296,3 +296,61 @@ func TestArgmaxTopN(t *testing.T) {
 		}
 	}
 }
+
+// TestSampleFromBest checks that drawing from the selectable best logits
+// (sampleFrom, as Generate does on a kernels.Selector backend) gives what
+// drawing from all of them gives, draw after draw with the same seed, over
+// random settings, histories and logits full of ties.
+func TestSampleFromBest(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 3))
+	const vocab = 3000
+	tried := 0
+	for trial := range 300 {
+		o := SampleOptions{Seed: uint64(trial)}
+		if r.IntN(4) > 0 {
+			o.Temperature = 0.3 + 1.5*r.Float64()
+			o.TopK = 1 + r.IntN(120)
+			if r.IntN(2) == 0 {
+				o.TopP = 0.5 + 0.5*r.Float64()
+			}
+			if r.IntN(3) == 0 {
+				o.MinP = 0.2 * r.Float64()
+			}
+		}
+		if r.IntN(2) == 0 {
+			o.RepeatPenalty, o.RepeatWindow = 1+r.Float64(), 1+r.IntN(100)
+		}
+		all, best := NewSampler(o), NewSampler(o)
+		n := best.selectable(vocab)
+		if n == 0 {
+			continue
+		}
+		tried++
+		recent := make([]int32, r.IntN(200))
+		for i := range recent {
+			recent[i] = int32(r.IntN(vocab / 10)) // often among the best
+		}
+		for draw := range 5 {
+			logits := make([]float32, vocab)
+			for i := range logits {
+				logits[i] = float32(r.IntN(40)) / 4 // ties everywhere
+			}
+			order := make([]int, vocab)
+			for i := range order {
+				order[i] = i
+			}
+			sort.SliceStable(order, func(a, b int) bool { return logits[order[a]] > logits[order[b]] })
+			vals, ids := make([]float32, n), make([]int32, n)
+			for j, i := range order[:n] {
+				vals[j], ids[j] = logits[i], int32(i)
+			}
+			want := all.Sample(slices.Clone(logits), recent)
+			if got := best.sampleFrom(vals, ids, vocab, recent); got != want {
+				t.Fatalf("trial %d (%+v), draw %d: %d from the best %d logits, %d from all", trial, o, draw, got, n, want)
+			}
+		}
+	}
+	if tried < 100 {
+		t.Fatalf("only %d settings could draw from the best logits", tried)
+	}
+}
