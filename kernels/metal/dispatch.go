@@ -140,6 +140,10 @@ type routerParams struct {
 	Experts, K, HasScale int32
 }
 
+type topKParams struct {
+	N, K, Values int32
+}
+
 // paramStructs maps MSL struct names to their Go mirrors.
 var paramStructs = map[string]any{
 	"QMVParams":     qmvParams{},
@@ -152,6 +156,7 @@ var paramStructs = map[string]any{
 	"StoreParams":   storeParams{},
 	"AttnParams":    attnParams{},
 	"RouterParams":  routerParams{},
+	"TopKParams":    topKParams{},
 }
 
 // inline returns the inline argument holding the little-endian bytes of the
