@@ -17,6 +17,7 @@ package kernels
 
 import (
 	"fmt"
+	"sort"
 
 	"github.com/gemmoe/gemmoe/dtype"
 )
@@ -313,4 +314,23 @@ const MaxTopK = 256
 // 1 <= k <= min(N, MaxTopK).
 type Selector interface {
 	TopK(values, ids, x Tensor, k int) error
+}
+
+// TopKOf returns the columns of the k greatest values of row, best first,
+// as Selector.TopK orders them (on equal values the lower column first, NaNs
+// after every number): the definition the backends' selections are tested
+// against, computed by sorting on the host.
+func TopKOf(row []float32, k int) []int {
+	order := make([]int, len(row))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		va, vb := row[order[a]], row[order[b]]
+		if va != va || vb != vb { // a number before a NaN
+			return vb != vb && va == va
+		}
+		return va > vb
+	})
+	return order[:min(k, len(row))]
 }

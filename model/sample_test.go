@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sort"
 	"testing"
+
+	"github.com/gemmoe/gemmoe/kernels"
 )
 
 // TestSamplerSets checks, on a fixed logits vector, that each filter keeps
@@ -335,13 +337,8 @@ func TestSampleFromBest(t *testing.T) {
 			for i := range logits {
 				logits[i] = float32(r.IntN(40)) / 4 // ties everywhere
 			}
-			order := make([]int, vocab)
-			for i := range order {
-				order[i] = i
-			}
-			sort.SliceStable(order, func(a, b int) bool { return logits[order[a]] > logits[order[b]] })
 			vals, ids := make([]float32, n), make([]int32, n)
-			for j, i := range order[:n] {
+			for j, i := range kernels.TopKOf(logits, n) {
 				vals[j], ids[j] = logits[i], int32(i)
 			}
 			want := all.Sample(slices.Clone(logits), recent)

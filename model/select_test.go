@@ -6,7 +6,6 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
-	"sort"
 	"testing"
 
 	"github.com/gemmoe/gemmoe/kernels"
@@ -37,24 +36,8 @@ func (b selecting) TopK(values, ids, x kernels.Tensor, k int) error {
 		for i := range row {
 			row[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*(r*n+i):]))
 		}
-		order := make([]int, n)
-		for i := range order {
-			order[i] = i
-		}
-		rank := func(v float32) float64 { // NaN after every number
-			if v != v {
-				return math.Inf(-1)
-			}
-			return float64(v)
-		}
-		sort.SliceStable(order, func(a, c int) bool {
-			va, vc := row[order[a]], row[order[c]]
-			if (va != va) != (vc != vc) {
-				return vc != vc
-			}
-			return rank(va) > rank(vc)
-		})
-		for _, i := range order[:k] {
+		order := kernels.TopKOf(row, k)
+		for _, i := range order {
 			vb = binary.LittleEndian.AppendUint32(vb, math.Float32bits(row[i]))
 			ib = binary.LittleEndian.AppendUint32(ib, uint32(i))
 		}

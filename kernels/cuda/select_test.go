@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"testing"
 
 	"github.com/gemmoe/gemmoe/dtype"
@@ -45,17 +44,7 @@ func TestTopK(t *testing.T) {
 					gv, gi := get(t, be, vals), get(t, be, ids)
 					for row := range m {
 						xr := x[row*n : (row+1)*n]
-						order := make([]int, n)
-						for i := range order {
-							order[i] = i
-						}
-						sort.SliceStable(order, func(a, b int) bool {
-							va, vb := xr[order[a]], xr[order[b]]
-							if (va != va) || (vb != vb) {
-								return vb != vb && va == va
-							}
-							return va > vb
-						})
+						order := kernels.TopKOf(xr, k)
 						for j := range k {
 							want, got := order[j], int(gi[row*k+j])
 							if got != want {

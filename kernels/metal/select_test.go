@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"testing"
 
 	"github.com/gemmoe/gemmoe/dtype"
@@ -43,17 +42,11 @@ func TestTopK(t *testing.T) {
 				gv, gi := e.get(t, vals), e.get(t, ids)
 				for row := range m {
 					xr := x[row*n : (row+1)*n]
-					order := make([]int, n)
-					for i := range order {
-						order[i] = i
+					xf := make([]float32, n)
+					for i, v := range xr {
+						xf[i] = float32(v)
 					}
-					sort.SliceStable(order, func(a, b int) bool {
-						va, vb := xr[order[a]], xr[order[b]]
-						if math.IsNaN(va) || math.IsNaN(vb) {
-							return math.IsNaN(vb) && !math.IsNaN(va)
-						}
-						return va > vb
-					})
+					order := kernels.TopKOf(xf, k)
 					for j := range k {
 						want, got := order[j], int(gi[row*k+j])
 						if got != want {
