@@ -1,6 +1,8 @@
 package kernels
 
 import (
+	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -113,5 +115,25 @@ func TestShapeInterned(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { _ = Shape(7, 11) }); n != 0 {
 		t.Fatalf("Shape allocates %v times per call", n)
+	}
+}
+
+func TestTopKOf(t *testing.T) {
+	nan := float32(math.NaN())
+	negZero := float32(math.Copysign(0, -1))
+	for _, c := range []struct {
+		row  []float32
+		k    int
+		want []int
+	}{
+		{[]float32{1, 3, 2}, 2, []int{1, 2}},
+		{[]float32{2, 5, 5, 2}, 3, []int{1, 2, 0}},                             // ties: the lower column first
+		{[]float32{nan, -1, nan, float32(math.Inf(-1))}, 4, []int{1, 3, 0, 2}}, // NaNs after every number
+		{[]float32{negZero, 0, negZero}, 3, []int{0, 1, 2}},                    // -0 equals +0
+		{[]float32{4}, 5, []int{0}},                                            // k beyond the row
+	} {
+		if got := TopKOf(c.row, c.k); !slices.Equal(got, c.want) {
+			t.Errorf("TopKOf(%v, %d) = %v, want %v", c.row, c.k, got, c.want)
+		}
 	}
 }
