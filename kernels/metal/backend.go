@@ -34,6 +34,9 @@ type Backend struct {
 	tiledMinRows int
 	// trace, when set, sees every dispatch before it runs (tests).
 	trace func(*Dispatch)
+	// topk holds TopK's kept keys between calls, the levels alternating
+	// between the two.
+	topk [2]kernels.Tensor
 }
 
 var _ kernels.Backend = (*Backend)(nil)

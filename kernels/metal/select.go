@@ -8,6 +8,26 @@ import (
 // topkTile is TOPK_TILE of 40_select.metal: the keys one threadgroup sorts.
 const topkTile = 2048
 
+// topkKeys returns TopK's scratch i as rows of n keys (8 bytes each),
+// growing the buffer kept from earlier calls when it is too small.
+func (b *Backend) topkKeys(i, rows, n int) (kernels.Tensor, error) {
+	t := &b.topk[i]
+	if t.IsZero() || t.Numel() < 2*rows*n {
+		if !t.IsZero() {
+			b.Free(*t)
+		}
+		nt, err := b.Alloc(dtype.I32, 2*rows*n)
+		if err != nil {
+			*t = kernels.Tensor{}
+			return kernels.Tensor{}, err
+		}
+		*t = nt
+	}
+	v := *t
+	v.Shape = []int{rows, 2 * n}
+	return v, nil
+}
+
 // TopK writes the k greatest values of each row of x and their columns
 // (kernels.Selector): topk_level sorts tiles of the row and keeps their k
 // best, again on the kept keys until one tile is left, and topk_out writes
@@ -43,34 +63,22 @@ func (b *Backend) TopK(values, ids, x kernels.Tensor, k int) error {
 		return nil
 	}
 	in, vals := xa, int32(1)
-	var prev kernels.Tensor // the level before's keys, freed once read
-	defer func() {
-		if !prev.IsZero() {
-			b.Free(prev)
-		}
-	}()
-	for {
+	for level := 0; ; level++ {
 		tiles := ceilDiv(n, topkTile)
-		keys, err := b.Alloc(dtype.I32, m, 2*tiles*k) // tiles·k keys of 8 bytes a row
+		keys, err := b.topkKeys(level%2, m, tiles*k)
 		if err != nil {
 			return err
 		}
 		ka, err := b.out(op, "keys", keys)
 		if err != nil {
-			b.Free(keys)
 			return err
 		}
-		err = b.run(&Dispatch{
+		if err := b.run(&Dispatch{
 			Kernel:  "topk_level",
 			Groups:  [3]int{tiles, m, 1},
 			Threads: [3]int{256, 1, 1},
 			Args:    []Arg{in, ka, inline(topKParams{N: int32(n), K: int32(k), Values: vals})},
-		})
-		if !prev.IsZero() {
-			b.Free(prev)
-		}
-		prev = keys
-		if err != nil {
+		}); err != nil {
 			return err
 		}
 		in, vals, n = ka, 0, tiles*k
