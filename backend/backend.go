@@ -1,8 +1,11 @@
 // Package backend picks a kernels backend by name: "cpu" (pure Go, every
 // platform), "cpu-f64" (the CPU backend summing every quantized matmul in
 // float64: slower on AVX2 and AVX-512, agrees with the generic kernels to the
-// last bit), "cpu-int8" (the CPU backend with int8 activations in its quantized
-// matmuls: faster, slightly less exact), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
+// last bit), "cpu-f32" and "cpu-int24" (the CPU backend's 4-bit matmuls
+// summing in f32, or on inputs quantized to 24 bits, whichever is not its
+// default on this CPU: about as exact either way), "cpu-int8" (the CPU
+// backend with int8 activations in its quantized matmuls: faster, slightly
+// less exact), "cuda" (NVIDIA through the driver API, linux), "metal" (Apple
 // Silicon), "metal-emulated" (the Metal kernels run on the CPU, for
 // debugging), or "auto": the fastest one available here, else the CPU.
 package backend
@@ -27,6 +30,10 @@ var (
 		"cpu-int8": func() (kernels.Backend, error) { return cpu.New(cpu.WithInt8Activations(true)), nil },
 		// float64 sums in the 4- and 8-bit matmuls (kernels/cpu: WithFloat64Sums).
 		"cpu-f64": func() (kernels.Backend, error) { return cpu.New(cpu.WithFloat64Sums(true)), nil },
+		// The 4-bit matmuls on f32 sums or on int24 activations (the x86
+		// default: AVX-512 f32, AVX2 int24; kernels/cpu: WithInt24Activations).
+		"cpu-f32":   func() (kernels.Backend, error) { return cpu.New(cpu.WithInt24Activations(false)), nil },
+		"cpu-int24": func() (kernels.Backend, error) { return cpu.New(cpu.WithInt24Activations(true)), nil },
 	}
 	// autoOrder lists the backends "auto" tries, best first.
 	autoOrder []string

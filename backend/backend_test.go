@@ -6,7 +6,7 @@ import (
 )
 
 func TestOpen(t *testing.T) {
-	for _, name := range []string{"cpu", "cpu-f64", "cpu-int8", "auto", ""} {
+	for _, name := range []string{"cpu", "cpu-f64", "cpu-f32", "cpu-int24", "cpu-int8", "auto", ""} {
 		b, _, err := Open(name)
 		if err != nil {
 			t.Fatalf("Open(%q): %v", name, err)

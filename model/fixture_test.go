@@ -65,29 +65,34 @@ func generated(t *testing.T, m *model.Model, prompt []int32, opts model.Generate
 // hidden states per layer within 1e-3 relative, the router's top-k ids
 // identical, and the logits within 5e-3 with float64 sums in the quantized
 // matmuls (WithFloat64Sums, as the generic kernels sum), within 1e-2 with
-// the default kernels, which sum in f32 where AVX2, AVX-512 or NEON runs
-// them. Their rounding differs from transformers' about as much as
-// transformers' own cached and uncached runs differ, and these random
-// networks amplify such differences ~10⁴ from the first layer to the logits
-// (measured: 4.95e-3 with AVX-512, 5.6e-3 with AVX2, 4.8e-3 with NEON under
-// qemu, on the 8-bit fixture).
+// the kernels that sum in f32 (the default on AVX-512 and NEON) and with
+// int24 activations for the 4-bit weights (the default on AVX2; elsewhere
+// as f32). Their rounding differs from
+// transformers' about as much as transformers' own cached and uncached runs
+// differ, and these random networks amplify such differences ~10⁴ from the
+// first layer to the logits (measured: 4.95e-3 with AVX-512, 5.6e-3 with
+// AVX2, 4.8e-3 with NEON under qemu, on the 8-bit fixture).
 func TestFixtureLogits(t *testing.T) {
-	for _, f64 := range []bool{false, true} {
-		bound := 1e-2
-		if f64 {
-			bound = 5e-3
-		}
+	for _, k := range []struct {
+		name  string
+		bound float64
+		opts  []cpu.Option
+	}{
+		{"f32", 1e-2, []cpu.Option{cpu.WithInt24Activations(false)}},
+		{"int24", 1e-2, []cpu.Option{cpu.WithInt24Activations(true)}},
+		{"f64", 5e-3, []cpu.Option{cpu.WithFloat64Sums(true)}},
+	} {
 		for _, name := range fixtures {
-			t.Run(fmt.Sprintf("%s/f64=%v", name, f64), func(t *testing.T) {
-				testFixtureLogits(t, name, bound, cpu.WithFloat64Sums(f64))
+			t.Run(fmt.Sprintf("%s/%s", name, k.name), func(t *testing.T) {
+				testFixtureLogits(t, name, k.bound, k.opts...)
 			})
 		}
 	}
 }
 
-func testFixtureLogits(t *testing.T, name string, bound float64, opt cpu.Option) {
+func testFixtureLogits(t *testing.T, name string, bound float64, opts ...cpu.Option) {
 	ref := readReference(t, name)
-	m, _ := open(t, name, model.Options{Chunk: 64}, opt)
+	m, _ := open(t, name, model.Options{Chunk: 64}, opts...)
 	s, err := m.NewSession()
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func main() {
 	fs.Float64Var(&f.minP, "min-p", 0, "drop tokens below min-p × the top probability (0: off)")
 	fs.Float64Var(&f.repeatPenalty, "repeat-penalty", 0, "penalty for tokens seen in the last 64 (1 or 0: off)")
 	fs.Uint64Var(&f.seed, "seed", 0, "random seed (same seed, same tokens)")
-	fs.StringVar(&f.backend, "backend", "auto", "compute backend: auto, cpu, cpu-f64, cpu-int8, cuda, metal, metal-emulated")
+	fs.StringVar(&f.backend, "backend", "auto", "compute backend: auto, cpu, cpu-f64, cpu-f32, cpu-int24, cpu-int8, cuda, metal, metal-emulated")
 	fs.StringVar(&f.tokenizer, "tokenizer", "", "tokenizer.json to use instead of the model's")
 	fs.BoolVar(&f.jsonOut, "json", false, "machine output: one JSON object per token, then a summary")
 	fs.BoolVar(&f.info, "info", false, "print the model summary and exit")

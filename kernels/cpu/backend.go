@@ -33,6 +33,20 @@
 // kernels but for rare last-bit differences (NEON: bit for bit); the dense
 // kernels always sum exact products in float64.
 //
+// Int24 activations. The 4-bit matmuls can also quantize each input row per
+// block of 32 values to 24-bit integers with an f32 scale (2⁻²² of the
+// block's largest value a step), held as three int8 digits, and multiply
+// them with the int8 path's integer dot products, digit after digit: exact
+// int32 sums a unit of 64 weights, then f32. Their results are as close to
+// the exact sums as the f32 kernels' (the fixture logits within the same
+// 1e-2, the routers' choices unchanged), at a third less work per weight on
+// AVX2 (VPMADDUBSW): there they are the default, 35-45% faster than the
+// f32 kernels on this project's benchmarks. With AVX-512 VNNI (VPDPBUSD)
+// they were 16% faster than the f32 kernels from cache but no faster from
+// memory, and slower in prefill (the f32 kernels share each weight's
+// dequantization between four input rows), so the f32 kernels stay the
+// default there. WithInt24Activations or GEMMOE_CPU_INT24=1/0 chooses.
+//
 // Int8 activations. WithInt8Activations(true) or GEMMOE_CPU_INT8=1 switches
 // the 4- and 8-bit matmuls to llama.cpp-style integer dot products: each
 // input row is quantized per block of 32 values to int8 with an f32 scale,
@@ -74,13 +88,15 @@ var errClosed = errors.New("cpu: backend is closed")
 type Option func(*config)
 
 type config struct {
-	threads int
-	generic bool
-	kernels string
-	int8    bool
-	int8Set bool
-	f64     bool
-	f64Set  bool
+	threads  int
+	generic  bool
+	kernels  string
+	int8     bool
+	int8Set  bool
+	int24    bool
+	int24Set bool
+	f64      bool
+	f64Set   bool
 }
 
 // WithThreads sets the number of goroutines that execute an op (the caller
@@ -101,6 +117,17 @@ func WithGeneric() Option { return func(c *config) { c.generic = true } }
 // GEMMOE_CPU_INT8=0 forces the exact kernels. It has no effect with the
 // generic kernels.
 func WithInt8Activations(on bool) Option { return func(c *config) { c.int8, c.int8Set = on, true } }
+
+// WithInt24Activations(false) makes the 4-bit matmuls dequantize to f32
+// and sum in f32 where the kernel set also has int24-activation kernels
+// (AVX2 and AVX-512), which are otherwise the default there: each input row
+// quantized per block of 32 values to 24-bit integers with an f32 scale,
+// held as three int8 digits, and multiplied by the 4-bit weights with the
+// integer dot products of the int8 path, a third less work per weight than
+// dequantizing to f32 and as close to the exact sums (see the package
+// documentation). The environment variable GEMMOE_CPU_INT24=0 does the same.
+// WithInt8Activations and WithFloat64Sums take precedence.
+func WithInt24Activations(on bool) Option { return func(c *config) { c.int24, c.int24Set = on, true } }
 
 // WithFloat64Sums makes the 4- and 8-bit matmuls run the SIMD kernels that
 // sum exact products in float64 (as the generic kernels do: their results
@@ -124,6 +151,7 @@ type Backend struct {
 	closed bool
 	ks     *kernelSet // SIMD kernels; nil: generic Go
 	int8   bool       // int8-activation matmuls (with ks)
+	int24  bool       // int24-activation 4-bit matmuls (with ks)
 	f64    bool       // quantized SIMD matmuls sum in float64 (not f32)
 
 	// scratch for dtype conversions of op arguments (slot-indexed) and for the
@@ -178,6 +206,10 @@ func New(opts ...Option) *Backend {
 		c.f64 = defaultFloat64Sums()
 	}
 	b.f64 = c.f64
+	if !c.int24Set {
+		c.int24 = defaultInt24(b.ks)
+	}
+	b.int24 = c.int24 && b.ks != nil && !b.int8 && !b.f64
 	b.ws = make([]workerScratch, c.threads)
 	return b
 }

@@ -1123,7 +1123,14 @@ func (g *gen) softcap() {
 // pair (4-bit, group 32): a unit spans two groups, lanes 0-3 and 4-7; the
 // scales are permuted into place and a.k is 1 when the row ends in half a
 // unit. Otherwise a group holds a.bpg whole units.
-func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string) {
+//
+// digits 3 (4-bit; the int24 kernels, named d4…): the input is quantized
+// per block of 32 to 24-bit integers v = 2¹⁶·h + 2⁸·m + l, three int8
+// digits (m and l in [-128, 127]), and a unit's input holds [h even | h odd
+// | m even | m odd | l even | l odd | 8 f32 lane scales] (224 bytes). A
+// lane's exact Σq·v is accumulated digit after digit, shifting by 8 bits
+// between them: at most 8·15·(127·2¹⁶ + 128·2⁸ + 128) < 2³⁰ a unit.
+func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string, digits int) {
 	variant := "AVX2"
 	if vnni {
 		variant = "VNNI"
@@ -1133,6 +1140,9 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string) {
 		p = "p"
 	}
 	name := fmt.Sprintf("i%d%sx%d%s", bits, p, nx, variant)
+	if digits == 3 {
+		name = fmt.Sprintf("d%d%sx%d%s", bits, p, nx, variant)
+	}
 	g.quantHeader(name)
 	if bits == 4 {
 		g.p("MOVL $0x0f0f0f0f, R11")
@@ -1156,8 +1166,15 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string) {
 	if bits == 8 && vnni {
 		lsOff = 32
 	}
+	if digits == 3 {
+		xb, lsOff = 224, 192
+	}
 	unit := func(half bool) {
-		if prefetch > 0 && !half {
+		switch {
+		case half:
+		case digits == 3:
+			g.p("PREFETCHT1 %d(AX)", prefetchAhead)
+		case prefetch > 0:
 			g.p("PREFETCHT0 %d(AX)", prefetch)
 		}
 		if bits == 4 {
@@ -1170,15 +1187,30 @@ func (g *gen) int8q(bits, nx int, pair, vnni bool, sdt string) {
 			g.p("VPAND Y15, Y0, Y0")
 			g.p("VPAND Y15, Y1, Y1")
 			for t := range nx {
-				if vnni {
-					g.p("VPXOR Y%d, Y%d, Y%d", 6+t, 6+t, 6+t)
-					g.p("VPDPBUSD %s, Y0, Y%d", xaddr(t, 0), 6+t)
-					g.p("VPDPBUSD %s, Y1, Y%d", xaddr(t, 32), 6+t)
-				} else {
-					g.p("VPMADDUBSW %s, Y0, Y%d", xaddr(t, 0), 6+t)
-					g.p("VPMADDUBSW %s, Y1, Y10", xaddr(t, 32))
-					g.p("VPADDW Y10, Y%d, Y%d", 6+t, 6+t)
-					g.p("VPMADDWD Y12, Y%d, Y%d", 6+t, 6+t)
+				acc := fmt.Sprintf("Y%d", 6+t)
+				for d := range digits {
+					if d > 0 {
+						g.p("VPSLLD $8, %s, %s", acc, acc)
+					}
+					if vnni {
+						if d == 0 {
+							g.p("VPXOR %s, %s, %s", acc, acc, acc)
+						}
+						g.p("VPDPBUSD %s, Y0, %s", xaddr(t, 64*d), acc)
+						g.p("VPDPBUSD %s, Y1, %s", xaddr(t, 64*d+32), acc)
+						continue
+					}
+					dst := acc
+					if d > 0 {
+						dst = "Y11"
+					}
+					g.p("VPMADDUBSW %s, Y0, %s", xaddr(t, 64*d), dst)
+					g.p("VPMADDUBSW %s, Y1, Y10", xaddr(t, 64*d+32))
+					g.p("VPADDW Y10, %s, %s", dst, dst)
+					g.p("VPMADDWD Y12, %s, %s", dst, dst)
+					if d > 0 {
+						g.p("VPADDD Y11, %s, %s", acc, acc)
+					}
 				}
 			}
 		} else {
@@ -1368,8 +1400,12 @@ func (g *gen) widenBF16F32() {
 // max|x| is 0) and laid out for the int8 kernels (mode 0: [32 int8 | 8×d],
 // 64 bytes per block; mode 1, 4-bit units of two blocks: even-indexed values
 // at 16·h, odd ones at 32+16·h, d at 64+16·h, four times; mode 2: [32 int16
-// | 8×d], 96 bytes per block); bsum[b] is the float64 sum of the block's
-// inputs (lanes, then a fixed reduction).
+// | 8×d], 96 bytes per block; mode 3, the int24 kernels' 4-bit units of two
+// blocks: d = max|x|/(127·2¹⁶), v = x·(127·2¹⁶/max|x|) rounded to nearest
+// even, split into the digits h, m, l of v = 2¹⁶·h + 2⁸·m + l (m and l in
+// [-128, 127]), digit p's even-indexed values at 64·p + 16·h, its odd ones
+// at 64·p + 32 + 16·h, d at 192 + 16·h, four times); bsum[b] is the float64
+// sum of the block's inputs (lanes, then a fixed reduction).
 func (g *gen) quant8() {
 	name := "quantInt8AVX2"
 	fmt.Fprintf(&g.buf, "\n// func %s(dst *byte, bsum *float64, x *float32, nblocks, mode int)\nTEXT ·%s(SB), NOSPLIT, $0-40\n", name, name)
@@ -1381,12 +1417,23 @@ func (g *gen) quant8() {
 	g.p("MOVL $0x7fffffff, AX")
 	g.p("VMOVD AX, X15")
 	g.p("VPBROADCASTD X15, Y15") // abs mask
-	g.p("MOVL $0x42fe0000, AX")  // 127.0
+	blk, zero, store, m1, m2, next, done := g.newLabel("qblk"), g.newLabel("qzero"), g.newLabel("qstore"), g.newLabel("qm1"), g.newLabel("qm2"), g.newLabel("qnext"), g.newLabel("qdone")
+	m3, scale := g.newLabel("qm3"), g.newLabel("qscale")
+	g.p("MOVL $0x42fe0000, AX") // 127.0
+	g.p("CMPQ DX, $3")
+	g.p("JNE %s", scale)
+	g.p("MOVL $0x4afe0000, AX") // 127·2¹⁶
+	g.l(scale)
 	g.p("VMOVD AX, X14")
 	g.p("VMOVDQU ·permPack(SB), Y13")
 	g.p("VMOVDQU ·shufEvenOdd(SB), Y12")
+	g.p("MOVL $128, AX")
+	g.p("VMOVD AX, X8")
+	g.p("VPBROADCASTD X8, Y8")
+	g.p("MOVL $255, AX")
+	g.p("VMOVD AX, X9")
+	g.p("VPBROADCASTD X9, Y9")
 	g.p("XORQ R9, R9") // block index
-	blk, zero, store, m1, m2, next, done := g.newLabel("qblk"), g.newLabel("qzero"), g.newLabel("qstore"), g.newLabel("qm1"), g.newLabel("qm2"), g.newLabel("qnext"), g.newLabel("qdone")
 	g.p("TESTQ CX, CX")
 	g.p("JZ %s", done)
 	g.l(blk)
@@ -1447,6 +1494,8 @@ func (g *gen) quant8() {
 	g.p("VCVTPS2DQ Y1, Y1")
 	g.p("VCVTPS2DQ Y2, Y2")
 	g.p("VCVTPS2DQ Y3, Y3")
+	g.p("CMPQ DX, $3")
+	g.p("JEQ %s", m3)
 	g.p("VPACKSSDW Y1, Y0, Y0")
 	g.p("VPACKSSDW Y3, Y2, Y2")
 	g.p("VPACKSSWB Y2, Y0, Y0")
@@ -1455,6 +1504,12 @@ func (g *gen) quant8() {
 	g.l(zero)
 	g.p("VXORPS Y0, Y0, Y0")
 	g.p("VXORPS X6, X6, X6")
+	g.p("CMPQ DX, $3")
+	g.p("JNE %s", store)
+	g.p("VXORPS Y1, Y1, Y1")
+	g.p("VXORPS Y2, Y2, Y2")
+	g.p("VXORPS Y3, Y3, Y3")
+	g.p("JMP %s", m3)
 	g.l(store)
 	g.p("VBROADCASTSS X6, Y6")
 	g.p("CMPQ DX, $1")
@@ -1488,6 +1543,42 @@ func (g *gen) quant8() {
 	g.p("VMOVDQU Y0, 32(DI)")
 	g.p("VMOVUPS Y6, 64(DI)")
 	g.p("ADDQ $96, DI")
+	g.p("JMP %s", next)
+	g.l(m3)
+	// v in Y0..Y3. Digit l is v's low byte; then v ← (v + 128) >> 8 (the
+	// digits above, l taken out with its sign), m its low byte, and h the
+	// low byte of (v + 128) >> 8 once more. Each digit: the low bytes
+	// packed in order (unsigned saturation of values 0..255 keeps them),
+	// even-indexed ones to the low 16, odd ones to the high 16.
+	g.p("VBROADCASTSS X6, Y6")
+	g.p("MOVQ R9, AX")
+	g.p("ANDQ $1, AX")
+	g.p("SHLQ $4, AX") // 16·h
+	for d := 2; d >= 0; d-- {
+		if d < 2 {
+			for r := range 4 {
+				g.p("VPADDD Y8, Y%d, Y%d", r, r)
+				g.p("VPSRAD $8, Y%d, Y%d", r, r)
+			}
+		}
+		g.p("VPAND Y9, Y0, Y4")
+		g.p("VPAND Y9, Y1, Y5")
+		g.p("VPAND Y9, Y2, Y10")
+		g.p("VPAND Y9, Y3, Y11")
+		g.p("VPACKUSDW Y5, Y4, Y4")
+		g.p("VPACKUSDW Y11, Y10, Y10")
+		g.p("VPACKUSWB Y10, Y4, Y4")
+		g.p("VPERMD Y4, Y13, Y4")
+		g.p("VPSHUFB Y12, Y4, Y4")
+		g.p("VPERMQ $0xD8, Y4, Y4")
+		g.p("VMOVDQU X4, %d(DI)(AX*1)", 64*d)
+		g.p("VEXTRACTI128 $1, Y4, X5")
+		g.p("VMOVDQU X5, %d(DI)(AX*1)", 64*d+32)
+	}
+	g.p("VMOVUPS X6, 192(DI)(AX*1)")
+	g.p("TESTQ AX, AX")
+	g.p("JZ %s", next)
+	g.p("ADDQ $224, DI")
 	g.l(next)
 	g.p("ADDQ $128, SI")
 	g.p("INCQ R9")
@@ -1545,10 +1636,12 @@ func main() {
 	for _, vnni := range []bool{false, true} {
 		for _, nx := range []int{1, 4} {
 			for _, sdt := range []string{"f32", "bf16"} {
-				g.int8q(4, nx, false, vnni, sdt)
-				g.int8q(8, nx, false, vnni, sdt)
+				g.int8q(4, nx, false, vnni, sdt, 1)
+				g.int8q(8, nx, false, vnni, sdt, 1)
+				g.int8q(4, nx, false, vnni, sdt, 3)
 			}
-			g.int8q(4, nx, true, vnni, "f32")
+			g.int8q(4, nx, true, vnni, "f32", 1)
+			g.int8q(4, nx, true, vnni, "f32", 3)
 		}
 	}
 	g.widenBF16F32()

@@ -15,8 +15,8 @@ import (
 	"github.com/gemmoe/gemmoe/model"
 )
 
-// TestDemoPerplexity measures the default kernels (f32 sums where AVX2 or
-// AVX-512 runs them) and the int8-activation path on the demo model
+// TestDemoPerplexity measures the kernels that sum in f32, the int24- and
+// the int8-activation paths on the demo model
 // (demo-build/model-4bit, see tools/demo/README.md; untracked, so the test
 // skips without it): the held-out perplexity over GEMMOE_DEMO_WINDOWS
 // windows of 512 tokens (spread over the held-out set; unset: the test
@@ -80,7 +80,8 @@ func TestDemoPerplexity(t *testing.T) {
 		name string
 		opts []cpu.Option
 	}{
-		{"the default kernels", []cpu.Option{cpu.WithFloat64Sums(false), cpu.WithInt8Activations(false)}},
+		{"the f32 sums", []cpu.Option{cpu.WithFloat64Sums(false), cpu.WithInt8Activations(false), cpu.WithInt24Activations(false)}},
+		{"int24 activations", []cpu.Option{cpu.WithFloat64Sums(false), cpu.WithInt8Activations(false), cpu.WithInt24Activations(true)}},
 		{"int8 activations", []cpu.Option{cpu.WithInt8Activations(true)}},
 	} {
 		fast := ppl(c.opts...)

@@ -36,7 +36,8 @@ type mmJob struct {
 	// SIMD path (fast != nil): the kernels, the f32 input rows as given
 	// (xin) and as the kernels read them (xf, rows of xw floats).
 	fast    *[2]func(*kargs)
-	int8    bool // the int8-activation kernels
+	int8    bool // the integer kernels: int8 or (int24) int24 activations
+	int24   bool
 	f32     bool // the f32-sum quantized kernels
 	lanes   int
 	xin     []float32
@@ -256,13 +257,18 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
 	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType, w.Scales.DType)
-	j.int8, j.f32 = false, false
-	if k := b.ks.matmulF32(w.Bits, w.Group, w.Scales.DType); k != nil && w.Quantized() && !b.f64 && !b.int8 {
-		j.fast, j.f32 = k, true
-	}
-	if b.int8 {
+	j.int8, j.int24, j.f32 = false, false, false
+	switch {
+	case !w.Quantized() || b.f64:
+	case b.int8:
 		if k := b.ks.int8Kernels(w.Bits, w.Group, w.Scales.DType); k != nil {
 			j.fast, j.int8 = k, true
+		}
+	case b.int24 && b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType) != nil:
+		j.fast, j.int8, j.int24 = b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType), true, true
+	default:
+		if k := b.ks.matmulF32(w.Bits, w.Group, w.Scales.DType); k != nil {
+			j.fast, j.f32 = k, true
 		}
 	}
 	if j.fast != nil {

@@ -70,8 +70,16 @@ type kernelSet struct {
 	// i8wide: the 8-bit ones read the input as int16.
 	i4, i4b, i8, i8b, i4p [2]func(*kargs)
 	i8wide                bool
-	widenBF16F32          func(dst *float32, src *uint16, n int)
-	quant                 func(dst *byte, bsum *float64, x *float32, nblocks, mode int)
+	// Int24-activation kernels (nil: none), 4-bit: the int8 kernels'
+	// integer products on inputs quantized to 24 bits (three int8 digits),
+	// as exact as the f32-sum kernels (groups of 64 or more, f32 or bf16
+	// scales; groups of 32, f32 scales).
+	d4, d4b, d4p [2]func(*kargs)
+	// int24: the int24 kernels are the default for 4-bit weights (where
+	// they were measured faster than the f32-sum ones).
+	int24        bool
+	widenBF16F32 func(dst *float32, src *uint16, n int)
+	quant        func(dst *byte, bsum *float64, x *float32, nblocks, mode int)
 	// Attention: Σ a·b in float64 (exact products), and y += a·x.
 	dot  func(a, b *float32, n int) float64
 	axpy func(y *float64, x *float32, a float64, n int)
@@ -109,6 +117,18 @@ func chooseKernels(generic bool, name string) *kernelSet {
 // (GEMMOE_CPU_INT8).
 func defaultInt8() bool { return os.Getenv("GEMMOE_CPU_INT8") == "1" }
 
+// defaultInt24 reports whether int24 activations are on unless an option
+// says otherwise: GEMMOE_CPU_INT24=1 or 0, else the kernel set's default.
+func defaultInt24(ks *kernelSet) bool {
+	switch os.Getenv("GEMMOE_CPU_INT24") {
+	case "1":
+		return true
+	case "0":
+		return false
+	}
+	return ks != nil && ks.int24
+}
+
 // defaultFloat64Sums reports whether the quantized matmuls sum in float64 by
 // default (GEMMOE_CPU_F64=1).
 func defaultFloat64Sums() bool { return os.Getenv("GEMMOE_CPU_F64") == "1" }
@@ -120,6 +140,10 @@ func (b *Backend) Float64Sums() bool { return b.f64 }
 // Int8Activations reports whether the backend's quantized matmuls use int8
 // activations (WithInt8Activations).
 func (b *Backend) Int8Activations() bool { return b.int8 }
+
+// Int24Activations reports whether the backend's 4-bit matmuls use int24
+// activations where its kernel set has them (WithInt24Activations).
+func (b *Backend) Int24Activations() bool { return b.int24 }
 
 // KernelSets returns the names of the SIMD kernel sets this CPU supports,
 // best first ("avx512", "avx2", "neon"); empty when only the generic Go
@@ -216,6 +240,21 @@ func (ks *kernelSet) f32Step() int {
 		return ks.f32step
 	}
 	return 4 * ks.lanes
+}
+
+// int24Kernels returns the set's int24-activation kernels for a quantized
+// format (4-bit, as int8Kernels), or nil.
+func (ks *kernelSet) int24Kernels(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
+	if ks == nil || ks.d4[0] == nil || bits != 4 {
+		return nil
+	}
+	switch {
+	case group == 32:
+		return &ks.d4p
+	case sdt == dtype.BF16:
+		return &ks.d4b
+	}
+	return &ks.d4
 }
 
 // int8Kernels returns the set's int8-activation kernels for a quantized

@@ -187,6 +187,42 @@ func i8bx4VNNI(a *kargs)
 func i4px4VNNI(a *kargs)
 
 //go:noescape
+func d4x1AVX2(a *kargs)
+
+//go:noescape
+func d4bx1AVX2(a *kargs)
+
+//go:noescape
+func d4px1AVX2(a *kargs)
+
+//go:noescape
+func d4x4AVX2(a *kargs)
+
+//go:noescape
+func d4bx4AVX2(a *kargs)
+
+//go:noescape
+func d4px4AVX2(a *kargs)
+
+//go:noescape
+func d4x1VNNI(a *kargs)
+
+//go:noescape
+func d4bx1VNNI(a *kargs)
+
+//go:noescape
+func d4px1VNNI(a *kargs)
+
+//go:noescape
+func d4x4VNNI(a *kargs)
+
+//go:noescape
+func d4bx4VNNI(a *kargs)
+
+//go:noescape
+func d4px4VNNI(a *kargs)
+
+//go:noescape
 func softcapPolyAVX2(y, x *float32, c float64, n int)
 
 //go:noescape
@@ -222,6 +258,8 @@ var (
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
+		d4: [2]func(*kargs){d4x1AVX2, d4x4AVX2}, d4b: [2]func(*kargs){d4bx1AVX2, d4bx4AVX2},
+		d4p: [2]func(*kargs){d4px1AVX2, d4px4AVX2}, int24: true,
 		widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
 	}
 	setAVX512 = &kernelSet{
@@ -235,6 +273,8 @@ var (
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
+		d4: [2]func(*kargs){d4x1AVX2, d4x4AVX2}, d4b: [2]func(*kargs){d4bx1AVX2, d4bx4AVX2},
+		d4p:          [2]func(*kargs){d4px1AVX2, d4px4AVX2},
 		widenBF16F32: widenBF16F32AVX2, quant: quantInt8AVX2,
 	}
 )
@@ -249,6 +289,9 @@ var archSets = func() []*kernelSet {
 			setAVX512.i8 = [2]func(*kargs){i8x1VNNI, i8x4VNNI}
 			setAVX512.i8b = [2]func(*kargs){i8bx1VNNI, i8bx4VNNI}
 			setAVX512.i4p = [2]func(*kargs){i4px1VNNI, i4px4VNNI}
+			setAVX512.d4 = [2]func(*kargs){d4x1VNNI, d4x4VNNI}
+			setAVX512.d4b = [2]func(*kargs){d4bx1VNNI, d4bx4VNNI}
+			setAVX512.d4p = [2]func(*kargs){d4px1VNNI, d4px4VNNI}
 			setAVX512.i8wide = false
 		}
 		s = append(s, setAVX512)

@@ -111,7 +111,8 @@ func absProducts(absW []float64, x []float32, n, k int) []float64 {
 
 // f32Sums reports whether b runs the f32-sum kernels for format c.
 func f32Sums(b *Backend, c simdCase) bool {
-	return c.bits != 0 && !b.f64 && !b.int8 && b.ks.matmulF32(c.bits, c.group, c.sdt) != nil
+	return c.bits != 0 && !b.f64 && !b.int8 && b.ks.matmulF32(c.bits, c.group, c.sdt) != nil &&
+		!(b.int24 && b.ks.int24Kernels(c.bits, c.group, c.sdt) != nil)
 }
 
 // simdCase is one weight format.
@@ -168,7 +169,7 @@ func TestSIMDMatMul(t *testing.T) {
 	r := rand.New(rand.NewPCG(21, 22))
 	for _, ks := range sets {
 		for _, f64 := range []bool{false, true} {
-			b := newBackend(t, WithKernels(ks), WithFloat64Sums(f64))
+			b := newBackend(t, WithKernels(ks), WithFloat64Sums(f64), WithInt24Activations(false))
 			if b.Kernels() != ks {
 				t.Fatalf("WithKernels(%q) gave %q", ks, b.Kernels())
 			}
@@ -242,7 +243,7 @@ func TestSIMDMatMulExperts(t *testing.T) {
 	gen := newBackend(t, WithGeneric())
 	r := rand.New(rand.NewPCG(23, 24))
 	for _, ks := range sets {
-		b := newBackend(t, WithKernels(ks))
+		b := newBackend(t, WithKernels(ks), WithInt24Activations(false))
 		for _, c := range []simdCase{{4, 64, dtype.BF16, dtype.BF16}, {8, 64, dtype.F32, dtype.F32}, {8, 32, dtype.F32, dtype.F32}, {0, 0, dtype.BF16, 0}} {
 			const e, n, slots = 6, 21, 3
 			k := 192
@@ -329,6 +330,7 @@ func TestKernelsOption(t *testing.T) {
 func TestFloat64SumsOption(t *testing.T) {
 	c := simdCase{4, 64, dtype.U32, dtype.BF16}
 	t.Setenv("GEMMOE_CPU_F64", "")
+	t.Setenv("GEMMOE_CPU_INT24", "0")
 	b := newBackend(t)
 	if b.Float64Sums() {
 		t.Errorf("default: Float64Sums")
@@ -345,6 +347,47 @@ func TestFloat64SumsOption(t *testing.T) {
 	}
 	if b := newBackend(t, WithFloat64Sums(false)); b.Float64Sums() {
 		t.Errorf("GEMMOE_CPU_F64=1 with WithFloat64Sums(false): Float64Sums")
+	}
+}
+
+// TestInt24Option checks which backends run the int24 kernels for 4-bit
+// weights: by default the sets that choose them (AVX2), with
+// WithInt24Activations(true) or GEMMOE_CPU_INT24=1 every set that has them,
+// never with int8 activations, float64 sums or the generic kernels.
+func TestInt24Option(t *testing.T) {
+	c := simdCase{4, 64, dtype.U32, dtype.BF16}
+	runs := func(b *Backend) bool { return b.int24 && b.ks.int24Kernels(c.bits, c.group, c.sdt) != nil }
+	t.Setenv("GEMMOE_CPU_INT24", "")
+	t.Setenv("GEMMOE_CPU_INT8", "")
+	t.Setenv("GEMMOE_CPU_F64", "")
+	for _, ks := range KernelSets() {
+		set := chooseKernels(false, ks)
+		has := set.d4[0] != nil
+		for _, tc := range []struct {
+			name string
+			env  string
+			opts []Option
+			want bool
+		}{
+			{"default", "", nil, has && set.int24},
+			{"on", "", []Option{WithInt24Activations(true)}, has},
+			{"off", "", []Option{WithInt24Activations(false)}, false},
+			{"env on", "1", nil, has},
+			{"env off", "0", nil, false},
+			{"env off, option on", "0", []Option{WithInt24Activations(true)}, has},
+			{"int8", "1", []Option{WithInt8Activations(true)}, false},
+			{"f64", "1", []Option{WithFloat64Sums(true)}, false},
+		} {
+			t.Setenv("GEMMOE_CPU_INT24", tc.env)
+			b := newBackend(t, append(tc.opts, WithKernels(ks))...)
+			if got := runs(b); got != tc.want || b.Int24Activations() != tc.want {
+				t.Errorf("%s, %s: int24 kernels %v, Int24Activations %v, want %v", ks, tc.name, got, b.Int24Activations(), tc.want)
+			}
+		}
+	}
+	t.Setenv("GEMMOE_CPU_INT24", "1")
+	if b := newBackend(t, WithGeneric()); b.Int24Activations() {
+		t.Error("generic kernels: Int24Activations")
 	}
 }
 
