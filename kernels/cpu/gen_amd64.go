@@ -749,7 +749,9 @@ func (g *gen) nibRows(nx, R int, sdt string) {
 // did not keep ahead of the kernels; PREFETCHT0 and shorter distances
 // measured slower). The weight rows of a block, and the blocks of a
 // worker, are consecutive in memory, so the prefetches run ahead into the
-// rows to come. (The float64 kernels keep their own, `prefetch`.)
+// rows to come. (The float64 and int8 kernels keep their own, `prefetch`;
+// the int24 ones use this: with the int8 kernels' 512 bytes ahead they ran
+// at 0.57 of the read bandwidth from memory, with this at 0.70-0.75.)
 const prefetchAhead = 8192
 
 // kreg is the mask operand of a masked (".Z") instruction.
