@@ -20,7 +20,8 @@
 // result does not depend on how many rows a call carries.
 //
 // With AVX2, AVX-512 or NEON, the 4- and 8-bit matmuls (groups of a
-// multiple of 32, AVX-512 64; MLX's default is 64) dequantize each weight to
+// multiple of 32, AVX-512 64; MLX's default is 64; on AVX2 the 4-bit ones
+// take int24 activations instead by default, below) dequantize each weight to
 // f32 (scale·q + bias, the value an f32 dequantization gives) and sum w·x in
 // f32 lanes (the AVX-512 4-bit ones, groups of 64 or a multiple of 128, sum
 // each group's exact q·x in f32 and add scale·Σq·x and bias·Σx): on x86 two
