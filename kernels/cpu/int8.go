@@ -82,24 +82,31 @@ func (b *Backend) quantInputs(j *mmJob, rows int) {
 	j.xbase, j.xstride = unsafe.Pointer(&all[0]), stride
 }
 
-// quantBlock quantizes 32 values to int8: q = round(x/d), d = max|x|/127.
-func quantBlock(x []float32, q *[qblock]int8) float32 {
-	x = x[:qblock]
+// blockScale returns the scale d = max|x|/top of a block of 32 values and
+// its inverse top/max|x| (both f32), ok false when the block holds only
+// zeros (d 0) or a NaN or Inf (d NaN: the outputs become NaN).
+func blockScale(x []float32, top float32) (d, inv float32, ok bool) {
 	var amax float32
-	for _, v := range x {
+	for _, v := range x[:qblock] {
 		amax = max(amax, abs32(v))
 	}
-	if amax == 0 || amax != amax || amax > math.MaxFloat32 {
-		*q = [qblock]int8{}
-		if amax == 0 {
-			return 0
-		}
-		return float32(math.NaN()) // NaN or Inf inputs make NaN outputs
+	if amax == 0 {
+		return 0, 0, false
 	}
-	d := amax / 127
-	id := 127 / amax
-	for i, v := range x {
-		q[i] = int8(math.RoundToEven(float64(v * id)))
+	if amax != amax || amax > math.MaxFloat32 {
+		return float32(math.NaN()), 0, false
+	}
+	return amax / top, top / amax, true
+}
+
+// quantBlock quantizes 32 values to int8: q = round(x/d), d = max|x|/127.
+func quantBlock(x []float32, q *[qblock]int8) float32 {
+	*q = [qblock]int8{}
+	d, id, ok := blockScale(x, 127)
+	if ok {
+		for i, v := range x[:qblock] {
+			q[i] = int8(math.RoundToEven(float64(v * id)))
+		}
 	}
 	return d
 }
@@ -109,27 +116,16 @@ func quantBlock(x []float32, q *[qblock]int8) float32 {
 // and splits them into digits, v = 2¹⁶·h + 2⁸·m + l with m and l in
 // [-128, 127] (so |h| <= 127). Blocks of zeros, NaN or Inf are as quantBlock's.
 func quantDigits(x []float32, h, m, l *[qblock]int8) float32 {
-	const top = 127 << 16
-	x = x[:qblock]
-	var amax float32
-	for _, v := range x {
-		amax = max(amax, abs32(v))
-	}
 	*h, *m, *l = [qblock]int8{}, [qblock]int8{}, [qblock]int8{}
-	if amax == 0 || amax != amax || amax > math.MaxFloat32 {
-		if amax == 0 {
-			return 0
+	d, id, ok := blockScale(x, 127<<16)
+	if ok {
+		for i, v := range x[:qblock] {
+			q := int32(math.RoundToEven(float64(v * id)))
+			l[i] = int8(q)
+			q = (q + 128) >> 8
+			m[i] = int8(q)
+			h[i] = int8((q + 128) >> 8)
 		}
-		return float32(math.NaN())
-	}
-	d := amax / top
-	id := top / amax
-	for i, v := range x {
-		q := int32(math.RoundToEven(float64(v * id)))
-		l[i] = int8(q)
-		q = (q + 128) >> 8
-		m[i] = int8(q)
-		h[i] = int8((q + 128) >> 8)
 	}
 	return d
 }
