@@ -210,7 +210,7 @@ func New(opts ...Option) *Backend {
 	if !c.int24Set {
 		c.int24 = defaultInt24(b.ks)
 	}
-	b.int24 = c.int24 && b.ks != nil && !b.int8 && !b.f64
+	b.int24 = c.int24 && b.ks != nil && b.ks.d4[0] != nil && !b.int8 && !b.f64
 	b.ws = make([]workerScratch, c.threads)
 	return b
 }

@@ -114,51 +114,70 @@ func widenBF16F32Go(dst *float32, src *uint16, n int) {
 	bf16ToF32(unsafe.Slice(dst, n), unsafe.Slice(src, n))
 }
 
-// quantInt8Go is the int8 input quantizer in Go (quantBlock), in the layouts
-// of quantInt8AVX2 (gen_amd64.go). The set has no int8-activation matmul
+// quantInt8Go is the int8 and int24 input quantizer in Go (quantBlock,
+// quantDigits), in the layouts of quantInt8AVX2 (gen_amd64.go). The set has no int8-activation matmul
 // kernels yet, so only the tests call it.
 func quantInt8Go(dst *byte, bsum *float64, x *float32, nblocks, mode int) {
 	xs, bs := unsafe.Slice(x, nblocks*qblock), unsafe.Slice(bsum, nblocks)
-	size := map[int]int{0: 64 * nblocks, 1: 96 * ((nblocks + 1) / 2), 2: 96 * nblocks}[mode]
+	size := map[int]int{0: 64 * nblocks, 1: 96 * ((nblocks + 1) / 2), 2: 96 * nblocks, 3: 224 * ((nblocks + 1) / 2)}[mode]
 	d := unsafe.Slice(dst, size)
 	for b := range nblocks {
-		var q [qblock]int8
 		xb := xs[b*qblock : (b+1)*qblock]
-		sc := math.Float32bits(quantBlock(xb, &q))
+		if mode == 3 {
+			var h, m, l [qblock]int8
+			sc := math.Float32bits(quantDigits(xb, &h, &m, &l))
+			u, half := (b/2)*224, 16*(b%2)
+			for p, digit := range [3]*[qblock]int8{&h, &m, &l} {
+				for i, v := range digit {
+					d[u+64*p+32*(i%2)+half+i/2] = byte(v)
+				}
+			}
+			for i := range 4 {
+				binary.LittleEndian.PutUint32(d[u+192+half+4*i:], sc)
+			}
+		} else {
+			quantLayout(d, xb, b, mode)
+		}
 		var s float64
 		for _, v := range xb {
 			s += float64(v)
 		}
 		bs[b] = s
-		switch mode {
-		case 0:
-			o := b * 64
-			for i, v := range q {
-				d[o+i] = byte(v)
+	}
+}
+
+// quantLayout writes block b of quantInt8Go's modes 0 to 2.
+func quantLayout(d []byte, xb []float32, b, mode int) {
+	var q [qblock]int8
+	sc := math.Float32bits(quantBlock(xb, &q))
+	switch mode {
+	case 0:
+		o := b * 64
+		for i, v := range q {
+			d[o+i] = byte(v)
+		}
+		for i := range 8 {
+			binary.LittleEndian.PutUint32(d[o+32+4*i:], sc)
+		}
+	case 1:
+		u, h := (b/2)*96, 16*(b%2)
+		for i, v := range q {
+			if i%2 == 0 {
+				d[u+h+i/2] = byte(v)
+			} else {
+				d[u+32+h+i/2] = byte(v)
 			}
-			for i := range 8 {
-				binary.LittleEndian.PutUint32(d[o+32+4*i:], sc)
-			}
-		case 1:
-			u, h := (b/2)*96, 16*(b%2)
-			for i, v := range q {
-				if i%2 == 0 {
-					d[u+h+i/2] = byte(v)
-				} else {
-					d[u+32+h+i/2] = byte(v)
-				}
-			}
-			for i := range 4 {
-				binary.LittleEndian.PutUint32(d[u+64+h+4*i:], sc)
-			}
-		case 2:
-			o := b * 96
-			for i, v := range q {
-				binary.LittleEndian.PutUint16(d[o+2*i:], uint16(int16(v)))
-			}
-			for i := range 8 {
-				binary.LittleEndian.PutUint32(d[o+64+4*i:], sc)
-			}
+		}
+		for i := range 4 {
+			binary.LittleEndian.PutUint32(d[u+64+h+4*i:], sc)
+		}
+	case 2:
+		o := b * 96
+		for i, v := range q {
+			binary.LittleEndian.PutUint16(d[o+2*i:], uint16(int16(v)))
+		}
+		for i := range 8 {
+			binary.LittleEndian.PutUint32(d[o+64+4*i:], sc)
 		}
 	}
 }
