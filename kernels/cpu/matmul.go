@@ -36,8 +36,8 @@ type mmJob struct {
 	// SIMD path (fast != nil): the kernels, the f32 input rows as given
 	// (xin) and as the kernels read them (xf, rows of xw floats).
 	fast    *[2]func(*kargs)
-	int8    bool // the integer kernels: int8 or (int24) int24 activations
-	int24   bool
+	int8    bool // the integer kernels: int8 activations, or int24 ones
+	int24   bool // the int24-activation kernels (int8 is set too)
 	f32     bool // the f32-sum quantized kernels
 	lanes   int
 	xin     []float32
@@ -259,11 +259,12 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType, w.Scales.DType)
 	j.int8, j.int24, j.f32 = false, false, false
 	switch {
-	case !w.Quantized() || b.f64:
-	case b.int8:
+	case !w.Quantized():
+	case b.int8: // where the format has no int8 kernels, the float64 ones
 		if k := b.ks.int8Kernels(w.Bits, w.Group, w.Scales.DType); k != nil {
 			j.fast, j.int8 = k, true
 		}
+	case b.f64:
 	case b.int24 && b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType) != nil:
 		j.fast, j.int8, j.int24 = b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType), true, true
 	default:
