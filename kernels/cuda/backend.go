@@ -97,6 +97,7 @@ type Backend struct {
 	mvRowsMode int
 	noSplitK   bool // benchmarks and tests: GEMMs without split K
 	attnPlain  bool // tests and benchmarks: no tensor-core prefill attention
+	attnWhole  bool // benchmarks: one block a kv head's heads (no attnHeadSplit)
 
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
 

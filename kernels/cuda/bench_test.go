@@ -463,19 +463,40 @@ func BenchmarkHostOverhead(b *testing.B) {
 	timeLoop(b, be, 4*2816, func(int) error { return be.Scale(x, x, 1.0001) })
 }
 
-// BenchmarkAttentionDecode: one query row over 8192 cached positions
-// (8 kv heads × 256, 16 heads, bf16), the bytes being K and V.
+// BenchmarkAttentionDecode: one query row over a cache (16 heads, bf16) of
+// the decode shapes, the bytes being the K and V rows read; "whole": one
+// block for all the heads of a kv head, as before attnHeadSplit.
 func BenchmarkAttentionDecode(b *testing.B) {
 	be := benchBackend(b)
 	r := rand.New(rand.NewPCG(4, 4))
-	const H, KVH, D, P = 16, 8, 256, 8192
-	kc := put(b, be, dtype.BF16, randn(r, P*KVH*D, 1), P, KVH*D)
-	vc := put(b, be, dtype.BF16, randn(r, P*KVH*D, 1), P, KVH*D)
-	q := put(b, be, dtype.BF16, randn(r, H*D, 1), 1, H*D)
-	out, _ := be.Alloc(dtype.BF16, 1, H*D)
-	pos := putRaw(b, be, dtype.I32, i32bytes([]int32{P - 1}), 1)
-	p := kernels.AttentionParams{Heads: H, KVHeads: KVH, HeadDim: D, Scale: 1}
-	timeLoop(b, be, 2*P*KVH*D*2, func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
+	const H = 16
+	for _, s := range []struct {
+		name           string
+		KVH, D, P, win int
+	}{
+		{"8x256_8192keys", 8, 256, 8192, 0},        // (the benchmark's one shape before)
+		{"sliding_1024window", 8, 256, 4096, 1024}, // the sliding layers: 16 splits
+		{"global_640keys", 2, 512, 640, 0},         // a global layer after a 512-token prompt: 10 splits
+		{"global_8192keys", 2, 512, 8192, 0},       // 128 splits
+	} {
+		kc := put(b, be, dtype.BF16, randn(r, s.P*s.KVH*s.D, 1), s.P, s.KVH*s.D)
+		vc := put(b, be, dtype.BF16, randn(r, s.P*s.KVH*s.D, 1), s.P, s.KVH*s.D)
+		q := put(b, be, dtype.BF16, randn(r, H*s.D, 1), 1, H*s.D)
+		out, _ := be.Alloc(dtype.BF16, 1, H*s.D)
+		pos := putRaw(b, be, dtype.I32, i32bytes([]int32{int32(s.P - 1)}), 1)
+		p := kernels.AttentionParams{Heads: H, KVHeads: s.KVH, HeadDim: s.D, Window: s.win, Scale: 1}
+		keys := s.P
+		if s.win > 0 {
+			keys = s.win
+		}
+		for _, whole := range []bool{false, true} {
+			b.Run(s.name+map[bool]string{false: "", true: "/whole"}[whole], func(b *testing.B) {
+				be.attnWhole = whole
+				defer func() { be.attnWhole = false }()
+				timeLoop(b, be, float64(2*keys*s.KVH*s.D*2), func(int) error { return be.Attention(out, q, kc, vc, pos, p) })
+			})
+		}
+	}
 }
 
 // BenchmarkAttentionPrefill: 512 query rows at positions 0..511 of the

@@ -918,6 +918,14 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	}
 	nch := ceilDiv(maxKeys, 64)
 	Z := max(1, min(nch, ceilDiv(2*b.props.SMs, KVH*T), maxBlocksY))
+	// Too few keys to fill the SMs with splits: split the heads that share a
+	// kv head over blocks too (a global layer in decode: 2 kv heads × 10
+	// splits of 640 keys were 20 blocks, each doing the work of 8 heads).
+	HS := attnHeadSplit(G, KVH*T*Z, b.props.SMs)
+	if b.attnWhole {
+		HS = 1
+	}
+	G /= HS
 	gmax := 1
 	for gmax < G {
 		gmax *= 2
@@ -934,7 +942,7 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	a := b.args.Reset()
 	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(ptrs[1]).I32(int(q.DType)).Ptr(ptrs[2]).Ptr(ptrs[3]).Ptr(ptrs[4]).
 		I32(H).I32(KVH).I32(D).I32(cp).I32(p.Window).F32(p.Scale).I32(Z).Ptr(part)
-	if err := b.launch(mod, fmt.Sprintf("attn_g%d", gmax), cuda.Dim3{X: KVH, Y: T, Z: Z}, cuda.Dim3{X: 128, Y: 1, Z: 1}, smem, a); err != nil {
+	if err := b.launch(mod, fmt.Sprintf("attn_g%d", gmax), cuda.Dim3{X: KVH * HS, Y: T, Z: Z}, cuda.Dim3{X: 128, Y: 1, Z: 1}, smem, a); err != nil {
 		return err
 	}
 	if Z == 1 {
@@ -943,6 +951,17 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	a = b.args.Reset()
 	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(part).I32(H).I32(D).I32(Z)
 	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 4*Z, a)
+}
+
+// attnHeadSplit returns how many blocks share the g query heads of a kv
+// head in the decode attention, given the blocks of the split over keys:
+// doubled while it divides g and the grid stays within one block an SM.
+func attnHeadSplit(g, blocks, sms int) int {
+	hs := 1
+	for g%(2*hs) == 0 && 2*blocks*hs <= sms {
+		hs *= 2
+	}
+	return hs
 }
 
 // attnTC reports whether Attention runs the tensor-core prefill kernel

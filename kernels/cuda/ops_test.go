@@ -634,6 +634,26 @@ func attentionRef(q, kc, vc []float32, pos []int32, capacity int, p kernels.Atte
 	return out
 }
 
+// TestAttnHeadSplit pins the decode attention's choice of blocks per kv
+// head: only where the splits over keys leave most SMs idle.
+func TestAttnHeadSplit(t *testing.T) {
+	for _, c := range []struct{ g, blocks, sms, want int }{
+		{8, 20, 132, 4},  // 26B-A4B global layer, 640 keys: 2 kv heads × 10 splits
+		{2, 128, 132, 1}, // its sliding layers: 8 × 16
+		{8, 256, 132, 1}, // the global layer at 8192 keys
+		{16, 4, 132, 16}, // every head its own block
+		{6, 10, 132, 2},  // only divisors of g
+		{1, 1, 132, 1},   // one head a kv head
+		{8, 66, 132, 2},  // half the SMs: doubled to one block an SM
+		{8, 67, 132, 1},  // doubling would pass one block an SM
+		{4, 16, 132, 4},
+	} {
+		if got := attnHeadSplit(c.g, c.blocks, c.sms); got != c.want {
+			t.Errorf("attnHeadSplit(%d, %d, %d) = %d, want %d", c.g, c.blocks, c.sms, got, c.want)
+		}
+	}
+}
+
 func TestAttention(t *testing.T) {
 	cases := backends(t, 2e-5, tolBF16)
 	r := rand.New(rand.NewPCG(23, 24))
@@ -662,6 +682,8 @@ func TestAttention(t *testing.T) {
 		{16, 8, 256, 128, 64, []int32{80, 3, 81, 90, 7}},         // rows out of order
 		{16, 2, 512, 4096, 0, seq(1000, 70)},                     // global layer prefill, G = 8, D = 512
 		{8, 8, 128, 256, 0, append(seq(200, 20), seq(3, 20)...)}, // 40 rows, two runs of positions
+		{16, 2, 512, 640, 0, []int32{600}},                       // global decode, few keys: heads split over 4 blocks
+		{32, 2, 64, 128, 0, []int32{100}},                        // G = 16 split over 16 blocks
 	}
 	for _, c := range tcs {
 		p := kernels.AttentionParams{Heads: c.H, KVHeads: c.KVH, HeadDim: c.D, Window: c.window, Scale: 1}

@@ -3,7 +3,10 @@
 // key chunks z, z+Z, ... of its row's visible range, for all the G = H/KVH
 // query heads that share the kv head (so K and V are read once for them),
 // with an online softmax in f32. With Z > 1 the partial results go to a
-// scratch buffer and attn_combine merges them.
+// scratch buffer and attn_combine merges them. Where (kv head, row, split)
+// blocks would leave most SMs idle (few keys, few kv heads: a global layer
+// in decode), the G heads are split over gridDim.x / KVH blocks, each
+// reading the kv head's keys for its share of the heads.
 
 #define ATT_THREADS 128
 #define ATT_CH 64
@@ -61,7 +64,8 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
     constexpr int NV = VEC ? V : 1;
     constexpr int KU = (GMAX * V <= 16) ? 16 : 8; // VEC: keys' loads in flight
     float* sm = dyn_smem;
-    const int G = H / KVH;
+    const int HS = gridDim.x / KVH;     // blocks sharing a kv head's heads
+    const int G = H / KVH / HS;         // this block's heads: h0, h0 + 1, ...
     float* qs = sm;                     // [G][D]
     float* S = qs + G * D;              // [G][ATT_CH]
     float* S1 = S + G * ATT_CH;         // [G][ATT_CH]: second half's dots
@@ -69,7 +73,8 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
     float* lrow = mrow + GMAX;          // [G]
     float* alpha = lrow + GMAX;         // [G]
     float* R = alpha + GMAX;            // [ATT_THREADS·V]: VEC's group sums
-    const int kvh = blockIdx.x, t = blockIdx.y, z = blockIdx.z;
+    const int kvh = blockIdx.x / HS, t = blockIdx.y, z = blockIdx.z;
+    const int h0 = (int)blockIdx.x * G;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int p = pos[t];
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
@@ -79,7 +84,7 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
     const int TR = D / V, KG = ATT_THREADS / TR; // VEC: threads a key row, key groups
     const int grp = tid / TR, col = (tid % TR) * V;
 
-    for (int i = tid; i < G * D; i += ATT_THREADS) qs[i] = ldf(q, (i64)t * HD + (i64)kvh * G * D + i, qdt);
+    for (int i = tid; i < G * D; i += ATT_THREADS) qs[i] = ldf(q, (i64)t * HD + (i64)h0 * D + i, qdt);
     if (tid < GMAX) { mrow[tid] = NEG_INF; lrow[tid] = 0.f; }
     float acc[GMAX][VEC ? NV : ND];
 #pragma unroll
@@ -217,7 +222,7 @@ __device__ __forceinline__ void attn(void* out, int odt, const void* q, int qdt,
 #pragma unroll
     for (int g = 0; g < GMAX; g++) {
         if (g >= G) continue;
-        int h = kvh * G + g;
+        int h = h0 + g;
         float o[ND];
         if constexpr (VEC) {
             // Sum the key groups' columns: R[grp][col..col+V).
