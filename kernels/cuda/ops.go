@@ -950,7 +950,7 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 	}
 	a = b.args.Reset()
 	a.Ptr(ptrs[0]).I32(int(out.DType)).Ptr(part).I32(H).I32(D).I32(Z)
-	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: 1}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 4*Z, a)
+	return b.launch(mod, "attn_combine", cuda.Dim3{X: H, Y: T, Z: ceilDiv(D, 32)}, cuda.Dim3{X: 128, Y: 1, Z: 1}, 4*Z, a)
 }
 
 // attnHeadSplit returns how many blocks share the g query heads of a kv

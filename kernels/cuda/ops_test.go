@@ -682,6 +682,7 @@ func TestAttention(t *testing.T) {
 		{16, 8, 256, 128, 64, []int32{80, 3, 81, 90, 7}},         // rows out of order
 		{16, 2, 512, 4096, 0, seq(1000, 70)},                     // global layer prefill, G = 8, D = 512
 		{8, 8, 128, 256, 0, append(seq(200, 20), seq(3, 20)...)}, // 40 rows, two runs of positions
+		{16, 2, 512, 8192, 0, []int32{8000}},                     // global decode, 128 key splits
 		{16, 2, 512, 640, 0, []int32{600}},                       // global decode, few keys: heads split over 4 blocks
 		{32, 2, 64, 128, 0, []int32{100}},                        // G = 16 split over 16 blocks
 	}
