@@ -258,6 +258,10 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.bits, j.group = w.Bits, w.Group
 	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType, w.Scales.DType)
 	j.int8, j.int24, j.f32 = false, false, false
+	var k24 *[2]func(*kargs)
+	if b.int24 {
+		k24 = b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType)
+	}
 	switch {
 	case !w.Quantized():
 	case b.int8: // where the format has no int8 kernels, the float64 ones
@@ -265,8 +269,8 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 			j.fast, j.int8 = k, true
 		}
 	case b.f64:
-	case b.int24 && b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType) != nil:
-		j.fast, j.int8, j.int24 = b.ks.int24Kernels(w.Bits, w.Group, w.Scales.DType), true, true
+	case k24 != nil:
+		j.fast, j.int8, j.int24 = k24, true, true
 	default:
 		if k := b.ks.matmulF32(w.Bits, w.Group, w.Scales.DType); k != nil {
 			j.fast, j.f32 = k, true
