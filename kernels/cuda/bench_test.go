@@ -865,8 +865,7 @@ func BenchmarkDecodeLayerChain(b *testing.B) {
 			timeLayers(b, be, dl, 13, fusedLayerStep(be, ops, "", "moe_epilogue"))
 		})
 	}
-	// Where the side stream joins the main one (its edge into the graph is
-	// not a programmatic one), and no side stream at all.
+	// Where the side stream joins the main one, and no side stream at all.
 	for _, join := range []string{"experts_down", "experts_glu", ""} {
 		name := "join_before_" + join
 		if join == "" {
