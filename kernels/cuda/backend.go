@@ -100,6 +100,7 @@ type Backend struct {
 	attnWhole  bool // benchmarks: one block a kv head's heads (no attnHeadSplit)
 
 	mvDepth int // fused matrix-vector pipeline depth forced by GEMMOE_CUDA_MVDEPTH (2 or 3; 0: by shape)
+	mvKS    int // warps a row of the fused one-row kernels forced by GEMMOE_CUDA_MVKS (1, 2, 4, 8; 0: by shape)
 
 	// kernels.Concurrent: between Side and Join, main is the backend's own
 	// stream and side the second one; frees wait in deferred until Join.
@@ -180,6 +181,10 @@ func New(opts ...Option) (*Backend, error) {
 	}
 	b.pool = cuda.NewPool()
 	b.pool.BeforeTrim = b.stream.Sync
+	switch v := os.Getenv("GEMMOE_CUDA_MVKS"); v {
+	case "1", "2", "4", "8":
+		b.mvKS = int(v[0] - '0')
+	}
 	switch os.Getenv("GEMMOE_CUDA_MVDEPTH") {
 	case "2":
 		b.mvDepth = 2

@@ -190,7 +190,21 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 		}
 	}
 	name := kernel(R)
-	blocksX := ceilDiv(NT, QMVWarps*R)
+	// Few rows (the router's 128): KS warps share each row, each taking a
+	// KS-th of its chunks, while the launch would leave SMs idle.
+	ks := 1
+	if !glu && R == 1 {
+		for C := K / e; ks < QMVWarps && ceilDiv(NT, QMVWarps/ks)*P < b.props.SMs && C > 32*ks; {
+			ks *= 2
+		}
+		if b.mvKS > 0 {
+			ks = b.mvKS
+		}
+		if ks > 1 {
+			name = fmt.Sprintf("qmvx%d_r1_k%d", bits, ks)
+		}
+	}
+	blocksX := ceilDiv(NT, QMVWarps/ks*R)
 	capBlocks := b.props.SMs * b.occupancy("matmul", name, 256, smem)
 	gx := max(1, min(blocksX, ceilDiv(capBlocks, P)))
 	a := b.args.Reset().Blob(mvParams(segs, x, xp, xdiv, n, softcap, ids, nexp, wstride, gstride, 1))

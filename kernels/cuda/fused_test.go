@@ -65,6 +65,8 @@ func TestFusedNormMatMul(t *testing.T) {
 		{1, []wspec{{4, 128, 64}, {4, 64, 64}, {6, 64, 64}}, 0, 0, 0, false, 0},      // a slow weight
 		{1, []wspec{{8, 16, 64}}, dtype.F32, 0.0625, 0, false, 0},                    // the router
 		{1, []wspec{{4, 90, 64}}, 0, 0, 30, false, 0},                                // a head with softcap, odd rows
+		{1, []wspec{{4, 90, 64}}, 0, 0, 30, false, 2816},                             // few long rows: warps share a row
+		{1, []wspec{{4, 64, 64}, {4, 32, 64}, {4, 32, 64}}, 0, 0, 0, false, 2816},    // the same over segments
 		{1, []wspec{{4, 32, 32}, {4, 32, 32}, {4, 32, 32}, {4, 32, 32}, {4, 8, 32}, {8, 16, 32}}, 0, 0, 0, true, 0},
 		{3, []wspec{{4, 64, 64}, {8, 32, 64}}, 0, 0, 0, false, 0}, // several tokens: the plain path
 	} {
@@ -106,9 +108,15 @@ func TestFusedNormMatMul(t *testing.T) {
 			for i := range outs {
 				outs[i] = i + 1
 			}
-			compareFused(t, name("NormMatMul", tc.M, tc.ws), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
-				return f.NormMatMul(in[1:], ws, in[0], np, tc.softcap)
-			}, outs)
+			// Each count of warps a row (by shape: 0) for the one-row kernels.
+			for _, ks := range []int{0, 2, 4, 8} {
+				be := c.be.(*Backend)
+				be.mvKS = ks
+				compareFused(t, name("NormMatMul", tc.M, tc.ws, "ks", ks), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
+					return f.NormMatMul(in[1:], ws, in[0], np, tc.softcap)
+				}, outs)
+				be.mvKS = 0
+			}
 			// x already normed (kernels.NormOut): the plain products.
 			compareFused(t, name("NormMatMul prenormed", tc.M, tc.ws), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
 				return f.NormMatMul(in[1:], ws, in[0], kernels.NormParams{Off: true}, tc.softcap)

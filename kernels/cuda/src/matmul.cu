@@ -709,8 +709,19 @@ __device__ __forceinline__ bool mv_expert(const MVParams& P, int p, i64& eoff, i
     return ok;
 }
 
-template <int BITS, int R, int DEPTH, bool GLU>
+// team_sync is a barrier of the KS warps of team t (named barrier 1 + t).
+__device__ __forceinline__ void team_sync(int t, int KS) {
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + t), "r"(32 * KS) : "memory");
+}
+
+// KS > 1 (launches of few row groups, such as the router's 128 rows): KS
+// warps share each row group, warp kq of a team taking the chunk iterations
+// kq, kq + KS, ..., so that each warp's chain of steps is KS times shorter;
+// the team's totals meet in shared memory at a named barrier and are summed
+// in warp order.
+template <int BITS, int R, int DEPTH, bool GLU, int KS = 1>
 __device__ __forceinline__ void qmvx(const MVParams& P) {
+    static_assert(KS == 1 || KS == 2 || KS == 4 || KS == 8, "KS divides the block's warps");
     constexpr int E = 128 / BITS; // values per 16-byte chunk
     constexpr int PAD = 4;
     constexpr int NB = GLU ? 2 : 1; // weights per row group
@@ -731,12 +742,14 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
     const int G = K / (int)P.group;
     const int sesz = sdt == DT_F32 ? 4 : 2;
     const u32 srowBytes = (u32)G * sesz;
-    const int nIter = (C + 31) / 32;
+    const int nIter = (C + 32 * KS - 1) / (32 * KS);
     const int gshift = __ffs((int)P.group) - 1; // group is 32, 64 or 128
     const int nseg = (int)P.nseg;
     const int NT = GLU ? (int)P.seg[0].rows : (int)(SEG_FIELD(P, nseg - 1, start) + SEG_FIELD(P, nseg - 1, rows));
     const int NG = NT / R; // row groups
-    const int rg0 = blockIdx.x * QMV_WARPS + warp, rgStride = gridDim.x * QMV_WARPS;
+    constexpr int TEAMS = QMV_WARPS / KS;
+    const int team = warp / KS, kq = warp % KS;
+    const int rg0 = blockIdx.x * TEAMS + team, rgStride = gridDim.x * TEAMS;
     const int nrg = rg0 < NG ? (NG - 1 - rg0) / rgStride + 1 : 0;
     const int steps = nrg * nIter;
 
@@ -767,7 +780,7 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
                 sofs[r] = (u32)(row + r) * srowBytes;
             }
         }
-        int c = lane + 32 * lit;
+        int c = lane + 32 * (kq + KS * lit);
         if (c < C) {
             u32 go = (u32)((c * E) >> gshift) * sesz;
 #pragma unroll
@@ -798,8 +811,9 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
 #pragma unroll
     for (int i = 0; i < RR; i++) acc[i] = 0.f;
     int cq = 0, cit = 0; // compute cursor
+    __shared__ float part[KS > 1 ? QMV_WARPS * RR : 1];
     auto compute = [&](int slot) {
-        const int c = lane + 32 * cit;
+        const int c = lane + 32 * (kq + KS * cit);
         if (c < C) {
             const float* xc = xs + c * (E + PAD);
             const float k1 = xsum[2 * c], xt = xsum[2 * c + 1];
@@ -813,7 +827,28 @@ __device__ __forceinline__ void qmvx(const MVParams& P) {
             cit = 0;
             const int rg = rg0 + cq * rgStride;
             cq++;
-            mv_store<R, GLU>(P, acc, rg, p, ok);
+            if (KS == 1) {
+                mv_store<R, GLU>(P, acc, rg, p, ok);
+            } else {
+#pragma unroll
+                for (int i = 0; i < RR; i++) acc[i] = warp_sum(acc[i]);
+                if (lane == 0) {
+#pragma unroll
+                    for (int i = 0; i < RR; i++) part[warp * RR + i] = acc[i];
+                }
+                team_sync(team, KS);
+                if (kq == 0 && lane < R) {
+                    const float* tp = part + team * KS * RR;
+                    float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+                    for (int j = 0; j < KS; j++) {
+                        v0 += tp[j * RR + lane];
+                        if (GLU) v1 += tp[j * RR + R + lane];
+                    }
+                    mv_store_row<GLU>(P, rg * R + lane, p, v0, v1, ok);
+                }
+                team_sync(team, KS); // part is free for the next row group
+            }
 #pragma unroll
             for (int i = 0; i < RR; i++) acc[i] = 0.f;
         }
@@ -856,6 +891,15 @@ QMVX_KERNEL_D(qmvx8_r2_d3, 8, 2, 3, false, 2)
 QMVX_KERNEL_D(qmvx8_r4_d3, 8, 4, 3, false, 2)
 QMVX_KERNEL_D(glu8_r1_d3, 8, 1, 3, true, 2)
 QMVX_KERNEL_D(glu8_r2_d3, 8, 2, 3, true, 2)
+// KS warps a row (see qmvx), for launches of few rows.
+#define QMVX_KERNEL_K(NAME, BITS, KS) \
+    extern "C" __global__ void __launch_bounds__(256, 3) NAME(const MVParams P) { qmvx<BITS, 1, 2, false, KS>(P); }
+QMVX_KERNEL_K(qmvx4_r1_k2, 4, 2)
+QMVX_KERNEL_K(qmvx4_r1_k4, 4, 4)
+QMVX_KERNEL_K(qmvx4_r1_k8, 4, 8)
+QMVX_KERNEL_K(qmvx8_r1_k2, 8, 2)
+QMVX_KERNEL_K(qmvx8_r1_k4, 8, 4)
+QMVX_KERNEL_K(qmvx8_r1_k8, 8, 8)
 
 // ---------------------------------------------------------------------------
 // qmvt: matrix-vector products of 4-bit weights and a bf16 x row on the
