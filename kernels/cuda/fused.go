@@ -194,7 +194,8 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 	// KS-th of its chunks, while the launch would leave SMs idle.
 	ks := 1
 	if !glu && R == 1 {
-		for C := K / e; ks < QMVWarps && ceilDiv(NT, QMVWarps/ks)*P < b.props.SMs && C > 32*ks; {
+		chunks := K / e // 16-byte chunks of a row
+		for ks < QMVWarps && ceilDiv(NT, QMVWarps/ks)*P < b.props.SMs && chunks > 32*ks {
 			ks *= 2
 		}
 		if b.mvKS > 0 {
