@@ -194,12 +194,12 @@ func (b *Backend) fusedMV(segs []mvSeg, glu bool, x kernels.Tensor, xp cuda.Devi
 	// KS-th of its chunks, while the launch would leave SMs idle.
 	ks := 1
 	if !glu && R == 1 {
-		chunks := K / e // 16-byte chunks of a row
-		for ks < QMVWarps && ceilDiv(NT, QMVWarps/ks)*P < b.props.SMs && chunks > 32*ks {
-			ks *= 2
-		}
 		if b.mvKS > 0 {
 			ks = b.mvKS
+		}
+		chunks := K / e // 16-byte chunks of a row
+		for b.mvKS == 0 && ks < QMVWarps && ceilDiv(NT, QMVWarps/ks)*P < b.props.SMs && chunks > 32*ks {
+			ks *= 2
 		}
 		if ks > 1 {
 			name = fmt.Sprintf("qmvx%d_r1_k%d", bits, ks)

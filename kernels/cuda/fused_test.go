@@ -110,12 +110,14 @@ func TestFusedNormMatMul(t *testing.T) {
 			}
 			// Each count of warps a row (by shape: 0) for the one-row kernels.
 			for _, ks := range []int{0, 2, 4, 8} {
-				be := c.be.(*Backend)
-				be.mvKS = ks
-				compareFused(t, name("NormMatMul", tc.M, tc.ws, "ks", ks), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
-					return f.NormMatMul(in[1:], ws, in[0], np, tc.softcap)
-				}, outs)
-				be.mvKS = 0
+				func() {
+					be := c.be.(*Backend)
+					be.mvKS = ks
+					defer func() { be.mvKS = 0 }()
+					compareFused(t, name("NormMatMul", tc.M, tc.ws, "ks", ks), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
+						return f.NormMatMul(in[1:], ws, in[0], np, tc.softcap)
+					}, outs)
+				}()
 			}
 			// x already normed (kernels.NormOut): the plain products.
 			compareFused(t, name("NormMatMul prenormed", tc.M, tc.ws), c, inputs, func(f kernels.Fuser, in []kernels.Tensor) error {
