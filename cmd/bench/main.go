@@ -285,7 +285,7 @@ func open(o options, log io.Writer) (*loader.Model, string, error) {
 	}
 	fmt.Fprintf(log, "building synthetic %s: %d of %d layers, %s, %.2f GiB...\n", o.synthetic, layers, arch.Layers,
 		quantName(o.bits, o.group), float64(size)/(1<<30))
-	cfg, img, err := synth.Build(arch, spec, nil)
+	cfg, img, err := synth.Build(arch, spec, modelAlloc)
 	if err != nil {
 		return nil, "", err
 	}

@@ -8,3 +8,6 @@ func availableMemory() (int64, bool) {
 	n, err := unix.SysctlUint64("hw.memsize")
 	return int64(n), err == nil
 }
+
+// modelAlloc is nil: the synthetic model lives in the Go heap.
+var modelAlloc func(n int) ([]byte, error)
