@@ -19,7 +19,8 @@ import (
 // used (bw_GB/s), so that a change of load from other processes during a run
 // cannot inflate the fraction. The weights are replicated over at least 256
 // MiB and the copies used in turn, so that they come from memory, not the
-// caches, as they do in a real model.
+// caches, as they do in a real model, and are mapped with huge pages where
+// the OS grants them (benchBytes), as a model file's mapping is.
 
 var (
 	bwOnce sync.Once
@@ -91,16 +92,19 @@ func benchWeights(b *testing.B, be *Backend, f benchFormat, experts, n, k int) (
 	copies = max(1, int((benchSpan+perMatrix*int64(e)-1)/(perMatrix*int64(e))))
 	total := copies * e
 	var data, scales, biases kernels.Tensor
-	var err error
-	if f.bits == 0 {
-		data, err = be.Alloc(dtype.BF16, total, n, k)
-	} else {
-		data, err = be.Alloc(dtype.U32, total, n, k*f.bits/32)
-	}
+	raw, unmap, err := benchBytes(int64(total) * dataBytes)
 	if err != nil {
 		b.Fatal(err)
 	}
-	raw, _ := be.raw(data, "", true)
+	buf, err := be.WrapHost(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if f.bits == 0 {
+		data = kernels.Tensor{Buf: buf, DType: dtype.BF16, Shape: []int{total, n, k}}
+	} else {
+		data = kernels.Tensor{Buf: buf, DType: dtype.U32, Shape: []int{total, n, k * f.bits / 32}}
+	}
 	if f.bits == 0 {
 		fillBF16(raw[:dataBytes], 0.05, 1)
 	} else {
@@ -119,7 +123,7 @@ func benchWeights(b *testing.B, be *Backend, f benchFormat, experts, n, k int) (
 	for i := 1; i < total; i++ {
 		copy(raw[int64(i)*dataBytes:], raw[:dataBytes])
 	}
-	b.Cleanup(func() { be.Free(data); be.Free(scales); be.Free(biases) })
+	b.Cleanup(func() { be.Free(data); be.Free(scales); be.Free(biases); unmap() })
 	ws := make([]*kernels.Weight, copies)
 	for c := range ws {
 		w := &kernels.Weight{Data: data, Scales: scales, Biases: biases, N: n, K: k}
