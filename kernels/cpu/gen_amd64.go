@@ -1109,6 +1109,87 @@ func (g *gen) softcap() {
 	g.p("RET")
 }
 
+// geluMul writes geluMul<ISA>(y, a, c *float32, n int): y = gelu_tanh(a)·c
+// for n values (a multiple of lanes/2), gelu_tanh(v) = ½v(1+tanh(u)), u =
+// √(2/π)(v + 0.044715v³), evaluated in float64 lanes as ½v·(1+tanh(u))
+// with 1+tanh(u) = 2 − w for u ≥ 0 and w for u < 0, w = 2/(e^{2|u|}+1)
+// (no cancellation where tanh(u) nears −1). e^x for x = 2|u| clamped to
+// [0, 708] (NaN kept): x = k·ln2 + r with k rounded to nearest through the
+// 1.5·2⁵² shift, e^r by its Taylor polynomial of degree 11 (|r| ≤ ln2/2, a
+// relative error under 1e-14), 2^k added to the exponent bits. The result
+// is rounded to f32 and multiplied by c in f32, as the generic loop does;
+// it is within an f32 rounding of the exact value (TestSIMDGeluMul).
+func (g *gen) geluMul() {
+	D := g.isa.lanes / 2
+	name := "geluMul" + g.isa.name
+	V, h := g.V, g.half
+	K := func(c string) string { return "·geluK" + c + "(SB)" }
+	fmt.Fprintf(&g.buf, "\n// func %s(y, a, c *float32, n int)\nTEXT ·%s(SB), NOSPLIT, $0-32\n", name, name)
+	g.p("MOVQ y+0(FP), DI")
+	g.p("MOVQ a+8(FP), SI")
+	g.p("MOVQ c+16(FP), DX")
+	g.p("MOVQ n+24(FP), CX")
+	g.p("VMOVUPD %s, %s", K("Clamp"), V(15))
+	g.p("VMOVUPD %s, %s", K("One"), V(14))
+	g.p("VMOVUPD %s, %s", K("C1"), V(13))
+	g.p("VMOVUPD %s, %s", K("Shift"), V(12))
+	if g.isa.avx512 {
+		g.p("VXORPD Z11, Z11, Z11")
+	}
+	loop, done := g.newLabel("gelu"), g.newLabel("geludone")
+	g.p("SHRQ $%d, CX", map[int]int{4: 2, 8: 3}[D])
+	g.p("JZ %s", done)
+	g.l(loop)
+	g.p("VCVTPS2PD (SI), %s", V(0))                   // v
+	g.p("VMULPD %s, %s, %s", V(0), V(0), V(1))        // v²
+	g.p("VFMADD213PD %s, %s, %s", V(14), V(13), V(1)) // 1 + 0.044715v²
+	g.p("VMULPD %s, %s, %s", V(0), V(1), V(1))
+	g.p("VMULPD %s, %s, %s", K("C0"), V(1), V(1)) // u
+	g.p("VANDPD %s, %s, %s", K("Abs"), V(1), V(2))
+	g.p("VADDPD %s, %s, %s", V(2), V(2), V(2))  // x = 2|u|
+	g.p("VMINPD %s, %s, %s", V(2), V(15), V(2)) // min(708, x), NaN kept
+	g.p("VMOVAPD %s, %s", V(12), V(3))
+	g.p("VFMADD231PD %s, %s, %s", K("Log2e"), V(2), V(3)) // x·log2e + shift: k in the low bits
+	g.p("VSUBPD %s, %s, %s", V(12), V(3), V(4))           // k
+	g.p("VFNMADD231PD %s, %s, %s", K("Ln2Hi"), V(4), V(2))
+	g.p("VFNMADD231PD %s, %s, %s", K("Ln2Lo"), V(4), V(2)) // r
+	g.p("VMOVUPD %s, %s", K("P11"), V(5))
+	for k := 10; k >= 2; k-- {
+		g.p("VFMADD213PD %s, %s, %s", K(fmt.Sprintf("P%d", k)), V(2), V(5))
+	}
+	g.p("VFMADD213PD %s, %s, %s", V(14), V(2), V(5))
+	g.p("VFMADD213PD %s, %s, %s", V(14), V(2), V(5)) // e^r
+	g.p("VPSLLQ $52, %s, %s", V(3), V(3))
+	g.p("VPADDQ %s, %s, %s", V(3), V(5), V(5))  // e^x
+	g.p("VADDPD %s, %s, %s", V(14), V(5), V(5)) // e^x + 1
+	g.p("VMOVUPD %s, %s", K("Two"), V(6))
+	g.p("VDIVPD %s, %s, %s", V(5), V(6), V(5)) // w
+	g.p("VSUBPD %s, %s, %s", V(5), V(6), V(6)) // 2 − w
+	if g.isa.avx512 {
+		g.p("VCMPPD $1, Z11, Z1, K1") // u < 0
+		g.p("VMOVAPD Z5, K1, Z6")
+	} else {
+		g.p("VBLENDVPD Y1, Y5, Y6, Y6") // w where u's sign is set
+	}
+	g.p("VMULPD %s, %s, %s", K("Half"), V(0), V(0))
+	g.p("VMULPD %s, %s, %s", V(6), V(0), V(0))
+	if g.isa.avx512 {
+		g.p("VCVTPD2PS Z0, Y0")
+	} else {
+		g.p("VCVTPD2PSY Y0, X0")
+	}
+	g.p("VMULPS (DX), %s, %s", h(0), h(0))
+	g.p("VMOVUPS %s, (DI)", h(0))
+	for _, r := range []string{"SI", "DI", "DX"} {
+		g.p("ADDQ $%d, %s", 4*D, r)
+	}
+	g.p("DECQ CX")
+	g.p("JNZ %s", loop)
+	g.l(done)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
 // int8q writes an int8-activation quantized kernel (ymm registers) for nx
 // input rows. The input row is quantized per block of 32 values to int8 with
 // an f32 scale d; a unit of weights (4-bit: 64 values, 32 packed bytes; 8-bit:
@@ -1619,6 +1700,7 @@ func main() {
 		g.dot()
 		g.axpy()
 		g.softcap()
+		g.geluMul()
 	}
 	for _, is := range []isa{avx2, avx512} {
 		g.isa = is
@@ -1692,6 +1774,29 @@ func main() {
 		{"Q0", 1.12811678491632931402e2}, {"Q1", 2.23548839060100448583e3}, {"Q2", 4.84406305325125486048e3},
 	} {
 		fmt.Fprintf(&g.buf, "DATA ·tanh%s+0(SB)/8, $%#x\nGLOBL ·tanh%s(SB), RODATA|NOPTR, $8\n", c.name, math.Float64bits(c.v), c.name)
+	}
+	g.buf.WriteString("\n// geluMul's constants, each in eight float64 lanes.\n")
+	consts := []struct {
+		name string
+		v    float64
+	}{
+		{"C0", math.Sqrt(2 / math.Pi)}, {"C1", 0.044715}, {"One", 1}, {"Two", 2}, {"Half", 0.5},
+		{"Abs", math.Float64frombits(1<<63 - 1)}, {"Clamp", 708}, {"Shift", 1.5 * (1 << 52)},
+		{"Log2e", math.Log2E}, {"Ln2Hi", 6.93147180369123816490e-01}, {"Ln2Lo", 1.90821492927058770002e-10},
+	}
+	fact := 1.0
+	for k := 2; k <= 11; k++ {
+		fact *= float64(k)
+		consts = append(consts, struct {
+			name string
+			v    float64
+		}{fmt.Sprintf("P%d", k), 1 / fact})
+	}
+	for _, c := range consts {
+		for i := range 8 {
+			fmt.Fprintf(&g.buf, "DATA ·geluK%s+%d(SB)/8, $%#x\n", c.name, 8*i, math.Float64bits(c.v))
+		}
+		fmt.Fprintf(&g.buf, "GLOBL ·geluK%s(SB), RODATA|NOPTR, $64\n", c.name)
 	}
 	g.buf.WriteString("\n// The lane-to-scale index of the 4-bit group-32 int8 kernels.\n")
 	for i := range 8 {

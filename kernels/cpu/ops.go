@@ -83,7 +83,14 @@ func (j *elemJob) run(w, lo, hi int) {
 		}
 	case opGeluMul:
 		c := j.c[lo:hi]
-		for i := range y {
+		done := 0
+		if j.ks != nil && j.ks.geluMul != nil {
+			step := j.ks.lanes / 2
+			if done = len(y) / step * step; done > 0 {
+				j.ks.geluMul(&y[0], &a[0], &c[0], done)
+			}
+		}
+		for i := done; i < len(y); i++ {
 			y[i] = geluTanh(a[i]) * c[i]
 		}
 	}
@@ -101,7 +108,7 @@ func (b *Backend) elementwise(op elemOp, y, a, c []float32, s float32) {
 	n := len(y)
 	limit := parallelElems
 	if op == opGeluMul || op == opSoftcap {
-		limit = parallelTanh // tanh costs ~10 ns an element
+		limit = parallelTanh // tanh costs ~10 ns an element (GeLU SIMD ~1.3; still faster split at 2048)
 	}
 	if n < limit {
 		j.run(0, 0, n)

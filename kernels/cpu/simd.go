@@ -85,6 +85,10 @@ type kernelSet struct {
 	axpy func(y *float64, x *float32, a float64, n int)
 	// Softcap's rational tanh branch on n values (a multiple of lanes/2).
 	softcap func(y, x *float32, c float64, n int)
+	// geluMul computes y = gelu_tanh(a)·c on n values (a multiple of
+	// lanes/2), within an f32 rounding of the exact value (nil: the
+	// generic loop).
+	geluMul func(y, a, c *float32, n int)
 }
 
 // chooseKernels returns the kernel set a backend uses: nil (generic) when

@@ -226,6 +226,9 @@ func d4px4VNNI(a *kargs)
 func softcapPolyAVX2(y, x *float32, c float64, n int)
 
 //go:noescape
+func geluMulAVX2(y, a, c *float32, n int)
+
+//go:noescape
 func dotF64AVX2(a, b *float32, n int) float64
 
 //go:noescape
@@ -233,6 +236,9 @@ func axpyF64AVX2(y *float64, x *float32, a float64, n int)
 
 //go:noescape
 func softcapPolyAVX512(y, x *float32, c float64, n int)
+
+//go:noescape
+func geluMulAVX512(y, a, c *float32, n int)
 
 //go:noescape
 func dotF64AVX512(a, b *float32, n int) float64
@@ -254,7 +260,7 @@ var (
 		bf16: [2]func(*kargs){bf16x1AVX2, bf16x4AVX2}, f32: [2]func(*kargs){f32x1AVX2, f32x4AVX2},
 		q4f: [2]func(*kargs){q4fx1AVX2, q4fx4AVX2}, q8f: [2]func(*kargs){q8fx1AVX2, q8fx4AVX2},
 		q4fb: [2]func(*kargs){q4fbx1AVX2, q4fbx4AVX2}, q8fb: [2]func(*kargs){q8fbx1AVX2, q8fbx4AVX2},
-		dot: dotF64AVX2, axpy: axpyF64AVX2, softcap: softcapPolyAVX2,
+		dot: dotF64AVX2, axpy: axpyF64AVX2, softcap: softcapPolyAVX2, geluMul: geluMulAVX2,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
@@ -269,7 +275,7 @@ var (
 		bf16: [2]func(*kargs){bf16x1AVX512, bf16x4AVX512}, f32: [2]func(*kargs){f32x1AVX512, f32x4AVX512},
 		q4f: [2]func(*kargs){q4fx1AVX512, q4fx4AVX512}, q8f: [2]func(*kargs){q8fx1AVX512, q8fx4AVX512},
 		q4fb: [2]func(*kargs){q4fbx1AVX512, q4fbx4AVX512}, q8fb: [2]func(*kargs){q8fbx1AVX512, q8fbx4AVX512}, split4: true,
-		dot: dotF64AVX512, axpy: axpyF64AVX512, softcap: softcapPolyAVX512,
+		dot: dotF64AVX512, axpy: axpyF64AVX512, softcap: softcapPolyAVX512, geluMul: geluMulAVX512,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,

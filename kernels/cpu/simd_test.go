@@ -480,3 +480,77 @@ func TestSIMDSoftcap(t *testing.T) {
 		}
 	}
 }
+
+// geluExact is gelu_tanh(v) = ½v(1+tanh(u)) written as v·σ(2u), which has
+// no cancellation where tanh(u) nears −1.
+func geluExact(v float64) float64 {
+	u := math.Sqrt(2/math.Pi) * (v + 0.044715*v*v*v)
+	return v / (1 + math.Exp(-2*u))
+}
+
+// TestSIMDGeluMul checks the SIMD gelu_tanh(a)·c against the exact value:
+// within one f32 rounding of float32(gelu)·c, on values across the range
+// (both tails, the region where tanh nears −1, zeros), with non-finite
+// inputs giving non-finite outputs, in place and not.
+func TestSIMDGeluMul(t *testing.T) {
+	sets := KernelSets()
+	if len(sets) == 0 {
+		t.Skip("no SIMD kernels on this CPU")
+	}
+	r := rand.New(rand.NewPCG(29, 30))
+	const n = 4096
+	a, c := make([]float32, n), make([]float32, n)
+	for i := range a {
+		switch i % 6 {
+		case 0:
+			a[i] = float32(r.NormFloat64())
+		case 1:
+			a[i] = float32(r.NormFloat64() * 4)
+		case 2:
+			a[i] = float32(-r.Float64() * 40) // tanh(u) → −1: the result tiny
+		case 3:
+			a[i] = float32(r.Float64() * 1e4)
+		case 4:
+			a[i] = float32(math.Copysign(0, float64(i%4)-1.5))
+		default:
+			a[i] = float32(r.NormFloat64() * 1e-3)
+		}
+		c[i] = float32(r.NormFloat64())
+		if i%5 == 0 {
+			c[i] = 1
+		}
+	}
+	a[7], a[13], a[19] = float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))
+	for _, name := range sets {
+		ks := chooseKernels(false, name)
+		if ks.geluMul == nil {
+			continue
+		}
+		got := make([]float32, n)
+		ks.geluMul(&got[0], &a[0], &c[0], n)
+		inPlace := append([]float32(nil), a...)
+		ks.geluMul(&inPlace[0], &inPlace[0], &c[0], n)
+		for i, v := range a {
+			if math.Float32bits(got[i]) != math.Float32bits(inPlace[i]) && !(got[i] != got[i] && inPlace[i] != inPlace[i]) {
+				t.Fatalf("%s: in place %v, not %v, for %v", name, inPlace[i], got[i], v)
+			}
+			x := float64(v)
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				if g := float64(got[i]); !math.IsNaN(g) && !math.IsInf(g, 0) {
+					t.Fatalf("%s: gelu(%v)·%v = %v, want a non-finite value", name, v, c[i], got[i])
+				}
+				continue
+			}
+			want := float32(geluExact(x)) * c[i]
+			if d := math.Abs(float64(got[i] - want)); d > ulp32(want) {
+				t.Fatalf("%s: gelu(%v)·%v = %v, want %v (±%g)", name, v, c[i], got[i], want, ulp32(want))
+			}
+		}
+	}
+}
+
+// ulp32 is the spacing of float32 values at x (the smallest denormal at 0).
+func ulp32(x float32) float64 {
+	ax := math.Abs(float64(x))
+	return float64(math.Nextafter32(float32(ax), float32(math.Inf(1)))) - ax
+}
