@@ -136,13 +136,14 @@ var simdCases = []simdCase{
 }
 
 // simdShapes are (n, k) pairs: aligned, ragged (dense tails, odd row
-// counts, a last block of rows shorter than fastBlock) and tiny.
+// counts, a last block of rows shorter than fastBlock, blocks that end in
+// one, two or three rows after the kernels' passes of four) and tiny.
 func simdShapes(c simdCase) [][2]int {
 	if c.bits == 0 {
 		return [][2]int{{37, 256}, {33, 75}, {5, 13}, {1, 1}, {17, 2816}, {3, 31}}
 	}
 	g := c.group
-	return [][2]int{{37, 4 * g}, {33, 3 * g}, {1, g}, {16, 2 * g}, {17, 2816 / g * g}, {5, 11 * g}}
+	return [][2]int{{37, 4 * g}, {33, 3 * g}, {1, g}, {16, 2 * g}, {17, 2816 / g * g}, {5, 11 * g}, {7, 2 * g}, {22, 3 * g}}
 }
 
 // weightFor makes a random weight of format c and shape [n, k] on b and
