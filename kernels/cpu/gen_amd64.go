@@ -1716,6 +1716,14 @@ func main() {
 			}
 		}
 	}
+	// Two and three input rows (AVX-512, 4-bit): the rows an expert's
+	// tokens leave after the passes of four in a prompt.
+	g.isa = avx512
+	for _, nx := range []int{2, 3} {
+		for _, sdt := range []string{"f32", "bf16"} {
+			g.quantF32Nib(nx, sdt)
+		}
+	}
 	g.isa = avx2
 	for _, vnni := range []bool{false, true} {
 		for _, nx := range []int{1, 4} {

@@ -36,9 +36,10 @@ type mmJob struct {
 	// SIMD path (fast != nil): the kernels, the f32 input rows as given
 	// (xin) and as the kernels read them (xf, rows of xw floats).
 	fast    *[2]func(*kargs)
-	int8    bool // the integer kernels: int8 activations, or int24 ones
-	int24   bool // the int24-activation kernels (int8 is set too)
-	f32     bool // the f32-sum quantized kernels
+	mid     *[2]func(*kargs) // f32 sums: two and three input rows (nil: none)
+	int8    bool             // the integer kernels: int8 activations, or int24 ones
+	int24   bool             // the int24-activation kernels (int8 is set too)
+	f32     bool             // the f32-sum quantized kernels
 	lanes   int
 	xin     []float32
 	xf      []float64
@@ -257,6 +258,7 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	j.n, j.k = w.N, w.K
 	j.bits, j.group = w.Bits, w.Group
 	j.fast = b.ks.matmul(w.Bits, w.Group, w.Data.DType, w.Scales.DType)
+	j.mid = nil
 	j.int8, j.int24, j.f32 = false, false, false
 	var k24 *[2]func(*kargs)
 	if b.int24 {
@@ -274,6 +276,7 @@ func (b *Backend) prepare(w *kernels.Weight, x, y []float32) *mmJob {
 	default:
 		if k := b.ks.matmulF32(w.Bits, w.Group, w.Scales.DType); k != nil {
 			j.fast, j.f32 = k, true
+			j.mid = b.ks.matmulF32Mid(w.Bits, w.Group, w.Scales.DType)
 		}
 	}
 	if j.fast != nil {
@@ -343,7 +346,7 @@ func (b *Backend) dispatch(j *mmJob) {
 	// Rows are heavy (K multiply-adds): small chunks balance well.
 	b.pool.parallel(total, b.pool.chunkFor(total, 8), j)
 	j.x, j.y, j.xsum = nil, nil, nil
-	j.xin, j.xf, j.fast, j.xbase = nil, nil, nil, nil
+	j.xin, j.xf, j.fast, j.mid, j.xbase = nil, nil, nil, nil, nil
 	for i := range j.segs {
 		j.segs[i] = mmSeg{}
 	}
@@ -627,6 +630,15 @@ func (j *mmJob) rowsFast(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScrat
 				a.y[t] = &j.y[int(p.y)*n+row]
 			}
 			k4(a)
+		}
+		if rem := len(pairs) - pi; rem >= 2 && j.mid != nil {
+			for t := range rem {
+				p := pairs[pi+t]
+				a.x[t] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
+				a.y[t] = &j.y[int(p.y)*n+row]
+			}
+			j.mid[rem-2](a)
+			pi += rem
 		}
 		for ; pi < len(pairs); pi++ {
 			p := pairs[pi]

@@ -65,6 +65,9 @@ type kernelSet struct {
 	// split4: the 4-bit f32-sum kernels read their input rows as split4
 	// lays them out (else as permute4 does, per block of 2·lanes).
 	split4 bool
+	// The 4-bit f32-sum kernels for two and three input rows (nil: none;
+	// the rows left after the passes of four then go one at a time).
+	q4fMid, q4fbMid [2]func(*kargs)
 	// Int8-activation kernels (nil: none): 4-bit with groups of 64 or more,
 	// 8-bit (f32 or bf16 scales), 4-bit with groups of 32 (f32 scales);
 	// i8wide: the 8-bit ones read the input as int16.
@@ -235,6 +238,18 @@ func (ks *kernelSet) matmulF32(bits, group int, sdt dtype.DType) *[2]func(*kargs
 		return &ks.q8f
 	}
 	return nil
+}
+
+// matmulF32Mid returns the set's f32-sum kernels for two and three input
+// rows where it has them for the format matmulF32 takes, else nil.
+func (ks *kernelSet) matmulF32Mid(bits, group int, sdt dtype.DType) *[2]func(*kargs) {
+	if bits != 4 || ks.matmulF32(bits, group, sdt) == nil || ks.q4fMid[0] == nil {
+		return nil
+	}
+	if sdt == dtype.BF16 {
+		return &ks.q4fbMid
+	}
+	return &ks.q4fMid
 }
 
 // f32Step returns the values a step of the set's f32-sum kernels takes:

@@ -100,6 +100,18 @@ func q8fbx1AVX512(a *kargs)
 func q4fbx4AVX512(a *kargs)
 
 //go:noescape
+func q4fx2AVX512(a *kargs)
+
+//go:noescape
+func q4fx3AVX512(a *kargs)
+
+//go:noescape
+func q4fbx2AVX512(a *kargs)
+
+//go:noescape
+func q4fbx3AVX512(a *kargs)
+
+//go:noescape
 func q8fbx4AVX512(a *kargs)
 
 //go:noescape
@@ -275,6 +287,7 @@ var (
 		bf16: [2]func(*kargs){bf16x1AVX512, bf16x4AVX512}, f32: [2]func(*kargs){f32x1AVX512, f32x4AVX512},
 		q4f: [2]func(*kargs){q4fx1AVX512, q4fx4AVX512}, q8f: [2]func(*kargs){q8fx1AVX512, q8fx4AVX512},
 		q4fb: [2]func(*kargs){q4fbx1AVX512, q4fbx4AVX512}, q8fb: [2]func(*kargs){q8fbx1AVX512, q8fbx4AVX512}, split4: true,
+		q4fMid: [2]func(*kargs){q4fx2AVX512, q4fx3AVX512}, q4fbMid: [2]func(*kargs){q4fbx2AVX512, q4fbx3AVX512},
 		dot: dotF64AVX512, axpy: axpyF64AVX512, softcap: softcapPolyAVX512, geluMul: geluMulAVX512,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},

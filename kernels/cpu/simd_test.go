@@ -201,7 +201,7 @@ func TestSIMDMatMul(t *testing.T) {
 						// SIMD, with M = 1..m rows per call: every call must give
 						// the same bits for a row (batch invariance).
 						var first []float32
-						for _, mm := range []int{m, 1, 4, 5} {
+						for _, mm := range []int{m, 1, 2, 3, 4, 5, 6, 7} {
 							var got []float32
 							for row := 0; row < m; row += mm {
 								rows := min(mm, m-row)
