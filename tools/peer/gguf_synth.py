@@ -153,9 +153,10 @@ def main():
     ap.add_argument("--tokenizer", help="a Gemma 4 tokenizer.json, optionally gzipped")
     ap.add_argument("--metadata", help="a GGUF that --metadata-out wrote (no converter run)")
     ap.add_argument("--metadata-out", help="write the converter's metadata GGUF here and stop")
-    ap.add_argument("--type", default="q4_0", choices=sorted(BLOCKS))
-    ap.add_argument("--layers", type=int, default=LAYERS)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--type", default="q4_0", choices=sorted(BLOCKS),
+                    help="the weights' type: q4_0 against MLX 4-bit g64, q8_0 against 8-bit")
+    ap.add_argument("--layers", type=int, default=LAYERS, help="the first N layers, as cmd/bench -layers N")
+    ap.add_argument("--seed", type=int, default=1, help="the random weights' seed")
     ap.add_argument("--out", help="the GGUF to write")
     args = ap.parse_args()
     if not 1 <= args.layers <= LAYERS:
