@@ -509,3 +509,57 @@ func TestBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAttentionQueriesAtOnce: queries computed in one call (where runs of
+// consecutive positions share each key's reads) give the same bits as each
+// query alone, with and without a window, for runs that end inside and at
+// the edge of the blocks and for positions that jump.
+func TestAttentionQueriesAtOnce(t *testing.T) {
+	b := newBackend(t)
+	r := rand.New(rand.NewPCG(41, 42))
+	const heads, kvHeads, hd, capacity = 4, 2, 16, 64
+	pos := []int{20, 21, 22, 23, 24, 25, 27, 28, 30, 31, 32, 40}
+	for _, cdt := range []dtype.DType{dtype.F32, dtype.BF16} {
+		for _, window := range []int{0, 6} {
+			t.Run(fmt.Sprintf("%s/window%d", cdt, window), func(t *testing.T) {
+				p := kernels.AttentionParams{Heads: heads, KVHeads: kvHeads, HeadDim: hd, Window: window, Scale: 0.25}
+				kw := kvHeads * hd
+				kc := tensor(t, b, cdt, nil, capacity, kw)
+				vc := tensor(t, b, cdt, nil, capacity, kw)
+				all := make([]float64, capacity)
+				for i := range all {
+					all[i] = float64(i)
+				}
+				pt := tensor(t, b, dtype.I32, all, capacity)
+				for _, c := range []kernels.Tensor{kc, vc} {
+					if err := b.StoreKV(c, tensor(t, b, dtype.F32, randNorm(r, capacity*kw), capacity, kw), pt); err != nil {
+						t.Fatal(err)
+					}
+				}
+				T := len(pos)
+				q := randNorm(r, T*heads*hd)
+				pf := make([]float64, T)
+				for i, v := range pos {
+					pf[i] = float64(v)
+				}
+				out := tensor(t, b, dtype.F32, nil, T, heads*hd)
+				if err := b.Attention(out, tensor(t, b, dtype.F32, q, T, heads*hd), kc, vc, tensor(t, b, dtype.I32, pf, T), p); err != nil {
+					t.Fatal(err)
+				}
+				got := fetch(t, b, out)
+				for i := range T {
+					one := tensor(t, b, dtype.F32, nil, 1, heads*hd)
+					qi := tensor(t, b, dtype.F32, q[i*heads*hd:(i+1)*heads*hd], 1, heads*hd)
+					if err := b.Attention(one, qi, kc, vc, tensor(t, b, dtype.I32, pf[i:i+1], 1), p); err != nil {
+						t.Fatal(err)
+					}
+					for d, v := range fetch(t, b, one) {
+						if g := got[i*heads*hd+d]; math.Float32bits(float32(g)) != math.Float32bits(float32(v)) {
+							t.Fatalf("query %d (position %d) value %d: %v together, %v alone", i, pos[i], d, g, v)
+						}
+					}
+				}
+			})
+		}
+	}
+}
