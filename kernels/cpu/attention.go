@@ -135,7 +135,16 @@ func (b *Backend) StoreKV(cache, src, positions kernels.Tensor) error {
 	return nil
 }
 
-// attnJob computes attention for items (t, h) = (r / Heads, r % Heads).
+// attnQueries is how many queries of consecutive positions an attention
+// item takes. Where the kernel set has four-query kernels (dot4, axpy4),
+// each key and value row is widened to float64 once for the four queries
+// that attend to it, each query widened once; every query's products and
+// sums are those it gets alone, in the same order, so the results are the
+// same bits.
+const attnQueries = 4
+
+// attnJob computes attention for items (b, h): head h of the queries
+// b·attnQueries .. b·attnQueries+attnQueries-1.
 type attnJob struct {
 	b      *Backend
 	p      kernels.AttentionParams
@@ -146,40 +155,111 @@ type attnJob struct {
 }
 
 func (j *attnJob) run(w, lo, hi int) {
+	heads := j.p.Heads
+	for r := lo; r < hi; r++ {
+		blk, h := r/heads, r%heads
+		t0, t1 := blk*attnQueries, min((blk+1)*attnQueries, len(j.pos))
+		for t := t0; t < t1; {
+			n := 1 // a run of consecutive positions
+			for t+n < t1 && j.pos[t+n] == j.pos[t+n-1]+1 {
+				n++
+			}
+			j.queries(w, t, n, h)
+			t += n
+		}
+	}
+}
+
+// queries computes head h of the n queries from t, whose positions are
+// consecutive: first[i] and last[i] both grow with i.
+func (j *attnJob) queries(w, t, n, h int) {
 	ws := &j.b.ws[w]
 	hd, heads := j.p.HeadDim, j.p.Heads
-	group := heads / j.p.KVHeads
-	for r := lo; r < hi; r++ {
-		t, h := r/heads, r%heads
-		pos := int(j.pos[t])
-		first := 0
+	off := (h / (heads / j.p.KVHeads)) * hd
+	slots := j.k.slots
+	ks := j.b.ks
+	var first, last [attnQueries]int
+	var m [attnQueries]float32
+	var sum [attnQueries]float64
+	var q [attnQueries][]float32
+	for i := range n {
+		last[i] = int(j.pos[t+i])
 		if j.p.Window > 0 {
-			first = max(0, pos-j.p.Window+1)
+			first[i] = max(0, last[i]-j.p.Window+1)
 		}
-		span := pos - first + 1
-		q := j.q[(t*heads+h)*hd : (t*heads+h+1)*hd]
-		off := (h / group) * hd
-		scores := ws.score[:span]
-		m := float32(math.Inf(-1))
-		for i := range scores {
-			s := j.k.dot((first+i)%j.k.slots, off, q, j.f16, j.b.ks) * j.p.Scale
-			scores[i] = s
-			m = max(m, s)
+		q[i] = j.q[((t+i)*heads+h)*hd : ((t+i)*heads+h+1)*hd]
+		m[i] = float32(math.Inf(-1))
+	}
+	// Keys [all0, all1] are attended by all four queries: there the
+	// four-query kernels run.
+	all0, all1 := 1, 0
+	four := n == attnQueries && ks != nil && ks.dot4 != nil && hd%32 == 0
+	if four && j.k.dt == dtype.F32 {
+		all0, all1 = first[n-1], last[0]
+		q64 := ws.q64[:n*hd]
+		for i := range n {
+			for d, v := range q[i] {
+				q64[i*hd+d] = float64(v)
+			}
 		}
-		var sum float64
-		for i, s := range scores {
-			e := float32(math.Exp(float64(s - m)))
-			scores[i] = e
-			sum += float64(e)
+	}
+	score := func(i int) []float32 { return ws.score[i*slots : i*slots+last[i]-first[i]+1] }
+	dots := &ws.dots // in the worker's scratch: the kernels' arguments would escape
+	for key := first[0]; key <= last[n-1]; key++ {
+		if key >= all0 && key <= all1 {
+			slot := key % slots
+			ks.dot4(&ws.q64[0], &j.k.f32[slot*j.k.width+off], hd, &dots[0])
+			for i := range n {
+				s := float32(dots[i]) * j.p.Scale
+				score(i)[key-first[i]] = s
+				m[i] = max(m[i], s)
+			}
+			continue
 		}
-		// Normalized probabilities times V, accumulated in float64.
-		acc := ws.acc[:hd]
-		clear(acc)
-		for i, e := range scores {
-			j.v.axpy((first+i)%j.v.slots, off, float64(e)/sum, acc, j.f16, j.b.ks)
+		for i := range n {
+			if key < first[i] || key > last[i] {
+				continue
+			}
+			s := j.k.dot(key%slots, off, q[i], j.f16, ks) * j.p.Scale
+			score(i)[key-first[i]] = s
+			m[i] = max(m[i], s)
 		}
-		o := j.out[(t*heads+h)*hd : (t*heads+h+1)*hd]
-		for d, a := range acc {
+	}
+	for i := range n {
+		sc := score(i)
+		for x, s := range sc {
+			e := float32(math.Exp(float64(s - m[i])))
+			sc[x] = e
+			sum[i] += float64(e)
+		}
+	}
+	// Normalized probabilities times V, accumulated in float64.
+	acc := ws.acc[:n*hd]
+	clear(acc)
+	all0, all1 = 1, 0
+	if four && j.v.dt == dtype.F32 {
+		all0, all1 = first[n-1], last[0]
+	}
+	p := &ws.dots
+	for key := first[0]; key <= last[n-1]; key++ {
+		if key >= all0 && key <= all1 {
+			for i := range n {
+				p[i] = float64(score(i)[key-first[i]]) / sum[i]
+			}
+			slot := key % slots
+			ks.axpy4(&acc[0], &j.v.f32[slot*j.v.width+off], &p[0], hd)
+			continue
+		}
+		for i := range n {
+			if key < first[i] || key > last[i] {
+				continue
+			}
+			j.v.axpy(key%slots, off, float64(score(i)[key-first[i]])/sum[i], acc[i*hd:(i+1)*hd], j.f16, ks)
+		}
+	}
+	for i := range n {
+		o := j.out[((t+i)*heads+h)*hd : ((t+i)*heads+h+1)*hd]
+		for d, a := range acc[i*hd : (i+1)*hd] {
 			o[d] = float32(a)
 		}
 	}
@@ -243,15 +323,16 @@ func (b *Backend) Attention(out, q, kCache, vCache, positions kernels.Tensor, p 
 		return err
 	}
 	for i := range b.ws {
-		b.ws[i].score = grow(b.ws[i].score, max(kc.slots, len(b.ws[i].score)))
-		b.ws[i].acc = grow64(b.ws[i].acc, max(p.HeadDim, len(b.ws[i].acc)))
+		b.ws[i].score = grow(b.ws[i].score, max(attnQueries*kc.slots, len(b.ws[i].score)))
+		b.ws[i].acc = grow64(b.ws[i].acc, max(attnQueries*p.HeadDim, len(b.ws[i].acc)))
+		b.ws[i].q64 = grow64(b.ws[i].q64, max(attnQueries*p.HeadDim, len(b.ws[i].q64)))
 	}
 	j := &b.at
 	*j = attnJob{b: b, p: p, q: qv, out: ov, pos: pos, k: kc, v: vc}
 	if kc.dt == dtype.F16 || vc.dt == dtype.F16 {
 		j.f16 = f16Table()
 	}
-	total := t * p.Heads
+	total := (t + attnQueries - 1) / attnQueries * p.Heads
 	b.pool.parallel(total, b.pool.chunkFor(total, 1), j)
 	*j = attnJob{}
 	b.flush(out, ov)

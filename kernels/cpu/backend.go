@@ -177,16 +177,18 @@ type Backend struct {
 
 // workerScratch is the private scratch of one worker of the pool.
 type workerScratch struct {
-	gsum   []float64 // per-group Σq·x of one row
-	sc, bi []float32 // a row's scales and biases (and small f32 scratch)
-	q      []float32 // one unpacked row
-	row    []float64 // a block of expanded weight rows
-	acc64  []float64 // the block's sums per input row
-	score  []float32 // attention scores, router probabilities
-	acc    []float64 // attention output accumulator
-	ka     kargs     // SIMD matmul kernel arguments
-	sb32   []float32 // SIMD matmul: f32 scales and biases of a block of rows
-	tmp    []float32 // SIMD softcap: a block of inputs
+	gsum   []float64  // per-group Σq·x of one row
+	sc, bi []float32  // a row's scales and biases (and small f32 scratch)
+	q      []float32  // one unpacked row
+	row    []float64  // a block of expanded weight rows
+	acc64  []float64  // the block's sums per input row
+	score  []float32  // attention scores, router probabilities
+	acc    []float64  // attention output accumulator
+	q64    []float64  // attention: four queries widened to float64
+	dots   [4]float64 // attention: the four queries' dots, or their weights
+	ka     kargs      // SIMD matmul kernel arguments
+	sb32   []float32  // SIMD matmul: f32 scales and biases of a block of rows
+	tmp    []float32  // SIMD softcap: a block of inputs
 }
 
 // New returns a CPU backend with its worker pool started.

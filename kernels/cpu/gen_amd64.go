@@ -1109,6 +1109,93 @@ func (g *gen) softcap() {
 	g.p("RET")
 }
 
+// attn4 writes the AVX-512 attention kernels for four queries at once, with
+// each query's arithmetic exactly that of dotF64 and axpyF64 (the same
+// products, sums and reduction order, so the same bits):
+// dot4F64AVX512(q *float64, k *float32, n int, out *float64) sets out[j] to
+// Σ k·q_j for the four rows q_j (float64, n apart), n a multiple of 32; the
+// key row is widened once for the four. axpy4F64AVX512(y *float64, x
+// *float32, p *float64, n int) adds p[j]·x to the four rows y_j (n apart), n
+// a multiple of 16.
+func (g *gen) attn4() {
+	acc := func(j, i int) string { return fmt.Sprintf("Z%d", 4+4*j+i) }
+	qa := func(j, off int) string {
+		return fmt.Sprintf("%d%s", off, [...]string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(SI)(R9*1)"}[j])
+	}
+	g.buf.WriteString("\n// func dot4F64AVX512(q *float64, k *float32, n int, out *float64)\nTEXT ·dot4F64AVX512(SB), NOSPLIT, $0-32\n")
+	g.p("MOVQ q+0(FP), SI")
+	g.p("MOVQ k+8(FP), DI")
+	g.p("MOVQ n+16(FP), CX")
+	g.p("MOVQ out+24(FP), DX")
+	g.p("LEAQ (CX*8), R8")
+	g.p("LEAQ (R8)(R8*2), R9")
+	for j := range 4 {
+		for i := range 4 {
+			g.zero(acc(j, i))
+		}
+	}
+	vec, done := g.newLabel("d4vec"), g.newLabel("d4done")
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", done)
+	g.l(vec)
+	for i := range 4 {
+		g.p("VCVTPS2PD %d(DI), Z%d", 32*i, i)
+	}
+	for i := range 4 {
+		for j := range 4 {
+			g.p("VFMADD231PD %s, Z%d, %s", qa(j, 64*i), i, acc(j, i))
+		}
+	}
+	g.p("ADDQ $256, SI")
+	g.p("ADDQ $128, DI")
+	g.p("SUBQ $32, CX")
+	g.p("JNZ %s", vec)
+	g.l(done)
+	for j := range 4 { // as dotF64: (a0+a1) + (a2+a3), then the lanes
+		g.p("VADDPD %s, %s, %s", acc(j, 1), acc(j, 0), acc(j, 0))
+		g.p("VADDPD %s, %s, %s", acc(j, 3), acc(j, 2), acc(j, 2))
+		g.p("VADDPD %s, %s, %s", acc(j, 2), acc(j, 0), acc(j, 0))
+		g.p("VMOVAPD %s, Z1", acc(j, 0)) // hsumPD's VEX forms reach Z0..Z15 only
+		g.hsumPD(1, 0)
+		g.p("VMOVSD X1, %d(DX)", 8*j)
+	}
+	g.p("VZEROUPPER")
+	g.p("RET")
+
+	ya := func(j, off int) string {
+		return fmt.Sprintf("%d%s", off, [...]string{"(DI)", "(DI)(R8*1)", "(DI)(R8*2)", "(DI)(R9*1)"}[j])
+	}
+	g.buf.WriteString("\n// func axpy4F64AVX512(y *float64, x *float32, p *float64, n int)\nTEXT ·axpy4F64AVX512(SB), NOSPLIT, $0-32\n")
+	g.p("MOVQ y+0(FP), DI")
+	g.p("MOVQ x+8(FP), SI")
+	g.p("MOVQ p+16(FP), DX")
+	g.p("MOVQ n+24(FP), CX")
+	g.p("LEAQ (CX*8), R8")
+	g.p("LEAQ (R8)(R8*2), R9")
+	for j := range 4 {
+		g.p("VBROADCASTSD %d(DX), Z%d", 8*j, 4+j)
+	}
+	avec, adone := g.newLabel("a4vec"), g.newLabel("a4done")
+	g.p("TESTQ CX, CX")
+	g.p("JZ %s", adone)
+	g.l(avec)
+	for i := range 2 {
+		g.p("VCVTPS2PD %d(SI), Z%d", 32*i, 2+i)
+		for j := range 4 { // as axpyF64: a·x, then + y
+			g.p("VMULPD Z%d, Z%d, Z%d", 4+j, 2+i, 8+j)
+			g.p("VADDPD %s, Z%d, Z%d", ya(j, 64*i), 8+j, 8+j)
+			g.p("VMOVUPD Z%d, %s", 8+j, ya(j, 64*i))
+		}
+	}
+	g.p("ADDQ $64, SI")
+	g.p("ADDQ $128, DI")
+	g.p("SUBQ $16, CX")
+	g.p("JNZ %s", avec)
+	g.l(adone)
+	g.p("VZEROUPPER")
+	g.p("RET")
+}
+
 // geluMul writes geluMul<ISA>(y, a, c *float32, n int): y = gelu_tanh(a)·c
 // for n values (a multiple of lanes/2), gelu_tanh(v) = ½v(1+tanh(u)), u =
 // √(2/π)(v + 0.044715v³), evaluated in float64 lanes as ½v·(1+tanh(u))
@@ -1724,6 +1811,8 @@ func main() {
 			g.quantF32Nib(nx, sdt)
 		}
 	}
+	g.isa = avx512
+	g.attn4()
 	g.isa = avx2
 	for _, vnni := range []bool{false, true} {
 		for _, nx := range []int{1, 4} {

@@ -517,11 +517,16 @@ func TestBuffers(t *testing.T) {
 func TestAttentionQueriesAtOnce(t *testing.T) {
 	b := newBackend(t)
 	r := rand.New(rand.NewPCG(41, 42))
-	const heads, kvHeads, hd, capacity = 4, 2, 16, 64
-	pos := []int{20, 21, 22, 23, 24, 25, 27, 28, 30, 31, 32, 40}
-	for _, cdt := range []dtype.DType{dtype.F32, dtype.BF16} {
-		for _, window := range []int{0, 6} {
-			t.Run(fmt.Sprintf("%s/window%d", cdt, window), func(t *testing.T) {
+	const heads, kvHeads, capacity = 4, 2, 64
+	pos := []int{20, 21, 22, 23, 24, 25, 27, 28, 30, 31, 32, 40, 41, 42, 43, 44}
+	for _, c := range []struct {
+		cdt    dtype.DType
+		hd     int // 64: the four-query kernels where the set has them
+		window int
+	}{{dtype.F32, 64, 0}, {dtype.F32, 64, 6}, {dtype.F32, 16, 6}, {dtype.BF16, 64, 0}, {dtype.BF16, 16, 6}} {
+		cdt, hd, window := c.cdt, c.hd, c.window
+		{
+			t.Run(fmt.Sprintf("%s/hd%d/window%d", cdt, hd, window), func(t *testing.T) {
 				p := kernels.AttentionParams{Heads: heads, KVHeads: kvHeads, HeadDim: hd, Window: window, Scale: 0.25}
 				kw := kvHeads * hd
 				kc := tensor(t, b, cdt, nil, capacity, kw)

@@ -86,6 +86,12 @@ type kernelSet struct {
 	// Attention: Σ a·b in float64 (exact products), and y += a·x.
 	dot  func(a, b *float32, n int) float64
 	axpy func(y *float64, x *float32, a float64, n int)
+	// The same for four queries at once (nil: none): dot4 sets out[j] =
+	// k·q_j for four float64 rows q_j n apart (n a multiple of 32), axpy4
+	// adds p[j]·x to four rows y_j n apart (n a multiple of 16), each
+	// query's bits those of dot and axpy.
+	dot4  func(q *float64, k *float32, n int, out *float64)
+	axpy4 func(y *float64, x *float32, p *float64, n int)
 	// Softcap's rational tanh branch on n values (a multiple of lanes/2).
 	softcap func(y, x *float32, c float64, n int)
 	// geluMul computes y = gelu_tanh(a)·c on n values (a multiple of

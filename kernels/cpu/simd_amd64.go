@@ -253,6 +253,12 @@ func softcapPolyAVX512(y, x *float32, c float64, n int)
 func geluMulAVX512(y, a, c *float32, n int)
 
 //go:noescape
+func dot4F64AVX512(q *float64, k *float32, n int, out *float64)
+
+//go:noescape
+func axpy4F64AVX512(y *float64, x *float32, p *float64, n int)
+
+//go:noescape
 func dotF64AVX512(a, b *float32, n int) float64
 
 //go:noescape
@@ -289,6 +295,7 @@ var (
 		q4fb: [2]func(*kargs){q4fbx1AVX512, q4fbx4AVX512}, q8fb: [2]func(*kargs){q8fbx1AVX512, q8fbx4AVX512}, split4: true,
 		q4fMid: [2]func(*kargs){q4fx2AVX512, q4fx3AVX512}, q4fbMid: [2]func(*kargs){q4fbx2AVX512, q4fbx3AVX512},
 		dot: dotF64AVX512, axpy: axpyF64AVX512, softcap: softcapPolyAVX512, geluMul: geluMulAVX512,
+		dot4: dot4F64AVX512, axpy4: axpy4F64AVX512,
 		i4: [2]func(*kargs){i4x1AVX2, i4x4AVX2}, i4b: [2]func(*kargs){i4bx1AVX2, i4bx4AVX2},
 		i8: [2]func(*kargs){i8x1AVX2, i8x4AVX2}, i8b: [2]func(*kargs){i8bx1AVX2, i8bx4AVX2},
 		i4p: [2]func(*kargs){i4px1AVX2, i4px4AVX2}, i8wide: true,
