@@ -1119,9 +1119,11 @@ func (g *gen) softcap() {
 // a multiple of 16.
 func (g *gen) attn4() {
 	acc := func(j, i int) string { return fmt.Sprintf("Z%d", 4+4*j+i) }
-	qa := func(j, off int) string {
-		return fmt.Sprintf("%d%s", off, [...]string{"(SI)", "(SI)(R8*1)", "(SI)(R8*2)", "(SI)(R9*1)"}[j])
+	// row j of four rows at base, R8 bytes apart (R9 = 3·R8), at byte off.
+	rowAt := func(base string, j, off int) string {
+		return fmt.Sprintf("%d(%s)%s", off, base, [...]string{"", "(R8*1)", "(R8*2)", "(R9*1)"}[j])
 	}
+	qa := func(j, off int) string { return rowAt("SI", j, off) }
 	g.buf.WriteString("\n// func dot4F64AVX512(q *float64, k *float32, n int, out *float64)\nTEXT ·dot4F64AVX512(SB), NOSPLIT, $0-32\n")
 	g.p("MOVQ q+0(FP), SI")
 	g.p("MOVQ k+8(FP), DI")
@@ -1162,9 +1164,7 @@ func (g *gen) attn4() {
 	g.p("VZEROUPPER")
 	g.p("RET")
 
-	ya := func(j, off int) string {
-		return fmt.Sprintf("%d%s", off, [...]string{"(DI)", "(DI)(R8*1)", "(DI)(R8*2)", "(DI)(R9*1)"}[j])
-	}
+	ya := func(j, off int) string { return rowAt("DI", j, off) }
 	g.buf.WriteString("\n// func axpy4F64AVX512(y *float64, x *float32, p *float64, n int)\nTEXT ·axpy4F64AVX512(SB), NOSPLIT, $0-32\n")
 	g.p("MOVQ y+0(FP), DI")
 	g.p("MOVQ x+8(FP), SI")

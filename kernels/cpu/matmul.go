@@ -611,7 +611,6 @@ func (b *Backend) fastInputs(j *mmJob, rows int) {
 // while there are four, then one.
 func (j *mmJob) rowsFast(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScratch) {
 	a := &ws.ka
-	n := j.n
 	k1, k4 := j.fast[0], j.fast[1]
 	for row := r0; row < r1; row += fastBlock {
 		nb := min(fastBlock, r1-row)
@@ -624,30 +623,29 @@ func (j *mmJob) rowsFast(seg *mmSeg, pairs []mmPair, r0, r1 int, ws *workerScrat
 		}
 		pi := 0
 		for ; pi+4 <= len(pairs); pi += 4 {
-			for t := range 4 {
-				p := pairs[pi+t]
-				a.x[t] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
-				a.y[t] = &j.y[int(p.y)*n+row]
-			}
+			j.point(a, pairs[pi:pi+4], row)
 			k4(a)
 		}
 		if rem := len(pairs) - pi; rem >= 2 && j.mid != nil {
-			for t := range rem {
-				p := pairs[pi+t]
-				a.x[t] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
-				a.y[t] = &j.y[int(p.y)*n+row]
-			}
+			j.point(a, pairs[pi:], row)
 			j.mid[rem-2](a)
 			pi += rem
 		}
 		for ; pi < len(pairs); pi++ {
-			p := pairs[pi]
-			a.x[0] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
-			a.y[0] = &j.y[int(p.y)*n+row]
+			j.point(a, pairs[pi:pi+1], row)
 			k1(a)
 		}
 	}
 	*a = kargs{}
+}
+
+// point sets the kernel arguments' input and output rows to those of pairs
+// (at most four), the outputs at column row.
+func (j *mmJob) point(a *kargs, pairs []mmPair, row int) {
+	for t, p := range pairs {
+		a.x[t] = unsafe.Add(j.xbase, int(p.x)*j.xstride)
+		a.y[t] = &j.y[int(p.y)*j.n+row]
+	}
 }
 
 // fastGroups points the kernel arguments at the scales and biases of rows
